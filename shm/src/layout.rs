@@ -1,0 +1,233 @@
+//! The byte layout of a ring file. This is an ABI between processes (and
+//! between daemon versions across a restart): change it only with a new
+//! [`LAYOUT_VERSION`].
+//!
+//! ```text
+//! offset 0      +--------------------------------------------------+
+//!               | Meta (128 B): magic, layout_version, state,      |
+//!               |   capacity, max_message_len, policy, slot_count, |
+//!               |   page_size, created_unix_ns, data_offset,       |
+//!               |   total_len                                      |
+//! offset 128    +--------------------------------------------------+
+//!               | Counters, each on its own 128-byte line:         |
+//!               |   128  tail          (claimed position)          |
+//!               |   256  limit_granted (highest publisher limit)   |
+//!               |   384  durable, replicated positions             |
+//!               |   512  futex word, waiters                       |
+//!               |   640  next_publisher_id, fenced_publishers      |
+//! offset 1024   +--------------------------------------------------+
+//!               | Slot[slot_count], 128 B each: state, pid,        |
+//!               |   position, heartbeat_ns, overrun_bytes          |
+//! data_offset   +--------------------------------------------------+  (page aligned)
+//!               | data: `capacity` bytes of frames (power of two)  |
+//! total_len     +--------------------------------------------------+  (page multiple)
+//! ```
+//!
+//! Counters sit 128 bytes apart, not 64: Intel's adjacent-line prefetcher
+//! pulls cache lines in pairs, so 64-byte separation still false-shares.
+//!
+//! Opening checks `magic`, then `layout_version`, then that `state` is
+//! [`STATE_READY`] (written last, with release, by the creator); a ring still
+//! being initialised or of another version is a typed error.
+
+use crate::sync::{AtomicU32, AtomicU64};
+
+/// `b"RILLRING"` read as a little-endian u64.
+pub const MAGIC: u64 = u64::from_le_bytes(*b"RILLRING");
+/// Version of this layout. Bump on any change to offsets or meanings.
+pub const LAYOUT_VERSION: u32 = 1;
+/// `Meta::state` while the creator is still writing the header.
+pub const STATE_INITIALISING: u32 = 0;
+/// `Meta::state` once the ring may be used.
+pub const STATE_READY: u32 = 1;
+
+/// Offset of the counters region.
+pub const COUNTERS_OFFSET: usize = 128;
+/// Offset of the subscriber slot table.
+pub const SLOTS_OFFSET: usize = 1024;
+/// Size of one subscriber slot.
+pub const SLOT_SIZE: usize = 128;
+/// Largest number of subscriber slots a ring may have.
+pub const MAX_SLOTS: u32 = 4096;
+
+/// `Slot::state`: unused.
+pub const SLOT_FREE: u32 = 0;
+/// `Slot::state`: held by a live subscriber whose position bounds publishers.
+pub const SLOT_ACTIVE: u32 = 1;
+
+/// The ring's fixed metadata. Written once by the creator, then read-only.
+#[repr(C)]
+#[derive(Debug)]
+pub struct Meta {
+    /// [`MAGIC`].
+    pub magic: u64,
+    /// [`LAYOUT_VERSION`].
+    pub layout_version: u32,
+    /// [`STATE_INITIALISING`] or [`STATE_READY`]; accessed atomically.
+    pub state: u32,
+    /// Size of the data region in bytes, a power of two.
+    pub capacity: u64,
+    /// Largest payload a publisher may write.
+    pub max_message_len: u32,
+    /// 0 = back-pressure, 1 = overwrite.
+    pub policy: u32,
+    /// Number of subscriber slots.
+    pub slot_count: u32,
+    /// Page size the mapping got when created (4096 or 2 MiB).
+    pub page_size: u32,
+    /// Creation time, ns since the Unix epoch.
+    pub created_unix_ns: u64,
+    /// Offset of the data region from the start of the file.
+    pub data_offset: u64,
+    /// Total file length.
+    pub total_len: u64,
+    /// Zero; room for later fields.
+    pub reserved: [u64; 8],
+}
+
+/// One counter on its own 128-byte line.
+#[repr(C, align(128))]
+#[derive(Debug)]
+pub struct Line<T> {
+    /// The value.
+    pub value: T,
+}
+
+/// The futex word and the count of sleeping subscribers, on one line.
+#[repr(C)]
+#[derive(Debug)]
+pub struct WakeWords {
+    /// Incremented on every wake; sleepers wait on it with FUTEX_WAIT.
+    pub futex: AtomicU32,
+    /// Number of subscribers that are, or are about to be, asleep.
+    pub waiters: AtomicU32,
+}
+
+/// Ids handed to publishers, and how many publishers fence on every commit.
+#[repr(C)]
+#[derive(Debug)]
+pub struct PublisherWords {
+    /// Next publisher id to hand out (fetch_add).
+    pub next_id: AtomicU32,
+    /// Publishers that could not register for membarrier and therefore
+    /// issue a full fence after each commit.
+    pub fenced: AtomicU32,
+    /// One more than the highest slot index ever activated: publishers scan
+    /// only `slots[..slot_hwm]`.
+    pub slot_hwm: AtomicU32,
+}
+
+/// The shared counters.
+#[repr(C)]
+#[derive(Debug)]
+pub struct Counters {
+    /// Highest claimed position: the end of the last claimed frame.
+    pub tail: Line<AtomicU64>,
+    /// Highest publisher limit ever granted (see `ring::subscription` for
+    /// the join protocol that reads it).
+    pub limit_granted: Line<AtomicU64>,
+    /// Position up to which the stream is on disk; written by the archiver.
+    pub durable: Line<AtomicU64>,
+    /// Position held by enough replicas; written by the replicator.
+    pub replicated: Line<AtomicU64>,
+    /// Futex word and waiters.
+    pub wake: Line<WakeWords>,
+    /// Publisher ids.
+    pub publishers: Line<PublisherWords>,
+}
+
+/// One subscriber's position slot.
+#[repr(C, align(128))]
+#[derive(Debug)]
+pub struct Slot {
+    /// [`SLOT_FREE`] or [`SLOT_ACTIVE`].
+    pub state: AtomicU32,
+    /// Owner's pid (as the creator of the slot saw it).
+    pub pid: AtomicU32,
+    /// Next position the subscriber will read; everything before it is done.
+    pub position: AtomicU64,
+    /// Owner's last sign of life, ns on its clock; 0 if it never said.
+    pub heartbeat_ns: AtomicU64,
+    /// Bytes this subscriber lost to overruns (overwrite policy).
+    pub overrun_bytes: AtomicU64,
+}
+
+#[cfg(not(loom))]
+const _: () = {
+    use std::mem::{align_of, offset_of, size_of};
+    assert!(size_of::<Meta>() == COUNTERS_OFFSET);
+    assert!(offset_of!(Meta, state) == 12);
+    assert!(offset_of!(Meta, capacity) == 16);
+    assert!(offset_of!(Meta, total_len) == 56);
+    assert!(size_of::<Line<AtomicU64>>() == 128);
+    assert!(offset_of!(Counters, tail) == 0);
+    assert!(offset_of!(Counters, limit_granted) == 128);
+    assert!(offset_of!(Counters, durable) == 256);
+    assert!(offset_of!(Counters, replicated) == 384);
+    assert!(offset_of!(Counters, wake) == 512);
+    assert!(offset_of!(Counters, publishers) == 640);
+    assert!(COUNTERS_OFFSET + size_of::<Counters>() <= SLOTS_OFFSET);
+    assert!(size_of::<Slot>() == SLOT_SIZE);
+    assert!(align_of::<Slot>() == 128);
+    assert!(offset_of!(Slot, position) == 8);
+};
+
+/// Where each region of a ring with this shape lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Geometry {
+    /// Data capacity (power of two).
+    pub capacity: u64,
+    /// Number of subscriber slots.
+    pub slot_count: u32,
+    /// Offset of the data region (page aligned).
+    pub data_offset: u64,
+    /// Total length (page multiple).
+    pub total_len: u64,
+}
+
+impl Geometry {
+    /// Computes the regions for `capacity` and `slot_count` on pages of
+    /// `page_size` bytes. The data region starts on a 4 KiB boundary so it
+    /// can be mapped on its own; the file is a multiple of `page_size`.
+    pub fn new(capacity: u64, slot_count: u32, page_size: u64) -> Self {
+        const SMALL_PAGE: u64 = 4096;
+        let slots_end = SLOTS_OFFSET as u64 + u64::from(slot_count) * SLOT_SIZE as u64;
+        let data_offset = slots_end.next_multiple_of(SMALL_PAGE);
+        let total_len = (data_offset + capacity).next_multiple_of(page_size);
+        Geometry { capacity, slot_count, data_offset, total_len }
+    }
+}
+
+#[cfg(loom)]
+impl Counters {
+    pub(crate) fn new_loom() -> Self {
+        let l = |v| Line { value: AtomicU64::new(v) };
+        Counters {
+            tail: l(0),
+            limit_granted: l(0),
+            durable: l(0),
+            replicated: l(0),
+            wake: Line { value: WakeWords { futex: AtomicU32::new(0), waiters: AtomicU32::new(0) } },
+            publishers: Line {
+                value: PublisherWords {
+                    next_id: AtomicU32::new(1),
+                    fenced: AtomicU32::new(0),
+                    slot_hwm: AtomicU32::new(0),
+                },
+            },
+        }
+    }
+}
+
+#[cfg(loom)]
+impl Slot {
+    pub(crate) fn new_loom() -> Self {
+        Slot {
+            state: AtomicU32::new(0),
+            pid: AtomicU32::new(0),
+            position: AtomicU64::new(0),
+            heartbeat_ns: AtomicU64::new(0),
+            overrun_bytes: AtomicU64::new(0),
+        }
+    }
+}

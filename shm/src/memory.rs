@@ -1,0 +1,202 @@
+//! Typed access to a ring's memory: counters, slots, and the data region as
+//! 64-bit words and payload bytes.
+//!
+//! In a normal build these are views into a [`Region`] (a shared mapping or
+//! heap block). Under `--cfg loom` the same accessors are backed by loom
+//! atomics on the heap, so the model checker sees every access the ring
+//! makes. The ring's algorithms call only these methods.
+
+use crate::layout::{Counters, Slot};
+use crate::sync::AtomicU64;
+
+#[cfg(not(loom))]
+use crate::os::mapping::Region;
+
+/// The memory of one ring.
+#[derive(Debug)]
+pub(crate) struct RingMemory {
+    #[cfg(not(loom))]
+    region: Region,
+    #[cfg(not(loom))]
+    counters: *const Counters,
+    #[cfg(not(loom))]
+    slots: *const Slot,
+    #[cfg(not(loom))]
+    data: *mut u8,
+    #[cfg(loom)]
+    counters: Box<Counters>,
+    #[cfg(loom)]
+    slots: Box<[Slot]>,
+    #[cfg(loom)]
+    data: Box<[AtomicU64]>,
+    capacity: usize,
+    slot_count: u32,
+}
+
+// SAFETY: the raw pointers point into `region`, which RingMemory owns; all
+// shared access goes through atomics or the ring's commit protocol.
+unsafe impl Send for RingMemory {}
+// SAFETY: as above.
+unsafe impl Sync for RingMemory {}
+
+#[cfg(not(loom))]
+impl RingMemory {
+    /// Views `region` with counters at `counters_off`, `slot_count` slots at
+    /// `slots_off` and `capacity` data bytes at `data_off`.
+    ///
+    /// # Safety
+    /// The offsets must be aligned (128 for counters and slots, 4096 for
+    /// data) and every region must lie inside `region`; the caller has
+    /// checked this against the region's length.
+    pub(crate) unsafe fn new(
+        region: Region,
+        counters_off: usize,
+        slots_off: usize,
+        slot_count: u32,
+        data_off: usize,
+        capacity: usize,
+    ) -> Self {
+        assert!(data_off + capacity <= region.len());
+        assert!(slots_off + slot_count as usize * crate::layout::SLOT_SIZE <= data_off);
+        let base = region.as_ptr();
+        // SAFETY: the caller guarantees the offsets are inside the region.
+        let (counters, slots, data) = unsafe {
+            (base.add(counters_off).cast(), base.add(slots_off).cast(), base.add(data_off))
+        };
+        RingMemory { region, counters, slots, data, capacity, slot_count }
+    }
+
+    /// The region (for its access mode and page kind).
+    pub(crate) fn region(&self) -> &Region {
+        &self.region
+    }
+
+    /// Shared counters.
+    #[inline]
+    pub(crate) fn counters(&self) -> &Counters {
+        // SAFETY: checked in `new`: aligned, inside the live region; all
+        // fields are atomics, so shared references are sound.
+        unsafe { &*self.counters }
+    }
+
+    /// Subscriber slot `i`.
+    #[inline]
+    pub(crate) fn slot(&self, i: u32) -> &Slot {
+        assert!(i < self.slot_count);
+        // SAFETY: i < slot_count, and the table lies inside the region.
+        unsafe { &*self.slots.add(i as usize) }
+    }
+
+    /// The 64-bit word at data offset `off`.
+    #[inline]
+    pub(crate) fn word(&self, off: usize) -> &AtomicU64 {
+        debug_assert!(off % 8 == 0 && off + 8 <= self.capacity);
+        let off = off & (self.capacity - 1) & !7;
+        // SAFETY: masked into [0, capacity) and 8-aligned; data is 4096
+        // aligned, so the AtomicU64 is aligned and inside the region.
+        unsafe { &*self.data.add(off).cast::<AtomicU64>() }
+    }
+
+    /// Copies `src` into the data region at `off`.
+    ///
+    /// # Safety
+    /// The caller owns `[off, off + src.len())` by a claim that no reader
+    /// will read before the claim is committed.
+    #[inline]
+    pub(crate) unsafe fn write_bytes(&self, off: usize, src: &[u8]) {
+        assert!(off + src.len() <= self.capacity);
+        // SAFETY: in bounds (asserted); exclusive by the caller's claim.
+        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), self.data.add(off), src.len()) }
+    }
+
+    /// A mutable view of claimed bytes.
+    ///
+    /// # Safety
+    /// As for `write_bytes`, and the view must not outlive the claim.
+    #[inline]
+    #[allow(clippy::mut_from_ref)]
+    pub(crate) unsafe fn bytes_mut(&self, off: usize, len: usize) -> &mut [u8] {
+        assert!(off + len <= self.capacity);
+        // SAFETY: in bounds; exclusive by the caller's claim.
+        unsafe { std::slice::from_raw_parts_mut(self.data.add(off), len) }
+    }
+
+    /// A view of committed bytes.
+    ///
+    /// # Safety
+    /// `[off, off + len)` must be committed and must not be overwritten
+    /// while the view lives (the reader's position holds publishers back).
+    #[inline]
+    pub(crate) unsafe fn bytes(&self, off: usize, len: usize) -> &[u8] {
+        assert!(off + len <= self.capacity);
+        // SAFETY: in bounds; stable by the caller's guarantee.
+        unsafe { std::slice::from_raw_parts(self.data.add(off), len) }
+    }
+
+    /// Copies bytes that a publisher may be overwriting at this moment (the
+    /// seqlock read of the overwrite policy). The caller must validate the
+    /// copy against the tail afterwards and discard it if it was lapped.
+    #[inline]
+    pub(crate) fn copy_racy(&self, off: usize, dst: &mut [u8]) {
+        assert!(off + dst.len() <= self.capacity);
+        // SAFETY: in bounds. A concurrent writer may change these bytes; the
+        // caller treats the copy as garbage unless the tail check that
+        // follows proves no writer touched them (as in a seqlock, and as
+        // crossbeam's AtomicCell fallback does). Volatile keeps the compiler
+        // from assuming the bytes are stable.
+        unsafe {
+            let src = self.data.add(off);
+            for (i, d) in dst.iter_mut().enumerate() {
+                *d = std::ptr::read_volatile(src.add(i));
+            }
+        }
+    }
+}
+
+#[cfg(loom)]
+impl RingMemory {
+    /// Heap memory for the model checker.
+    pub(crate) fn new_loom(slot_count: u32, capacity: usize) -> Self {
+        let slots = (0..slot_count).map(|_| Slot::new_loom()).collect();
+        let data = (0..capacity / 8).map(|_| AtomicU64::new(0)).collect();
+        RingMemory { counters: Box::new(Counters::new_loom()), slots, data, capacity, slot_count }
+    }
+
+    pub(crate) fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    pub(crate) fn slot(&self, i: u32) -> &Slot {
+        &self.slots[i as usize]
+    }
+
+    pub(crate) fn word(&self, off: usize) -> &AtomicU64 {
+        &self.data[(off & (self.capacity - 1)) / 8]
+    }
+
+    /// Writes whole words (the caller owns the frame's full span).
+    pub(crate) unsafe fn write_bytes(&self, off: usize, src: &[u8]) {
+        use crate::sync::Ordering::Relaxed;
+        for (i, chunk) in src.chunks(8).enumerate() {
+            let mut w = [0u8; 8];
+            w[..chunk.len()].copy_from_slice(chunk);
+            self.word(off + i * 8).store(u64::from_le_bytes(w), Relaxed);
+        }
+    }
+
+    pub(crate) fn copy_racy(&self, off: usize, dst: &mut [u8]) {
+        use crate::sync::Ordering::Relaxed;
+        for (i, chunk) in dst.chunks_mut(8).enumerate() {
+            let w = self.word(off + i * 8).load(Relaxed).to_le_bytes();
+            chunk.copy_from_slice(&w[..chunk.len()]);
+        }
+    }
+}
+
+impl RingMemory {
+    /// Number of subscriber slots.
+    #[inline]
+    pub(crate) fn slot_count(&self) -> u32 {
+        self.slot_count
+    }
+}

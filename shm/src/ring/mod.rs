@@ -1,0 +1,646 @@
+//! The stream ring: a log of frames in one power-of-two data region, written
+//! by any number of publishers and read by any number of subscribers, each
+//! at its own position.
+//!
+//! # Positions
+//! A position is a byte offset into the stream since its creation (u64,
+//! only grows); the frame at position `p` lives at data offset
+//! `p & (capacity - 1)`. Frames never straddle the end of the region: a
+//! publisher that would wrap writes a padding frame to the end first. So
+//! every multiple of `capacity` is a frame boundary ("lap boundary"), which
+//! is where late joiners and overrun subscribers resume.
+//!
+//! # The commit word
+//! The header's position word at `p` moves through three states per lap,
+//! all distinct from any other position's:
+//!
+//! | value          | meaning                                               |
+//! |----------------|-------------------------------------------------------|
+//! | `!p`           | CLEAN: the previous frame ended here; nothing claimed |
+//! | `p \| 1 << 63` | CLAIMED: a publisher owns the frame; `length` valid   |
+//! | `p`            | COMMITTED: header and payload complete                |
+//!
+//! A publisher writes CLAIMED right after reserving, CLEAN into the word that
+//! follows its frame before committing ("clean ahead"), and `p` last with
+//! release. A reader at `p` loads the word with acquire and reads the frame
+//! only if it equals `p`. Cleaning ahead guarantees that when a reader
+//! arrives at `p` after the previous frame, the word there was written in
+//! this lap, so stale bytes from an earlier lap are never taken for a
+//! commit. (Aeron's log buffers get the same guarantee by zeroing terms
+//! ahead of the writer; a single ring has no spare term, so each claim
+//! cleans the one word its successor's reader will look at.)
+//!
+//! # Policies
+//! * Back-pressure (default): a publisher may not claim past the slowest
+//!   live subscriber plus one ring (`limit`). Readers get zero-copy slices.
+//! * Overwrite: publishers never wait. A reader copies each frame out and
+//!   then checks the tail (a seqlock read, as in Agrona's broadcast buffer):
+//!   if a publisher claimed over the frame meanwhile, the copy is discarded,
+//!   the reader is told it was overrun by how many bytes, and resumes at the
+//!   next lap boundary that is still intact.
+//!
+//! # Who may call what
+//! A [`Ring`] handle is `Send + Sync` and cheap to clone. A publication or
+//! subscriber is owned by one thread (`&mut self` methods); any number of
+//! them, in any number of processes, may work on one ring at once.
+
+mod publication;
+mod reclaim;
+mod subscription;
+
+pub use publication::{
+    Batch, Claim, ClaimError, Exclusive, ExclusivePublication, OfferError, Publication, Shared,
+    SharedPublication,
+};
+pub use reclaim::Reclaimer;
+pub use subscription::{Message, PollError, Start, SubscribeError, Subscriber};
+
+use crate::layout::*;
+use crate::memory::RingMemory;
+use crate::os::mapping::{Access, PageKind};
+use crate::sync::Ordering;
+use std::sync::Arc;
+
+#[cfg(not(loom))]
+use crate::os::mapping::{self, Region};
+#[cfg(not(loom))]
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+#[cfg(not(loom))]
+use std::path::Path;
+
+pub(crate) const CLAIMED_BIT: u64 = 1 << 63;
+
+/// The CLEAN value of the commit word at `p`.
+#[inline]
+pub(crate) const fn clean(p: u64) -> u64 {
+    !p
+}
+
+/// The CLAIMED value of the commit word at `p`.
+#[inline]
+pub(crate) const fn claimed(p: u64) -> u64 {
+    p | CLAIMED_BIT
+}
+
+/// What publishers do when the ring is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Policy {
+    /// Wait for the slowest live subscriber (offer returns `BackPressured`).
+    BackPressure,
+    /// Never wait; slow subscribers are overrun and told so.
+    Overwrite,
+}
+
+impl Policy {
+    fn to_u32(self) -> u32 {
+        match self {
+            Policy::BackPressure => 0,
+            Policy::Overwrite => 1,
+        }
+    }
+
+    fn from_u32(v: u32) -> Option<Self> {
+        match v {
+            0 => Some(Policy::BackPressure),
+            1 => Some(Policy::Overwrite),
+            _ => None,
+        }
+    }
+}
+
+/// Which pages a new ring should get.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PagePreference {
+    /// Huge pages when they can be had, else normal pages (logged).
+    Auto,
+    /// Normal pages only (forces the fallback path).
+    NormalOnly,
+    /// Huge pages or an error.
+    HugeOnly,
+}
+
+/// Shape of a new ring.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RingConfig {
+    /// Data capacity in bytes: a power of two, at least 4 KiB.
+    pub capacity: u64,
+    /// Largest payload, at most `capacity / 4 - 32`.
+    pub max_message_len: u32,
+    /// Full-ring behaviour.
+    pub policy: Policy,
+    /// Number of subscriber slots (1..=4096).
+    pub slot_count: u32,
+    /// Page preference.
+    pub pages: PagePreference,
+}
+
+impl Default for RingConfig {
+    fn default() -> Self {
+        RingConfig {
+            capacity: 1 << 20,
+            max_message_len: 64 << 10,
+            policy: Policy::BackPressure,
+            slot_count: 64,
+            pages: PagePreference::Auto,
+        }
+    }
+}
+
+impl RingConfig {
+    /// Checks the configuration; the error says what is wrong.
+    pub fn validate(&self) -> Result<(), CreateError> {
+        let bad = |m: String| Err(CreateError::InvalidConfig(m));
+        if !self.capacity.is_power_of_two() || self.capacity < 4096 || self.capacity > 1 << 40 {
+            return bad(format!("capacity {} must be a power of two in 4 KiB..=1 TiB", self.capacity));
+        }
+        let max = self.capacity / 4 - crate::frame::HEADER_LEN as u64;
+        if self.max_message_len == 0 || u64::from(self.max_message_len) > max {
+            return bad(format!(
+                "max_message_len {} must be in 1..={max} for capacity {}",
+                self.max_message_len, self.capacity
+            ));
+        }
+        if self.slot_count == 0 || self.slot_count > MAX_SLOTS {
+            return bad(format!("slot_count {} must be in 1..={MAX_SLOTS}", self.slot_count));
+        }
+        Ok(())
+    }
+}
+
+/// Why a ring could not be created.
+#[derive(Debug, thiserror::Error)]
+pub enum CreateError {
+    /// The configuration is invalid.
+    #[error("invalid ring configuration: {0}")]
+    InvalidConfig(String),
+    /// Huge pages were required but none could be had.
+    #[error("huge pages required but unavailable: {0}")]
+    HugePagesUnavailable(std::io::Error),
+    /// A system call failed.
+    #[error("{op}: {source}")]
+    Io {
+        /// What was being done.
+        op: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// Why a ring could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The file is shorter than a header.
+    #[error("ring file too small: {len} bytes")]
+    TooSmall {
+        /// Its length.
+        len: u64,
+    },
+    /// The magic number is wrong (not a ring, or not yet initialised).
+    #[error("not a ring (magic {found:#x})")]
+    BadMagic {
+        /// What was found.
+        found: u64,
+    },
+    /// The ring was made by another layout version.
+    #[error("ring layout version {found}, this build reads {expected}")]
+    VersionMismatch {
+        /// Version in the file.
+        found: u32,
+        /// Version this build speaks.
+        expected: u32,
+    },
+    /// The creator has not finished initialising it.
+    #[error("ring is still being initialised")]
+    NotReady,
+    /// A header field is inconsistent.
+    #[error("corrupt ring header: {0}")]
+    Corrupt(String),
+    /// A system call failed.
+    #[error("{op}: {source}")]
+    Io {
+        /// What was being done.
+        op: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// What a ring is, as read from its header when opened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RingInfo {
+    /// Data capacity in bytes.
+    pub capacity: u64,
+    /// Largest payload.
+    pub max_message_len: u32,
+    /// Full-ring behaviour.
+    pub policy: Policy,
+    /// Subscriber slots.
+    pub slot_count: u32,
+    /// Creation time, ns since the Unix epoch.
+    pub created_unix_ns: u64,
+    /// Pages backing this process's mapping.
+    pub pages: PageKind,
+    /// Whether this mapping may be written.
+    pub access: Access,
+}
+
+/// A subscriber slot as seen from outside (for the daemon and the CLI).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SlotInfo {
+    /// Slot index.
+    pub index: u32,
+    /// Owner pid.
+    pub pid: u32,
+    /// Next position the subscriber will read.
+    pub position: u64,
+    /// Last heartbeat, ns (owner's clock), or 0.
+    pub heartbeat_ns: u64,
+    /// Bytes lost to overruns.
+    pub overrun_bytes: u64,
+}
+
+#[derive(Debug)]
+pub(crate) struct Inner {
+    pub(crate) mem: RingMemory,
+    pub(crate) info: RingInfo,
+    pub(crate) mask: u64,
+    #[cfg(not(loom))]
+    fd: Option<OwnedFd>,
+}
+
+/// A handle to a mapped ring. Clones share the mapping.
+#[derive(Debug, Clone)]
+pub struct Ring {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl Ring {
+    fn from_parts(mem: RingMemory, info: RingInfo, #[cfg(not(loom))] fd: Option<OwnedFd>) -> Ring {
+        let mask = info.capacity - 1;
+        Ring {
+            inner: Arc::new(Inner {
+                mem,
+                info,
+                mask,
+                #[cfg(not(loom))]
+                fd,
+            }),
+        }
+    }
+
+    /// What this ring is.
+    pub fn info(&self) -> &RingInfo {
+        &self.inner.info
+    }
+
+    /// Pages backing this mapping.
+    pub fn pages(&self) -> PageKind {
+        self.inner.info.pages
+    }
+
+    /// The highest claimed position (end of the newest claimed frame).
+    pub fn tail(&self) -> u64 {
+        self.inner.mem.counters().tail.value.load(Ordering::Acquire)
+    }
+
+    /// Position up to which the stream is durable (set by the archiver).
+    pub fn durable_position(&self) -> u64 {
+        self.inner.mem.counters().durable.value.load(Ordering::Acquire)
+    }
+
+    /// Publishes the durable position (the archiver's job). Only grows.
+    pub fn set_durable_position(&self, position: u64) {
+        // SYNC(durable): Release pairs with the Acquire in durable_position,
+        // so a waiter that sees it also sees what the archiver wrote first.
+        self.inner.mem.counters().durable.value.fetch_max(position, Ordering::Release);
+    }
+
+    /// Position held by enough replicas (set by the replicator).
+    pub fn replicated_position(&self) -> u64 {
+        self.inner.mem.counters().replicated.value.load(Ordering::Acquire)
+    }
+
+    /// Publishes the replicated position. Only grows.
+    pub fn set_replicated_position(&self, position: u64) {
+        // SYNC(replicated): pairs with the Acquire in replicated_position.
+        self.inner.mem.counters().replicated.value.fetch_max(position, Ordering::Release);
+    }
+
+    /// Live subscriber slots.
+    pub fn subscribers(&self) -> Vec<SlotInfo> {
+        let mem = &self.inner.mem;
+        let hwm = mem.counters().publishers.value.slot_hwm.load(Ordering::Acquire).min(mem.slot_count());
+        (0..hwm)
+            .filter_map(|i| {
+                let s = mem.slot(i);
+                (s.state.load(Ordering::Acquire) == SLOT_ACTIVE).then(|| SlotInfo {
+                    index: i,
+                    pid: s.pid.load(Ordering::Relaxed),
+                    position: s.position.load(Ordering::Acquire),
+                    heartbeat_ns: s.heartbeat_ns.load(Ordering::Relaxed),
+                    overrun_bytes: s.overrun_bytes.load(Ordering::Relaxed),
+                })
+            })
+            .collect()
+    }
+
+    /// Frees slot `index` so its position no longer holds publishers back
+    /// (the daemon calls this for subscribers it knows are dead). The
+    /// owner, if it still lives, must not read zero-copy afterwards.
+    pub fn release_slot(&self, index: u32) {
+        assert!(index < self.inner.mem.slot_count(), "slot {index} out of range");
+        // SYNC(slot-state): Release pairs with the Acquire in the
+        // publishers' limit scan.
+        self.inner.mem.slot(index).state.store(SLOT_FREE, Ordering::Release);
+    }
+
+    /// Frees the slots of subscribers whose process no longer exists (by
+    /// pid, in this pid namespace). Returns how many were freed.
+    #[cfg(not(loom))]
+    pub fn reap_dead_subscribers(&self) -> usize {
+        let dead: Vec<_> =
+            self.subscribers().into_iter().filter(|s| !crate::os::pid_alive(s.pid)).collect();
+        for s in &dead {
+            tracing::info!(slot = s.index, pid = s.pid, "freeing slot of dead subscriber");
+            self.release_slot(s.index);
+        }
+        dead.len()
+    }
+
+    /// A publication for one writer thread: plain stores, no atomic
+    /// read-modify-write per message. Only one may exist per ring at a
+    /// time across all processes; use [`Ring::shared_publication`] otherwise.
+    pub fn exclusive_publication(&self) -> Result<ExclusivePublication, ClaimError> {
+        Publication::new(self.clone())
+    }
+
+    /// A publication that may run beside any number of others, in any
+    /// number of processes (claims with compare-and-swap).
+    pub fn shared_publication(&self) -> Result<SharedPublication, ClaimError> {
+        Publication::new(self.clone())
+    }
+
+    /// A subscriber with its own slot: zero-copy reads, and (back-pressure
+    /// policy) its position holds publishers back.
+    pub fn subscribe(&self, start: Start) -> Result<Subscriber, SubscribeError> {
+        Subscriber::join(self.clone(), start)
+    }
+
+    /// A subscriber without a slot: works on a read-only mapping, never
+    /// holds publishers back, copies each message out and validates it, and
+    /// is told when publishers overrun it.
+    pub fn subscribe_detached(&self, start: Start) -> Subscriber {
+        Subscriber::detached(self.clone(), start)
+    }
+
+    /// A reclaimer that pads over claims abandoned for longer than
+    /// `timeout_ns` (the daemon runs one per ring).
+    pub fn reclaimer(&self, timeout_ns: u64) -> Reclaimer {
+        Reclaimer::new(self.clone(), timeout_ns)
+    }
+}
+
+#[cfg(loom)]
+impl Ring {
+    /// A ring on loom-instrumented heap memory.
+    pub fn loom(capacity: u64, max_message_len: u32, policy: Policy, slot_count: u32) -> Ring {
+        let info = RingInfo {
+            capacity,
+            max_message_len,
+            policy,
+            slot_count,
+            created_unix_ns: 0,
+            pages: PageKind::Normal4K,
+            access: Access::ReadWrite,
+        };
+        let mem = RingMemory::new_loom(slot_count, capacity as usize);
+        mem.word(crate::frame::WORD_POSITION).store(clean(0), Ordering::Relaxed);
+        Ring::from_parts(mem, info)
+    }
+}
+
+#[cfg(not(loom))]
+impl Ring {
+    /// Creates a ring as a new file `name` in `dir`. On hugetlbfs it gets
+    /// 2 MiB pages; elsewhere (tmpfs, /dev/shm) normal pages. Fails if the
+    /// file exists.
+    pub fn create_in(dir: &Path, name: &str, config: &RingConfig) -> Result<Ring, CreateError> {
+        config.validate()?;
+        let path = dir.join(name);
+        let io = |op: &str| {
+            let op = format!("{op} {}", path.display());
+            move |source| CreateError::Io { op, source }
+        };
+        let huge = mapping::dir_is_hugetlbfs(dir);
+        if config.pages == PagePreference::HugeOnly && !huge {
+            let e = std::io::Error::other(format!("{} is not on hugetlbfs", dir.display()));
+            return Err(CreateError::HugePagesUnavailable(e));
+        }
+        if config.pages == PagePreference::NormalOnly && huge {
+            return Err(CreateError::InvalidConfig(format!(
+                "{} is on hugetlbfs but normal pages were asked for",
+                dir.display()
+            )));
+        }
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(io("create"))?;
+        let pages = if huge { PageKind::Huge2M } else { PageKind::Normal4K };
+        let result = Self::init(OwnedFd::from(file), config, pages);
+        if let Err(e) = &result {
+            let _ = std::fs::remove_file(&path);
+            if huge {
+                let e = std::io::Error::other(e.to_string());
+                return Err(CreateError::HugePagesUnavailable(e));
+            }
+        }
+        result
+    }
+
+    /// Creates a ring in an anonymous memory file (memfd), on huge pages
+    /// when the preference allows and the kernel has them reserved, else on
+    /// normal pages. Share it by passing [`Ring::fd`] to other processes.
+    pub fn create_memfd(name: &str, config: &RingConfig) -> Result<Ring, CreateError> {
+        config.validate()?;
+        let io = |op: &'static str| move |source| CreateError::Io { op: op.into(), source };
+        if config.pages != PagePreference::NormalOnly {
+            let attempt = mapping::memfd(name, true)
+                .and_then(|fd| Self::init(fd, config, PageKind::Huge2M).map_err(std::io::Error::other));
+            match attempt {
+                Ok(ring) => return Ok(ring),
+                Err(e) if config.pages == PagePreference::HugeOnly => {
+                    return Err(CreateError::HugePagesUnavailable(e))
+                }
+                Err(e) => tracing::info!(
+                    ring = name,
+                    error = %e,
+                    "huge pages unavailable, falling back to 4KiB pages \
+                     (reserve some with: echo N > /proc/sys/vm/nr_hugepages)"
+                ),
+            }
+        }
+        let fd = mapping::memfd(name, false).map_err(io("memfd_create"))?;
+        Self::init(fd, config, PageKind::Normal4K)
+    }
+
+    /// A ring in ordinary heap memory: for threads of one process, tests,
+    /// and Miri.
+    pub fn private(config: &RingConfig) -> Result<Ring, CreateError> {
+        config.validate()?;
+        let g = Geometry::new(config.capacity, config.slot_count, 4096);
+        let region = Region::heap(g.total_len as usize);
+        Ok(Self::format(region, config, g, None))
+    }
+
+    fn init(fd: OwnedFd, config: &RingConfig, pages: PageKind) -> Result<Ring, CreateError> {
+        let g = Geometry::new(config.capacity, config.slot_count, pages.size() as u64);
+        let io = |op: &'static str| move |source| CreateError::Io { op: op.into(), source };
+        mapping::set_len(fd.as_fd(), g.total_len).map_err(io("ftruncate"))?;
+        let region = Region::map(fd.as_fd(), g.total_len as usize, Access::ReadWrite, pages)
+            .map_err(io("mmap"))?;
+        tracing::info!(capacity = config.capacity, pages = %pages, "ring created");
+        Ok(Self::format(region, config, g, Some(fd)))
+    }
+
+    /// Writes the header of a fresh, zeroed region and views it as a ring.
+    fn format(region: Region, config: &RingConfig, g: Geometry, fd: Option<OwnedFd>) -> Ring {
+        let base = region.as_ptr();
+        let meta = Meta {
+            magic: MAGIC,
+            layout_version: LAYOUT_VERSION,
+            state: STATE_INITIALISING,
+            capacity: g.capacity,
+            max_message_len: config.max_message_len,
+            policy: config.policy.to_u32(),
+            slot_count: g.slot_count,
+            page_size: region.pages().size() as u32,
+            created_unix_ns: crate::os::now_unix_ns(),
+            data_offset: g.data_offset,
+            total_len: g.total_len,
+            reserved: [0; 8],
+        };
+        // SAFETY: the region is at least total_len >= 128 bytes, page
+        // aligned, freshly created and not yet shared with anyone we know
+        // of; Meta is plain data.
+        unsafe { base.cast::<Meta>().write(meta) };
+        let ring = Self::view(region, fd, false).expect("a freshly formatted header is valid");
+        let mem = &ring.inner.mem;
+        mem.word(crate::frame::WORD_POSITION).store(clean(0), Ordering::Relaxed);
+        mem.counters().publishers.value.next_id.store(1, Ordering::Relaxed);
+        // SAFETY: the state field is 4-byte aligned inside the header.
+        let state = unsafe { &*base.add(std::mem::offset_of!(Meta, state)).cast::<crate::sync::AtomicU32>() };
+        // SYNC(meta-state): Release pairs with the Acquire in `view`; an
+        // opener that sees READY sees every header field and the CLEAN word.
+        state.store(STATE_READY, Ordering::Release);
+        ring
+    }
+
+    /// Opens the ring file at `path`.
+    pub fn open(path: &Path, access: Access) -> Result<Ring, OpenError> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(access == Access::ReadWrite)
+            .open(path)
+            .map_err(|source| OpenError::Io { op: format!("open {}", path.display()), source })?;
+        Self::from_fd(OwnedFd::from(file), access)
+    }
+
+    /// Maps a ring from an fd received from elsewhere (for example over a
+    /// Unix socket). With `Access::ReadOnly` the fd may be read-only.
+    pub fn from_fd(fd: OwnedFd, access: Access) -> Result<Ring, OpenError> {
+        let io = |op: &'static str| move |source| OpenError::Io { op: op.into(), source };
+        let len = mapping::file_len(fd.as_fd()).map_err(io("fstat"))?;
+        if len < SLOTS_OFFSET as u64 {
+            return Err(OpenError::TooSmall { len });
+        }
+        let pages =
+            if mapping::fd_is_hugetlbfs(fd.as_fd()) { PageKind::Huge2M } else { PageKind::Normal4K };
+        let region = Region::map(fd.as_fd(), len as usize, access, pages).map_err(io("mmap"))?;
+        Self::view(region, Some(fd), true)
+    }
+
+    /// Validates the header of a mapped region and views it as a ring;
+    /// `require_ready` is false only for the creator, before it publishes.
+    fn view(region: Region, fd: Option<OwnedFd>, require_ready: bool) -> Result<Ring, OpenError> {
+        let base = region.as_ptr();
+        let len = region.len() as u64;
+        // SAFETY: region is >= SLOTS_OFFSET bytes (checked by callers) and
+        // page aligned; Meta is plain data, read by value. Another process
+        // may write it concurrently only before READY; we check READY with
+        // acquire below before trusting the copy.
+        let state = unsafe { &*base.add(std::mem::offset_of!(Meta, state)).cast::<crate::sync::AtomicU32>() };
+        // SYNC(meta-state): Acquire pairs with the Release in `format`.
+        let ready = state.load(Ordering::Acquire);
+        // SAFETY: as above.
+        let meta = unsafe { base.cast::<Meta>().read_volatile() };
+        if meta.magic != MAGIC {
+            return Err(if meta.magic == 0 { OpenError::NotReady } else { OpenError::BadMagic { found: meta.magic } });
+        }
+        if meta.layout_version != LAYOUT_VERSION {
+            return Err(OpenError::VersionMismatch { found: meta.layout_version, expected: LAYOUT_VERSION });
+        }
+        if require_ready && ready != STATE_READY {
+            return Err(OpenError::NotReady);
+        }
+        let policy = Policy::from_u32(meta.policy)
+            .ok_or_else(|| OpenError::Corrupt(format!("unknown policy {}", meta.policy)))?;
+        let config = RingConfig {
+            capacity: meta.capacity,
+            max_message_len: meta.max_message_len,
+            policy,
+            slot_count: meta.slot_count,
+            pages: PagePreference::Auto,
+        };
+        config.validate().map_err(|e| OpenError::Corrupt(e.to_string()))?;
+        let g = Geometry::new(meta.capacity, meta.slot_count, 4096);
+        if meta.data_offset != g.data_offset
+            || meta.total_len > len
+            || meta.data_offset + meta.capacity > meta.total_len
+        {
+            return Err(OpenError::Corrupt(format!(
+                "data at {} + {} does not fit total {} / mapped {len}",
+                meta.data_offset, meta.capacity, meta.total_len
+            )));
+        }
+        let info = RingInfo {
+            capacity: meta.capacity,
+            max_message_len: meta.max_message_len,
+            policy,
+            slot_count: meta.slot_count,
+            created_unix_ns: meta.created_unix_ns,
+            pages: region.pages(),
+            access: region.access(),
+        };
+        // SAFETY: offsets checked against the mapped length just above;
+        // COUNTERS_OFFSET and SLOTS_OFFSET are 128-aligned, data_offset is
+        // 4096-aligned by Geometry.
+        let mem = unsafe {
+            RingMemory::new(
+                region,
+                COUNTERS_OFFSET,
+                SLOTS_OFFSET,
+                meta.slot_count,
+                meta.data_offset as usize,
+                meta.capacity as usize,
+            )
+        };
+        Ok(Ring::from_parts(mem, info, fd))
+    }
+
+    /// The fd behind the mapping, to hand to another process; `None` for a
+    /// private ring.
+    pub fn fd(&self) -> Option<BorrowedFd<'_>> {
+        self.inner.fd.as_ref().map(|f| f.as_fd())
+    }
+
+    /// Whether this mapping is read-only.
+    pub fn is_read_only(&self) -> bool {
+        self.inner.mem.region().access() == Access::ReadOnly
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests;

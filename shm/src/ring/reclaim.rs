@@ -1,0 +1,154 @@
+//! Padding over claims abandoned by crashed publishers.
+//!
+//! A publisher killed between claim and commit leaves a frame that is
+//! claimed (the tail is past it) but never committed; every reader stops
+//! there. The reclaimer follows the stream like a reader that holds nobody
+//! back, and when it finds the same uncommitted frame at the head of the
+//! stream for longer than its timeout, it turns the frame into padding:
+//!
+//! * commit word CLAIMED(p): the header's length is valid (the publisher
+//!   wrote it before CLAIMED, with release); pad exactly that frame.
+//! * anything else: the publisher died between moving the tail and writing
+//!   CLAIMED. Scan forward in 32-byte steps for the next frame start (a
+//!   word equal to its own position in any of the three states), the next
+//!   lap boundary, or the tail, and pad up to it.
+//!
+//! The padding is installed with compare-and-swap on the commit word, so a
+//! publisher that was merely slow and commits first wins. A publisher that
+//! is slower than the timeout loses that message (as with Aeron's unblock
+//! timeout); choose the timeout accordingly (the daemon uses seconds).
+
+use super::{claimed, clean, Ring};
+use crate::frame::{frame_span, pack_len_kind, unpack_len_kind, FrameKind, FRAME_ALIGNMENT, HEADER_LEN};
+use crate::frame::{WORD_LEN_KIND, WORD_POSITION};
+use crate::sync::{fence, Ordering};
+
+/// Most frames examined per `do_work` call (bounds its running time).
+const MAX_FRAMES_PER_CALL: usize = 1 << 16;
+
+/// Finds and pads abandoned claims in one ring.
+#[derive(Debug)]
+pub struct Reclaimer {
+    ring: Ring,
+    timeout_ns: u64,
+    cursor: u64,
+    stuck: Option<(u64, u64)>,
+    padded_bytes: u64,
+    padded_frames: u64,
+}
+
+impl Reclaimer {
+    pub(crate) fn new(ring: Ring, timeout_ns: u64) -> Self {
+        let cursor = ring.tail();
+        Reclaimer { ring, timeout_ns, cursor, stuck: None, padded_bytes: 0, padded_frames: 0 }
+    }
+
+    /// Total bytes padded over so far.
+    pub fn padded_bytes(&self) -> u64 {
+        self.padded_bytes
+    }
+
+    /// Abandoned claims padded so far.
+    pub fn padded_frames(&self) -> u64 {
+        self.padded_frames
+    }
+
+    /// Follows the stream up to the tail; pads a claim that has stayed
+    /// uncommitted for the timeout. `now_ns` is any monotonic clock.
+    /// Returns the number of bytes padded in this call.
+    pub fn do_work(&mut self, now_ns: u64) -> u64 {
+        let mem = &self.ring.inner.mem;
+        let cap = self.ring.inner.info.capacity;
+        let mask = self.ring.inner.mask;
+        let tail = mem.counters().tail.value.load(Ordering::Acquire);
+        if tail + HEADER_LEN as u64 > self.cursor + cap {
+            // We fell a lap behind: restart at the oldest intact boundary.
+            self.cursor = (tail + HEADER_LEN as u64 - cap).next_multiple_of(cap).min(tail);
+            self.stuck = None;
+        }
+        for _ in 0..MAX_FRAMES_PER_CALL {
+            if self.cursor >= tail {
+                self.stuck = None;
+                return 0;
+            }
+            let p = self.cursor;
+            let off = (p & mask) as usize;
+            // SYNC(commit/claimed): Acquire pairs with the publisher's Release
+            // stores of CLAIMED and of the commit.
+            let w = mem.word(off + WORD_POSITION).load(Ordering::Acquire);
+            let (len, _, _) = unpack_len_kind(mem.word(off + WORD_LEN_KIND).load(Ordering::Relaxed));
+            fence(Ordering::Acquire);
+            let lapped = mem.counters().tail.value.load(Ordering::Relaxed) + HEADER_LEN as u64 > p + cap;
+            let span = frame_span(len as usize) as u64;
+            let sane = len as usize >= HEADER_LEN && span <= cap - off as u64;
+            if lapped {
+                return 0; // next call restarts from an intact boundary
+            }
+            if w == p && sane {
+                self.cursor += span;
+                continue;
+            }
+            match self.stuck {
+                Some((at, since)) if at == p && now_ns.saturating_sub(since) >= self.timeout_ns => {
+                    let padded = self.pad(p, w, if w == claimed(p) && sane { Some(span) } else { None }, tail);
+                    self.stuck = None;
+                    return padded;
+                }
+                Some((at, _)) if at == p => return 0,
+                _ => {
+                    self.stuck = Some((p, now_ns));
+                    return 0;
+                }
+            }
+        }
+        0
+    }
+
+    /// Installs a padding frame over the abandoned claim at `p`.
+    fn pad(&mut self, p: u64, seen: u64, span: Option<u64>, tail: u64) -> u64 {
+        let mem = &self.ring.inner.mem;
+        let cap = self.ring.inner.info.capacity;
+        let mask = self.ring.inner.mask;
+        let span = span.unwrap_or_else(|| {
+            // No CLAIMED marker: find where the next frame starts.
+            let lap_end = (p + 1).next_multiple_of(cap);
+            let mut q = p + FRAME_ALIGNMENT as u64;
+            while q < tail && q < lap_end {
+                let v = mem.word((q & mask) as usize + WORD_POSITION).load(Ordering::Acquire);
+                if v == q || v == claimed(q) || v == clean(q) {
+                    break;
+                }
+                q += FRAME_ALIGNMENT as u64;
+            }
+            q.min(lap_end) - p
+        });
+        let off = (p & mask) as usize;
+        let word = mem.word(off + WORD_LEN_KIND);
+        let old_len_kind = word.load(Ordering::Relaxed);
+        word.store(pack_len_kind(span as u32, FrameKind::Padding, 0), Ordering::Relaxed);
+        // SYNC(commit): AcqRel; the Release half pairs with readers' Acquire
+        // load of the commit word, as a publisher's commit does.
+        match mem.word(off + WORD_POSITION).compare_exchange(seen, p, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => {
+                tracing::warn!(position = p, bytes = span, "padded over an abandoned claim");
+                self.padded_bytes += span;
+                self.padded_frames += 1;
+                self.cursor = p + span;
+                let wake = &mem.counters().wake.value;
+                wake.futex.fetch_add(1, Ordering::Release);
+                crate::os::futex::wake_all(&wake.futex);
+                span
+            }
+            Err(_) => {
+                // The publisher committed after all: put its header back.
+                let _ = word.compare_exchange(
+                    pack_len_kind(span as u32, FrameKind::Padding, 0),
+                    old_len_kind,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                );
+                0
+            }
+        }
+    }
+}

@@ -1,0 +1,423 @@
+//! Subscribing: read frames in place, in order, each subscriber at its own
+//! position.
+//!
+//! A subscriber with a slot (`Ring::subscribe`) on a back-pressure ring
+//! reads zero-copy: the handler gets `&[u8]` into the ring, valid for the
+//! call, because publishers cannot pass the subscriber's position until
+//! `poll` publishes it (once per call, with release). Every other reader
+//! (overwrite policy, or detached) copies each frame out, then checks that
+//! no publisher claimed over it meanwhile (seqlock validation); a lapped
+//! reader skips to the next intact lap boundary and reports the bytes it
+//! lost, and never hands out torn data.
+//!
+//! Joining (the protocol publishers' `refresh_limit` pairs with): store our
+//! slot position (SeqCst), load `limit_granted` (SeqCst); if a publisher may
+//! already write over our start, pick a later start and repeat.
+
+use super::{Policy, Ring};
+use crate::frame::{frame_span, unpack_len_kind, FrameKind, HEADER_LEN, WORD_LEN_KIND, WORD_POSITION};
+use crate::frame::{WORD_PUBLISHER, WORD_TIMESTAMP};
+use crate::layout::{SLOT_ACTIVE, SLOT_FREE};
+use crate::sync::{fence, Ordering};
+use std::time::{Duration, Instant};
+use thiserror::Error;
+
+/// Where a new subscriber starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// At the tail: only messages published from now on.
+    Latest,
+    /// At the oldest message still intact in the ring.
+    Oldest,
+}
+
+/// Why a subscriber could not join.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum SubscribeError {
+    /// Every subscriber slot is taken.
+    #[error("all {0} subscriber slots are in use")]
+    NoFreeSlot(u32),
+    /// A slot needs a writable mapping; use a detached subscriber.
+    #[error("the ring is mapped read-only; use a detached subscriber")]
+    ReadOnly,
+}
+
+/// Why a poll stopped.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum PollError {
+    /// The frame at `position` is committed but its header is impossible.
+    #[error("corrupt frame at position {position}: {reason}")]
+    Corrupt {
+        /// Where.
+        position: u64,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+/// One message, as handed to a poll handler.
+#[derive(Debug, Clone, Copy)]
+pub struct Message<'a> {
+    /// The payload (in the ring, or in the subscriber's copy buffer).
+    pub payload: &'a [u8],
+    /// Stream position of the frame.
+    pub position: u64,
+    /// Publish timestamp, ns since the Unix epoch (0 if not stamped).
+    pub timestamp_ns: u64,
+    /// Id of the publisher.
+    pub publisher_id: u32,
+    /// Frame flags.
+    pub flags: u16,
+}
+
+/// Reads a ring. Owned by one thread.
+#[derive(Debug)]
+pub struct Subscriber {
+    ring: Ring,
+    slot: Option<u32>,
+    position: u64,
+    capacity: u64,
+    mask: u64,
+    max_message_len: usize,
+    zero_copy: bool,
+    copy: Vec<u8>,
+    overrun_bytes: u64,
+}
+
+impl Subscriber {
+    pub(crate) fn join(ring: Ring, start: Start) -> Result<Self, SubscribeError> {
+        #[cfg(not(loom))]
+        if ring.is_read_only() {
+            return Err(SubscribeError::ReadOnly);
+        }
+        let slot = (0..ring.inner.mem.slot_count())
+            .find(|&i| {
+                ring.inner.mem.slot(i)
+                    .state
+                    .compare_exchange(SLOT_FREE, SLOT_ACTIVE, Ordering::Acquire, Ordering::Relaxed)
+                    .is_ok()
+            })
+            .ok_or(SubscribeError::NoFreeSlot(ring.inner.mem.slot_count()))?;
+        let ring2 = ring.clone();
+        let s = ring2.inner.mem.slot(slot);
+        s.pid.store(std::process::id(), Ordering::Relaxed);
+        s.overrun_bytes.store(0, Ordering::Relaxed);
+        s.heartbeat_ns.store(0, Ordering::Relaxed);
+        let mut sub = Self::detached(ring, start);
+        sub.slot = Some(slot);
+        sub.zero_copy = sub.ring.inner.info.policy == Policy::BackPressure;
+        let cap = sub.capacity;
+        let counters = sub.ring.inner.mem.counters();
+        // Publish a start, then check no publisher was granted the right to
+        // write over it (see the module docs); move forward until none was.
+        let mut p = sub.position;
+        loop {
+            s.position.store(p, Ordering::SeqCst);
+            counters.publishers.value.slot_hwm.fetch_max(slot + 1, Ordering::SeqCst);
+            let granted = counters.limit_granted.value.load(Ordering::SeqCst);
+            if !sub.zero_copy || granted <= p + cap {
+                break;
+            }
+            let tail = counters.tail.value.load(Ordering::Acquire);
+            p = match start {
+                Start::Latest => tail,
+                Start::Oldest => sub.oldest_boundary(granted, tail),
+            };
+        }
+        sub.position = p;
+        Ok(sub)
+    }
+
+    pub(crate) fn detached(ring: Ring, start: Start) -> Self {
+        let info = &ring.inner.info;
+        let tail = ring.inner.mem.counters().tail.value.load(Ordering::Acquire);
+        let mut sub = Subscriber {
+            capacity: info.capacity,
+            mask: ring.inner.mask,
+            max_message_len: info.max_message_len as usize,
+            copy: vec![0u8; info.max_message_len as usize],
+            slot: None,
+            position: tail,
+            zero_copy: false,
+            overrun_bytes: 0,
+            ring,
+        };
+        if start == Start::Oldest {
+            let granted = sub.ring.inner.mem.counters().limit_granted.value.load(Ordering::SeqCst);
+            sub.position = sub.oldest_boundary(granted.max(tail + HEADER_LEN as u64), tail);
+        }
+        sub
+    }
+
+    /// The oldest frame boundary not yet open to overwriting when
+    /// publishers may write up to `granted`: the lowest live subscriber
+    /// position or lap boundary at or after `granted - capacity`.
+    fn oldest_boundary(&self, granted: u64, tail: u64) -> u64 {
+        let floor = granted.saturating_sub(self.capacity);
+        let lap = floor.next_multiple_of(self.capacity);
+        let mut best = if lap <= tail { lap } else { tail };
+        for s in self.ring.subscribers() {
+            if Some(s.index) != self.slot && s.position >= floor && s.position < best {
+                best = s.position;
+            }
+        }
+        best
+    }
+
+    /// The next position this subscriber will read.
+    pub fn position(&self) -> u64 {
+        self.position
+    }
+
+    /// Total bytes lost to overruns so far.
+    pub fn overrun_bytes(&self) -> u64 {
+        self.overrun_bytes
+    }
+
+    /// This subscriber's slot, if it has one.
+    pub fn slot(&self) -> Option<u32> {
+        self.slot
+    }
+
+    /// The ring.
+    pub fn ring(&self) -> &Ring {
+        &self.ring
+    }
+
+    /// Records a sign of life in the slot (the daemon reads it).
+    pub fn heartbeat(&self, now_ns: u64) {
+        if let Some(i) = self.slot {
+            self.ring.inner.mem.slot(i).heartbeat_ns.store(now_ns, Ordering::Relaxed);
+        }
+    }
+
+    /// Hands up to `limit` messages, in order, to `handler`. Returns how
+    /// many were handed. Never blocks.
+    #[inline]
+    pub fn poll<F>(&mut self, limit: usize, handler: F) -> Result<usize, PollError>
+    where
+        F: FnMut(Message<'_>),
+    {
+        if self.zero_copy {
+            self.poll_in_place(limit, handler)
+        } else {
+            self.poll_validated(limit, handler)
+        }
+    }
+
+    /// Whether a frame is ready at our position (or we were overrun).
+    pub fn has_data(&self) -> bool {
+        let mem = &self.ring.inner.mem;
+        let w = mem.word(self.off(self.position) + WORD_POSITION).load(Ordering::Acquire);
+        w == self.position || (!self.zero_copy && self.lapped(mem.counters().tail.value.load(Ordering::Acquire)))
+    }
+
+    /// Like [`poll`](Self::poll), but sleeps on the ring's futex until a
+    /// message arrives or `deadline` passes. Returns 0 on timeout.
+    pub fn poll_blocking<F>(&mut self, limit: usize, mut handler: F, deadline: Instant) -> Result<usize, PollError>
+    where
+        F: FnMut(Message<'_>),
+    {
+        loop {
+            let n = self.poll(limit, &mut handler)?;
+            if n > 0 {
+                return Ok(n);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(0);
+            }
+            self.sleep(deadline - now);
+        }
+    }
+
+    /// Sleeps until a publisher commits (or the timeout passes). The caller
+    /// re-polls afterwards.
+    pub fn sleep(&self, timeout: Duration) {
+        let wake = &self.ring.inner.mem.counters().wake.value;
+        // SYNC(futex): Acquire pairs with the publisher's Release increment;
+        // a wake after this load makes FUTEX_WAIT return at once.
+        let seq = wake.futex.load(Ordering::Acquire);
+        wake.waiters.fetch_add(1, Ordering::SeqCst);
+        // The asymmetric half of the Dekker handshake (see os::futex): after
+        // this, a publisher that committed before it is visible to our
+        // check below, and one that commits after it sees `waiters`.
+        #[cfg(not(loom))]
+        let fenced = crate::os::futex::heavy_barrier();
+        #[cfg(loom)]
+        let fenced = true;
+        let timeout = if fenced { timeout } else { timeout.min(Duration::from_millis(1)) };
+        if !self.has_data() {
+            crate::os::futex::wait(&wake.futex, seq, Some(timeout));
+        }
+        wake.waiters.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    fn poll_in_place<F: FnMut(Message<'_>)>(&mut self, limit: usize, mut handler: F) -> Result<usize, PollError> {
+        let mem = &self.ring.inner.mem;
+        let mut pos = self.position;
+        let mut delivered = 0;
+        let mut result = Ok(());
+        for _ in 0..limit {
+            let off = self.off(pos);
+            // SYNC(commit): Acquire pairs with the Release commit store in
+            // Publication::commit_frame.
+            if mem.word(off + WORD_POSITION).load(Ordering::Acquire) != pos {
+                break;
+            }
+            let (len, kind, flags) = unpack_len_kind(mem.word(off + WORD_LEN_KIND).load(Ordering::Relaxed));
+            let kind = match self.check(off, len, kind) {
+                Ok(k) => k,
+                Err(reason) => {
+                    result = Err(PollError::Corrupt { position: pos, reason });
+                    break;
+                }
+            };
+            if kind == FrameKind::Data {
+                let plen = len as usize - HEADER_LEN;
+                #[cfg(not(loom))]
+                // SAFETY: committed (commit word == pos, acquired), bounds
+                // checked above, and publishers cannot pass our slot
+                // position, which we publish only after the loop.
+                let payload = unsafe { mem.bytes(off + HEADER_LEN, plen) };
+                #[cfg(loom)]
+                let payload = {
+                    mem.copy_racy(off + HEADER_LEN, &mut self.copy[..plen]);
+                    &self.copy[..plen]
+                };
+                handler(Message {
+                    payload,
+                    position: pos,
+                    timestamp_ns: mem.word(off + WORD_TIMESTAMP).load(Ordering::Relaxed),
+                    publisher_id: mem.word(off + WORD_PUBLISHER).load(Ordering::Relaxed) as u32,
+                    flags,
+                });
+                delivered += 1;
+            }
+            pos += frame_span(len as usize) as u64;
+        }
+        self.advance(pos);
+        result.map(|()| delivered)
+    }
+
+    fn poll_validated<F: FnMut(Message<'_>)>(&mut self, limit: usize, mut handler: F) -> Result<usize, PollError> {
+        let ring = self.ring.clone();
+        let mem = &ring.inner.mem;
+        let slot = self.slot.map(|i| mem.slot(i));
+        let counters = mem.counters();
+        let mut pos = self.position;
+        let mut delivered = 0;
+        let mut result = Ok(());
+        for _ in 0..limit {
+            let off = self.off(pos);
+            // SYNC(commit): as in poll_in_place.
+            if mem.word(off + WORD_POSITION).load(Ordering::Acquire) != pos {
+                let tail = counters.tail.value.load(Ordering::Acquire);
+                if self.lapped_at(pos, tail) {
+                    pos = Self::overrun(self.capacity, pos, tail, &mut self.overrun_bytes, slot);
+                    continue;
+                }
+                break;
+            }
+            let (len, kind, flags) = unpack_len_kind(mem.word(off + WORD_LEN_KIND).load(Ordering::Relaxed));
+            let timestamp_ns = mem.word(off + WORD_TIMESTAMP).load(Ordering::Relaxed);
+            let publisher_id = mem.word(off + WORD_PUBLISHER).load(Ordering::Relaxed) as u32;
+            let checked = self.check(off, len, kind);
+            if let Ok(FrameKind::Data) = checked {
+                let plen = len as usize - HEADER_LEN;
+                mem.copy_racy(off + HEADER_LEN, &mut self.copy[..plen]);
+            }
+            // SYNC(seqlock): Acquire fence pairs with the Release fence after
+            // a publisher's tail move: if any byte we copied was written by
+            // a claim, the tail we load next covers that claim.
+            fence(Ordering::Acquire);
+            let tail = counters.tail.value.load(Ordering::Relaxed);
+            if self.lapped_at(pos, tail) {
+                pos = Self::overrun(self.capacity, pos, tail, &mut self.overrun_bytes, slot);
+                continue;
+            }
+            let kind = match checked {
+                Ok(k) => k,
+                Err(reason) => {
+                    result = Err(PollError::Corrupt { position: pos, reason });
+                    break;
+                }
+            };
+            if kind == FrameKind::Data {
+                let plen = len as usize - HEADER_LEN;
+                handler(Message { payload: &self.copy[..plen], position: pos, timestamp_ns, publisher_id, flags });
+                delivered += 1;
+            }
+            pos += frame_span(len as usize) as u64;
+        }
+        self.advance(pos);
+        result.map(|()| delivered)
+    }
+
+    /// Validates a committed header at data offset `off`.
+    #[inline]
+    fn check(&self, off: usize, len: u32, kind: u16) -> Result<FrameKind, String> {
+        let len = len as usize;
+        let room = self.capacity as usize - off;
+        match FrameKind::from_u16(kind) {
+            Some(FrameKind::Data) if len >= HEADER_LEN && len - HEADER_LEN <= self.max_message_len && frame_span(len) <= room => {
+                Ok(FrameKind::Data)
+            }
+            Some(FrameKind::Padding) if len >= HEADER_LEN && len % HEADER_LEN == 0 && len <= room => Ok(FrameKind::Padding),
+            Some(_) => Err(format!("length {len} out of bounds (max message {}, {room} bytes to the end)", self.max_message_len)),
+            None => Err(format!("unknown kind {kind}")),
+        }
+    }
+
+    fn lapped(&self, tail: u64) -> bool {
+        self.lapped_at(self.position, tail)
+    }
+
+    /// Whether claims up to `tail` (plus the clean-ahead word after it) may
+    /// have overwritten the frame at `pos`.
+    #[inline]
+    fn lapped_at(&self, pos: u64, tail: u64) -> bool {
+        tail + HEADER_LEN as u64 > pos + self.capacity
+    }
+
+    /// Skips from `pos` to the oldest lap boundary still intact; counts and
+    /// returns the new position.
+    #[cold]
+    fn overrun(capacity: u64, pos: u64, tail: u64, total: &mut u64, slot: Option<&crate::layout::Slot>) -> u64 {
+        let next = (tail + HEADER_LEN as u64 - capacity).next_multiple_of(capacity);
+        debug_assert!(next > pos);
+        let lost = next - pos;
+        *total += lost;
+        if let Some(s) = slot {
+            s.overrun_bytes.fetch_add(lost, Ordering::Relaxed);
+        }
+        next
+    }
+
+    #[inline]
+    fn advance(&mut self, pos: u64) {
+        if pos != self.position {
+            self.position = pos;
+            if let Some(i) = self.slot {
+                // SYNC(slot-position): Release pairs with the publishers'
+                // (SeqCst, so at least Acquire) slot scan: our reads of the
+                // frames before `pos` happen before their overwrite.
+                self.ring.inner.mem.slot(i).position.store(pos, Ordering::Release);
+            }
+        }
+    }
+
+    #[inline]
+    fn off(&self, p: u64) -> usize {
+        (p & self.mask) as usize
+    }
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        if let Some(i) = self.slot {
+            // SYNC(slot-state): Release pairs with the publishers' scan.
+            self.ring.inner.mem.slot(i).state.store(SLOT_FREE, Ordering::Release);
+        }
+    }
+}

@@ -1,0 +1,171 @@
+//! Unit tests of the ring on heap memory (these also run under Miri).
+
+use super::*;
+use crate::frame::{message_span, HEADER_LEN};
+
+fn cfg(capacity: u64, max: u32, policy: Policy) -> RingConfig {
+    RingConfig { capacity, max_message_len: max, policy, slot_count: 4, pages: PagePreference::NormalOnly }
+}
+
+fn drain(sub: &mut Subscriber) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    while sub.poll(64, |m| out.push(m.payload.to_vec())).unwrap() > 0 {}
+    out
+}
+
+#[test]
+fn offer_poll_in_order_across_wraps() {
+    let ring = Ring::private(&cfg(4096, 512, Policy::BackPressure)).unwrap();
+    let mut sub = ring.subscribe(Start::Latest).unwrap();
+    let mut publ = ring.exclusive_publication().unwrap();
+    let mut next = 0u32;
+    for round in 0..200u32 {
+        let len = (round as usize * 37) % 300 + 1;
+        let msg: Vec<u8> = (0..len).map(|i| (i as u32 + round) as u8).collect();
+        publ.offer(&msg).unwrap();
+        let got = drain(&mut sub);
+        assert_eq!(got, vec![msg]);
+        next += 1;
+    }
+    assert_eq!(next, 200);
+    assert!(ring.tail() > 4 * 4096, "wrapped several times");
+}
+
+#[test]
+fn back_pressure_stops_at_slowest_subscriber() {
+    let ring = Ring::private(&cfg(4096, 256, Policy::BackPressure)).unwrap();
+    let mut sub = ring.subscribe(Start::Latest).unwrap();
+    let mut publ = ring.shared_publication().unwrap();
+    let mut sent = 0;
+    while publ.offer(&[7u8; 32]).is_ok() {
+        sent += 1;
+        assert!(sent < 1000, "publisher never back-pressured");
+    }
+    assert_eq!(publ.offer(&[7u8; 32]), Err(ClaimError::BackPressured));
+    // A whole ring minus the clean-ahead header.
+    assert_eq!(sent, (4096 - HEADER_LEN) / message_span(32));
+    assert_eq!(drain(&mut sub).len(), sent);
+    assert!(publ.offer(&[7u8; 32]).is_ok());
+    drop(sub);
+    // No subscribers: nothing holds the publisher back.
+    for _ in 0..1000 {
+        publ.offer(&[1u8; 32]).unwrap();
+    }
+}
+
+#[test]
+fn overwrite_reports_exact_overrun() {
+    let ring = Ring::private(&cfg(4096, 256, Policy::Overwrite)).unwrap();
+    let mut sub = ring.subscribe(Start::Latest).unwrap();
+    let mut publ = ring.exclusive_publication().unwrap();
+    for i in 0..500u32 {
+        publ.offer(&i.to_le_bytes()).unwrap();
+    }
+    let mut got = Vec::new();
+    while sub.poll(64, |m| got.push(u32::from_le_bytes(m.payload.try_into().unwrap()))).unwrap() > 0 {}
+    assert!(sub.overrun_bytes() > 0);
+    // Everything delivered is a suffix of what was sent, in order.
+    assert_eq!(*got.last().unwrap(), 499);
+    assert!(got.windows(2).all(|w| w[1] == w[0] + 1));
+    let delivered_bytes = got.len() as u64 * message_span(4) as u64;
+    assert_eq!(sub.position(), ring.tail());
+    assert_eq!(delivered_bytes + sub.overrun_bytes(), ring.tail());
+}
+
+#[test]
+fn batch_commits_together_and_pads_rest() {
+    let ring = Ring::private(&cfg(4096, 256, Policy::BackPressure)).unwrap();
+    let mut sub = ring.subscribe(Start::Latest).unwrap();
+    let mut publ = ring.exclusive_publication().unwrap();
+    let mut batch = publ.try_claim_batch(4 * message_span(10)).unwrap();
+    assert!(batch.push(b"0123456789"));
+    assert!(batch.push(b"abc"));
+    assert!(sub.poll(10, |_| ()).unwrap() == 0, "nothing visible before commit");
+    batch.commit();
+    assert_eq!(drain(&mut sub), vec![b"0123456789".to_vec(), b"abc".to_vec()]);
+    assert_eq!(sub.position(), 4 * message_span(10) as u64);
+    // Dropped batch: padding only.
+    let mut batch = publ.try_claim_batch(2 * message_span(10)).unwrap();
+    batch.push(b"lost");
+    drop(batch);
+    publ.offer(b"after").unwrap();
+    assert_eq!(drain(&mut sub), vec![b"after".to_vec()]);
+}
+
+#[test]
+fn dropped_claim_becomes_padding() {
+    let ring = Ring::private(&cfg(4096, 256, Policy::BackPressure)).unwrap();
+    let mut sub = ring.subscribe(Start::Latest).unwrap();
+    let mut publ = ring.exclusive_publication().unwrap();
+    {
+        let mut c = publ.try_claim(5).unwrap();
+        c.buf().copy_from_slice(b"never");
+    }
+    let mut c = publ.try_claim(3).unwrap();
+    c.buf().copy_from_slice(b"yes");
+    c.commit();
+    assert_eq!(drain(&mut sub), vec![b"yes".to_vec()]);
+}
+
+#[test]
+fn too_long_is_refused() {
+    let ring = Ring::private(&cfg(4096, 100, Policy::BackPressure)).unwrap();
+    let mut publ = ring.exclusive_publication().unwrap();
+    assert_eq!(publ.offer(&[0; 101]), Err(ClaimError::TooLong { len: 101, max: 100 }));
+    assert!(publ.offer(&[0; 100]).is_ok());
+}
+
+#[test]
+fn oldest_start_sees_what_is_still_in_the_ring() {
+    let ring = Ring::private(&cfg(4096, 256, Policy::BackPressure)).unwrap();
+    let mut publ = ring.exclusive_publication().unwrap();
+    for i in 0..10u8 {
+        publ.offer(&[i]).unwrap();
+    }
+    let mut sub = ring.subscribe(Start::Oldest).unwrap();
+    assert_eq!(drain(&mut sub).len(), 10);
+    let mut late = ring.subscribe(Start::Latest).unwrap();
+    assert!(drain(&mut late).is_empty());
+}
+
+#[test]
+fn reclaimer_pads_abandoned_claim() {
+    let ring = Ring::private(&cfg(4096, 256, Policy::BackPressure)).unwrap();
+    let mut sub = ring.subscribe(Start::Latest).unwrap();
+    let mut rec = ring.reclaimer(1_000);
+    let mut dead = ring.shared_publication().unwrap();
+    let mut live = ring.shared_publication().unwrap();
+    let claim = dead.try_claim(40).unwrap();
+    std::mem::forget(claim); // the publisher "dies" holding its claim
+    live.offer(b"behind the dead claim").unwrap();
+    assert!(drain(&mut sub).is_empty(), "stuck behind the claim");
+    assert_eq!(rec.do_work(0), 0);
+    assert_eq!(rec.do_work(500), 0, "not yet timed out");
+    assert_eq!(rec.do_work(1_000), message_span(40) as u64);
+    assert_eq!(drain(&mut sub), vec![b"behind the dead claim".to_vec()]);
+    assert_eq!(rec.do_work(2_000), 0);
+}
+
+#[test]
+fn detached_reader_copies_and_never_holds_back() {
+    let ring = Ring::private(&cfg(4096, 256, Policy::BackPressure)).unwrap();
+    let mut det = ring.subscribe_detached(Start::Latest);
+    let mut publ = ring.exclusive_publication().unwrap();
+    for i in 0..1000u32 {
+        publ.offer(&i.to_le_bytes()).unwrap();
+    }
+    let got = drain(&mut det);
+    assert!(!got.is_empty() && det.overrun_bytes() > 0);
+}
+
+#[test]
+fn corrupt_header_is_an_error_not_a_crash() {
+    let ring = Ring::private(&cfg(4096, 256, Policy::BackPressure)).unwrap();
+    let mut sub = ring.subscribe(Start::Latest).unwrap();
+    let mut publ = ring.exclusive_publication().unwrap();
+    publ.offer(b"x").unwrap();
+    // Scribble an impossible length over the committed frame.
+    ring.inner.mem.word(0).store(u64::from(u32::MAX) | (1 << 32), Ordering::Relaxed);
+    let err = sub.poll(10, |_| panic!("must not deliver")).unwrap_err();
+    assert!(matches!(err, PollError::Corrupt { position: 0, .. }), "{err}");
+}
