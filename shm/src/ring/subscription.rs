@@ -82,6 +82,7 @@ pub struct Subscriber {
     zero_copy: bool,
     copy: Vec<u8>,
     overrun_bytes: u64,
+    padding_bytes: u64,
 }
 
 impl Subscriber {
@@ -140,6 +141,7 @@ impl Subscriber {
             position: tail,
             zero_copy: false,
             overrun_bytes: 0,
+            padding_bytes: 0,
             ring,
         };
         if start == Start::Oldest {
@@ -172,6 +174,14 @@ impl Subscriber {
     /// Total bytes lost to overruns so far.
     pub fn overrun_bytes(&self) -> u64 {
         self.overrun_bytes
+    }
+
+    /// Total bytes of padding frames passed over so far. For a subscriber
+    /// that started at position `s`: `position() - s` always equals the
+    /// spans of the messages handed out + `padding_bytes()` +
+    /// `overrun_bytes()`.
+    pub fn padding_bytes(&self) -> u64 {
+        self.padding_bytes
     }
 
     /// This subscriber's slot, if it has one.
@@ -293,6 +303,8 @@ impl Subscriber {
                     flags,
                 });
                 delivered += 1;
+            } else {
+                self.padding_bytes += frame_span(len as usize) as u64;
             }
             pos += frame_span(len as usize) as u64;
         }
@@ -347,6 +359,8 @@ impl Subscriber {
                 let plen = len as usize - HEADER_LEN;
                 handler(Message { payload: &self.copy[..plen], position: pos, timestamp_ns, publisher_id, flags });
                 delivered += 1;
+            } else {
+                self.padding_bytes += frame_span(len as usize) as u64;
             }
             pos += frame_span(len as usize) as u64;
         }
