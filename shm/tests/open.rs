@@ -1,0 +1,129 @@
+//! Creating and opening ring files: page kinds, and typed errors for every
+//! kind of bad header.
+
+use rill_shm::ring::{OpenError, PagePreference, Policy, Ring, RingConfig, Start};
+use rill_shm::{Access, PageKind};
+use std::io::{Seek, SeekFrom, Write};
+use std::path::PathBuf;
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> Self {
+        let p = PathBuf::from(format!("/dev/shm/rill-open-test-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn config() -> RingConfig {
+    RingConfig { capacity: 64 << 10, max_message_len: 1024, pages: PagePreference::NormalOnly, ..Default::default() }
+}
+
+fn poke(path: &std::path::Path, offset: u64, bytes: &[u8]) {
+    let mut f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    f.seek(SeekFrom::Start(offset)).unwrap();
+    f.write_all(bytes).unwrap();
+}
+
+#[test]
+fn create_then_open_shares_the_ring() {
+    let dir = TempDir::new("share");
+    let created = Ring::create_in(&dir.0, "s", &config()).unwrap();
+    assert_eq!(created.pages(), PageKind::Normal4K);
+    let opened = Ring::open(&dir.0.join("s"), Access::ReadWrite).unwrap();
+    assert_eq!(opened.info().capacity, 64 << 10);
+    assert_eq!(opened.info().policy, Policy::BackPressure);
+    let mut sub = opened.subscribe(Start::Latest).unwrap();
+    created.exclusive_publication().unwrap().offer(b"across mappings").unwrap();
+    let mut got = Vec::new();
+    sub.poll(4, |m| got.push(m.payload.to_vec())).unwrap();
+    assert_eq!(got, vec![b"across mappings".to_vec()]);
+    assert!(Ring::create_in(&dir.0, "s", &config()).is_err(), "create must not clobber");
+}
+
+#[test]
+fn read_only_mapping_reads_but_cannot_publish() {
+    let dir = TempDir::new("ro");
+    let ring = Ring::create_in(&dir.0, "r", &config()).unwrap();
+    let ro = Ring::open(&dir.0.join("r"), Access::ReadOnly).unwrap();
+    assert!(ro.is_read_only());
+    assert!(ro.exclusive_publication().is_err());
+    assert!(ro.subscribe(Start::Latest).is_err());
+    let mut det = ro.subscribe_detached(Start::Latest);
+    ring.exclusive_publication().unwrap().offer(b"seen read-only").unwrap();
+    let mut got = Vec::new();
+    det.poll(4, |m| got.push(m.payload.to_vec())).unwrap();
+    assert_eq!(got, vec![b"seen read-only".to_vec()]);
+}
+
+#[test]
+fn bad_headers_are_typed_errors() {
+    let dir = TempDir::new("bad");
+    let path = dir.0.join("b");
+    drop(Ring::create_in(&dir.0, "b", &config()).unwrap());
+
+    poke(&path, 8, &2u32.to_le_bytes());
+    let e = Ring::open(&path, Access::ReadOnly).unwrap_err();
+    assert!(matches!(e, OpenError::VersionMismatch { found: 2, expected: 1 }), "{e}");
+    poke(&path, 8, &1u32.to_le_bytes());
+
+    poke(&path, 12, &0u32.to_le_bytes());
+    assert!(matches!(Ring::open(&path, Access::ReadOnly), Err(OpenError::NotReady)));
+    poke(&path, 12, &1u32.to_le_bytes());
+
+    poke(&path, 16, &(3u64 << 12).to_le_bytes());
+    let e = Ring::open(&path, Access::ReadOnly).unwrap_err();
+    assert!(matches!(e, OpenError::Corrupt(_)), "{e}");
+    poke(&path, 16, &(64u64 << 10).to_le_bytes());
+
+    poke(&path, 0, b"NOTARING");
+    assert!(matches!(Ring::open(&path, Access::ReadOnly), Err(OpenError::BadMagic { .. })));
+    poke(&path, 0, &0u64.to_le_bytes());
+    assert!(matches!(Ring::open(&path, Access::ReadOnly), Err(OpenError::NotReady)));
+    poke(&path, 0, b"RILLRING");
+    Ring::open(&path, Access::ReadOnly).expect("restored header opens again");
+
+    std::fs::write(dir.0.join("small"), [0u8; 100]).unwrap();
+    assert!(matches!(Ring::open(&dir.0.join("small"), Access::ReadOnly), Err(OpenError::TooSmall { len: 100 })));
+    assert!(matches!(Ring::open(&dir.0.join("missing"), Access::ReadOnly), Err(OpenError::Io { .. })));
+}
+
+#[test]
+fn invalid_configs_are_refused() {
+    for bad in [
+        RingConfig { capacity: 5000, ..config() },
+        RingConfig { max_message_len: 0, ..config() },
+        RingConfig { max_message_len: 1 << 20, ..config() },
+        RingConfig { slot_count: 0, ..config() },
+    ] {
+        assert!(Ring::private(&bad).is_err(), "{bad:?}");
+    }
+}
+
+#[test]
+fn memfd_rings_fall_back_and_report_pages() {
+    let normal = Ring::create_memfd("normal", &config()).unwrap();
+    assert_eq!(normal.pages(), PageKind::Normal4K);
+    let auto = Ring::create_memfd("auto", &RingConfig { pages: PagePreference::Auto, ..config() }).unwrap();
+    let reserved = std::fs::read_to_string("/proc/sys/vm/nr_hugepages").unwrap().trim().parse::<u64>().unwrap();
+    if reserved > 0 {
+        assert_eq!(auto.pages(), PageKind::Huge2M, "huge pages are reserved, so Auto must get them");
+    } else {
+        assert_eq!(auto.pages(), PageKind::Normal4K);
+    }
+    // The fd maps again, as another process would after SCM_RIGHTS.
+    let fd = auto.fd().unwrap().try_clone_to_owned().unwrap();
+    let again = Ring::from_fd(fd, Access::ReadWrite).unwrap();
+    assert_eq!(again.pages(), auto.pages());
+    let mut sub = again.subscribe(Start::Latest).unwrap();
+    auto.shared_publication().unwrap().offer(b"via fd").unwrap();
+    assert_eq!(sub.poll(4, |m| assert_eq!(m.payload, b"via fd")).unwrap(), 1);
+}
