@@ -14,7 +14,8 @@
 //!               |   256  limit_granted (highest publisher limit)   |
 //!               |   384  durable, replicated positions             |
 //!               |   512  futex word, waiters                       |
-//!               |   640  next_publisher_id, fenced_publishers      |
+//!               |   640  next_publisher_id, fenced, slot_hwm       |
+//!               |   768  head (oldest frame that may be uncommitted)|
 //! offset 1024   +--------------------------------------------------+
 //!               | Slot[slot_count], 128 B each: state, pid,        |
 //!               |   position, heartbeat_ns, overrun_bytes          |
@@ -25,6 +26,17 @@
 //!
 //! Counters sit 128 bytes apart, not 64: Intel's adjacent-line prefetcher
 //! pulls cache lines in pairs, so 64-byte separation still false-shares.
+//!
+//! Subscriber slots live here, in the ring file, so publishers in any
+//! process can compute their limit from the slowest live subscriber without
+//! asking anyone. A process that maps the file read-write may write any
+//! slot; that is fine for publishers and for trusted subscribers. For
+//! untrusted subscribers (containers served by `rilld`) the plan keeps the
+//! rule "data read-only, only your own position writable" without changing
+//! this layout: the daemon hands such a subscriber a read-only fd of the
+//! ring plus a one-page memfd holding just its position, and mirrors that
+//! position into the subscriber's slot here (the daemon then sits on the
+//! back-pressure path only, never on the data path).
 //!
 //! Opening checks `magic`, then `layout_version`, then that `state` is
 //! [`STATE_READY`] (written last, with release, by the creator); a ring still
@@ -134,6 +146,11 @@ pub struct Counters {
     pub wake: Line<WakeWords>,
     /// Publisher ids.
     pub publishers: Line<PublisherWords>,
+    /// A frame boundary at or before the oldest frame that may still be
+    /// uncommitted. No claim may end more than one ring past it (see
+    /// `ring::publication`), so frames from `head` on are never overwritten
+    /// and a slow publisher's claim is never lapped.
+    pub head: Line<AtomicU64>,
 }
 
 /// One subscriber's position slot.
@@ -166,6 +183,7 @@ const _: () = {
     assert!(offset_of!(Counters, replicated) == 384);
     assert!(offset_of!(Counters, wake) == 512);
     assert!(offset_of!(Counters, publishers) == 640);
+    assert!(offset_of!(Counters, head) == 768);
     assert!(COUNTERS_OFFSET + size_of::<Counters>() <= SLOTS_OFFSET);
     assert!(size_of::<Slot>() == SLOT_SIZE);
     assert!(align_of::<Slot>() == 128);
@@ -208,6 +226,7 @@ impl Counters {
             durable: l(0),
             replicated: l(0),
             wake: Line { value: WakeWords { futex: AtomicU32::new(0), waiters: AtomicU32::new(0) } },
+            head: l(0),
             publishers: Line {
                 value: PublisherWords {
                     next_id: AtomicU32::new(1),

@@ -90,7 +90,7 @@ impl RingMemory {
     /// The 64-bit word at data offset `off`.
     #[inline]
     pub(crate) fn word(&self, off: usize) -> &AtomicU64 {
-        debug_assert!(off % 8 == 0 && off + 8 <= self.capacity);
+        debug_assert!(off.is_multiple_of(8) && off + 8 <= self.capacity);
         let off = off & (self.capacity - 1) & !7;
         // SAFETY: masked into [0, capacity) and 8-aligned; data is 4096
         // aligned, so the AtomicU64 is aligned and inside the region.

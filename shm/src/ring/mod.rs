@@ -349,17 +349,24 @@ impl Ring {
     /// owner, if it still lives, must not read zero-copy afterwards.
     pub fn release_slot(&self, index: u32) {
         assert!(index < self.inner.mem.slot_count(), "slot {index} out of range");
+        let slot = self.inner.mem.slot(index);
+        // pid 0 marks a slot being (re)initialised: reapers skip it, so the
+        // next owner is never mistaken for this one.
+        slot.pid.store(0, Ordering::Relaxed);
         // SYNC(slot-state): Release pairs with the Acquire in the
-        // publishers' limit scan.
-        self.inner.mem.slot(index).state.store(SLOT_FREE, Ordering::Release);
+        // publishers' limit scan (and orders the pid store before it).
+        slot.state.store(SLOT_FREE, Ordering::Release);
     }
 
     /// Frees the slots of subscribers whose process no longer exists (by
     /// pid, in this pid namespace). Returns how many were freed.
     #[cfg(not(loom))]
     pub fn reap_dead_subscribers(&self) -> usize {
-        let dead: Vec<_> =
-            self.subscribers().into_iter().filter(|s| !crate::os::pid_alive(s.pid)).collect();
+        let dead: Vec<_> = self
+            .subscribers()
+            .into_iter()
+            .filter(|s| s.pid != 0 && !crate::os::pid_alive(s.pid))
+            .collect();
         for s in &dead {
             tracing::info!(slot = s.index, pid = s.pid, "freeing slot of dead subscriber");
             self.release_slot(s.index);

@@ -34,8 +34,10 @@ use thiserror::Error;
 /// Why a claim or offer did not happen.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum ClaimError {
-    /// The slowest live subscriber is a whole ring behind; retry later.
-    #[error("back-pressured: the slowest subscriber is a whole ring behind")]
+    /// The slowest live subscriber is a whole ring behind (back-pressure
+    /// policy), or another publisher's unfinished claim is (either policy:
+    /// a publisher never laps an uncommitted frame); retry later.
+    #[error("back-pressured: a subscriber or an unfinished claim is a whole ring behind")]
     BackPressured,
     /// The message is longer than the ring's maximum.
     #[error("message of {len} bytes exceeds the ring's maximum of {max}")]
@@ -206,7 +208,7 @@ impl<M: ClaimMode> Publication<M> {
     /// committed together. Unused space becomes padding at commit.
     pub fn try_claim_batch(&mut self, bytes: usize) -> Result<Batch<'_, M>, ClaimError> {
         let max = self.capacity as usize / 4;
-        if bytes % HEADER_LEN != 0 || bytes == 0 || bytes > max {
+        if !bytes.is_multiple_of(HEADER_LEN) || bytes == 0 || bytes > max {
             return Err(ClaimError::TooLong { len: bytes, max });
         }
         let start = self.reserve_span(bytes, pack_len_kind(bytes as u32, FrameKind::Padding, 0))?;
@@ -243,7 +245,7 @@ impl<M: ClaimMode> Publication<M> {
             let pad = if off + span > self.capacity { self.capacity - off } else { 0 };
             let p = t + pad;
             // Room for the frame and the clean-ahead word after it.
-            if self.back_pressure && p + span + HEADER_LEN as u64 > self.limit {
+            if p + span + HEADER_LEN as u64 > self.limit {
                 self.refresh_limit(t);
                 if p + span + HEADER_LEN as u64 > self.limit {
                     return Err(ClaimError::BackPressured);
@@ -340,7 +342,12 @@ impl<M: ClaimMode> Publication<M> {
         }
     }
 
-    /// Recomputes the limit from the live subscribers' positions.
+    /// Recomputes the limit: one ring past the slowest live subscriber
+    /// (back-pressure), or, with no slotted subscriber or under the
+    /// overwrite policy, one ring past `head`, the oldest frame that may
+    /// still be uncommitted. The second bound is what keeps a publisher from
+    /// lapping another publisher's unfinished claim (whose late writes would
+    /// land in newer frames and tear them).
     ///
     /// Joiners read `limit_granted` after publishing their slot; we publish
     /// our limit there and then look at the slots again. Both sides use
@@ -348,11 +355,58 @@ impl<M: ClaimMode> Publication<M> {
     /// within it, or our second look sees the joiner and we lower our limit.
     #[cold]
     fn refresh_limit(&mut self, tail: u64) {
-        let first = self.min_subscriber().unwrap_or(tail);
-        let limit = first + self.capacity;
-        self.ring.inner.mem.counters().limit_granted.value.fetch_max(limit, Ordering::SeqCst);
+        let counters = self.ring.inner.mem.counters();
+        let first = if self.back_pressure { self.min_subscriber() } else { None };
+        let limit = match first {
+            Some(min) => {
+                // A subscriber position is a boundary with everything before
+                // it committed: a valid head.
+                // SYNC(head): Release pairs with the Acquire loads of head.
+                counters.head.value.fetch_max(min, Ordering::Release);
+                min + self.capacity
+            }
+            None => self.advance_head(tail) + self.capacity,
+        };
+        if !self.back_pressure {
+            self.limit = limit;
+            return;
+        }
+        counters.limit_granted.value.fetch_max(limit, Ordering::SeqCst);
         let second = self.min_subscriber().map_or(limit, |m| m + self.capacity);
         self.limit = limit.min(second);
+    }
+
+    /// Moves `head` over committed frames, up to `tail` or the first frame
+    /// still uncommitted; returns the new head.
+    fn advance_head(&self, tail: u64) -> u64 {
+        let mem = &self.ring.inner.mem;
+        let head = &mem.counters().head.value;
+        // SYNC(head): Acquire pairs with the Release fetch_max below and in
+        // refresh_limit: frames before the head we read were committed.
+        let start = head.load(Ordering::Acquire);
+        let mut h = start;
+        while h < tail && h - start < self.capacity {
+            let off = self.off(h);
+            // SYNC(commit): Acquire pairs with the commit store.
+            if mem.word(off + WORD_POSITION).load(Ordering::Acquire) != h {
+                break;
+            }
+            let (len, _, _) = crate::frame::unpack_len_kind(mem.word(off + WORD_LEN_KIND).load(Ordering::Relaxed));
+            let span = frame_span(len as usize) as u64;
+            if (len as usize) < HEADER_LEN || span > self.capacity - off as u64 {
+                break; // corrupt: stay here, readers will report it
+            }
+            h += span;
+        }
+        // The walk is only valid if nobody lapped `start` while we read (we
+        // may have been descheduled while others moved on).
+        fence(Ordering::Acquire);
+        let now_tail = mem.counters().tail.value.load(Ordering::Relaxed);
+        if h > start && now_tail + HEADER_LEN as u64 <= start + self.capacity {
+            // SYNC(head): see above.
+            head.fetch_max(h, Ordering::Release);
+        }
+        head.load(Ordering::Acquire)
     }
 
     fn min_subscriber(&self) -> Option<u64> {

@@ -39,7 +39,10 @@ pub struct Reclaimer {
 
 impl Reclaimer {
     pub(crate) fn new(ring: Ring, timeout_ns: u64) -> Self {
-        let cursor = ring.tail();
+        // Start at the head: every frame before it is committed, and no
+        // claim after it can have been lapped (so a claim abandoned before
+        // we existed is still ahead of us).
+        let cursor = ring.inner.mem.counters().head.value.load(Ordering::Acquire);
         Reclaimer { ring, timeout_ns, cursor, stuck: None, padded_bytes: 0, padded_frames: 0 }
     }
 
@@ -60,10 +63,14 @@ impl Reclaimer {
         let mem = &self.ring.inner.mem;
         let cap = self.ring.inner.info.capacity;
         let mask = self.ring.inner.mask;
+        // SYNC(head): Acquire pairs with the publishers' Release fetch_max.
+        let head = mem.counters().head.value.load(Ordering::Acquire);
         let tail = mem.counters().tail.value.load(Ordering::Acquire);
-        if tail + HEADER_LEN as u64 > self.cursor + cap {
-            // We fell a lap behind: restart at the oldest intact boundary.
-            self.cursor = (tail + HEADER_LEN as u64 - cap).next_multiple_of(cap).min(tail);
+        if head > self.cursor || tail + HEADER_LEN as u64 > self.cursor + cap {
+            // Behind the head (or lapped): everything before the head is
+            // committed, and no claim can be a ring behind the head, so an
+            // abandoned claim is never skipped by restarting there.
+            self.cursor = head;
             self.stuck = None;
         }
         for _ in 0..MAX_FRAMES_PER_CALL {
@@ -123,9 +130,10 @@ impl Reclaimer {
             q.min(lap_end) - p
         });
         let off = (p & mask) as usize;
-        let word = mem.word(off + WORD_LEN_KIND);
-        let old_len_kind = word.load(Ordering::Relaxed);
-        word.store(pack_len_kind(span as u32, FrameKind::Padding, 0), Ordering::Relaxed);
+        // With CLAIMED the span is the claim's own, so a publisher that
+        // commits after all leaves a frame of the same span: readers see it
+        // as padding or as data, never a different length.
+        mem.word(off + WORD_LEN_KIND).store(pack_len_kind(span as u32, FrameKind::Padding, 0), Ordering::Relaxed);
         // SYNC(commit): AcqRel; the Release half pairs with readers' Acquire
         // load of the commit word, as a publisher's commit does.
         match mem.word(off + WORD_POSITION).compare_exchange(seen, p, Ordering::AcqRel, Ordering::Acquire) {
@@ -139,16 +147,7 @@ impl Reclaimer {
                 crate::os::futex::wake_all(&wake.futex);
                 span
             }
-            Err(_) => {
-                // The publisher committed after all: put its header back.
-                let _ = word.compare_exchange(
-                    pack_len_kind(span as u32, FrameKind::Padding, 0),
-                    old_len_kind,
-                    Ordering::Relaxed,
-                    Ordering::Relaxed,
-                );
-                0
-            }
+            Err(_) => 0, // the publisher committed first; its frame stands
         }
     }
 }

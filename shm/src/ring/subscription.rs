@@ -22,6 +22,10 @@ use crate::sync::{fence, Ordering};
 use std::time::{Duration, Instant};
 use thiserror::Error;
 
+/// Longest nap of a blocking reader on a read-only mapping, which cannot
+/// ask publishers to wake it.
+const READ_ONLY_NAP: Duration = Duration::from_millis(1);
+
 /// Where a new subscriber starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Start {
@@ -158,6 +162,11 @@ impl Subscriber {
         let floor = granted.saturating_sub(self.capacity);
         let lap = floor.next_multiple_of(self.capacity);
         let mut best = if lap <= tail { lap } else { tail };
+        // SYNC(head): Acquire pairs with the publishers' Release fetch_max.
+        let head = self.ring.inner.mem.counters().head.value.load(Ordering::Acquire);
+        if head >= floor && head < best {
+            best = head;
+        }
         for s in self.ring.subscribers() {
             if Some(s.index) != self.slot && s.position >= floor && s.position < best {
                 best = s.position;
@@ -245,6 +254,16 @@ impl Subscriber {
     /// re-polls afterwards.
     pub fn sleep(&self, timeout: Duration) {
         let wake = &self.ring.inner.mem.counters().wake.value;
+        #[cfg(not(loom))]
+        if self.ring.is_read_only() {
+            // We cannot flag ourselves as a waiter in a read-only mapping,
+            // so no publisher will wake us: nap in short slices instead.
+            let seq = wake.futex.load(Ordering::Acquire);
+            if !self.has_data() {
+                crate::os::futex::wait(&wake.futex, seq, Some(timeout.min(READ_ONLY_NAP)));
+            }
+            return;
+        }
         // SYNC(futex): Acquire pairs with the publisher's Release increment;
         // a wake after this load makes FUTEX_WAIT return at once.
         let seq = wake.futex.load(Ordering::Acquire);
@@ -377,7 +396,7 @@ impl Subscriber {
             Some(FrameKind::Data) if len >= HEADER_LEN && len - HEADER_LEN <= self.max_message_len && frame_span(len) <= room => {
                 Ok(FrameKind::Data)
             }
-            Some(FrameKind::Padding) if len >= HEADER_LEN && len % HEADER_LEN == 0 && len <= room => Ok(FrameKind::Padding),
+            Some(FrameKind::Padding) if len >= HEADER_LEN && len.is_multiple_of(HEADER_LEN) && len <= room => Ok(FrameKind::Padding),
             Some(_) => Err(format!("length {len} out of bounds (max message {}, {room} bytes to the end)", self.max_message_len)),
             None => Err(format!("unknown kind {kind}")),
         }
@@ -430,8 +449,7 @@ impl Subscriber {
 impl Drop for Subscriber {
     fn drop(&mut self) {
         if let Some(i) = self.slot {
-            // SYNC(slot-state): Release pairs with the publishers' scan.
-            self.ring.inner.mem.slot(i).state.store(SLOT_FREE, Ordering::Release);
+            self.ring.release_slot(i);
         }
     }
 }
