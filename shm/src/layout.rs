@@ -27,16 +27,9 @@
 //! Counters sit 128 bytes apart, not 64: Intel's adjacent-line prefetcher
 //! pulls cache lines in pairs, so 64-byte separation still false-shares.
 //!
-//! Subscriber slots live here, in the ring file, so publishers in any
-//! process can compute their limit from the slowest live subscriber without
-//! asking anyone. A process that maps the file read-write may write any
-//! slot; that is fine for publishers and for trusted subscribers. For
-//! untrusted subscribers (containers served by `rilld`) the plan keeps the
-//! rule "data read-only, only your own position writable" without changing
-//! this layout: the daemon hands such a subscriber a read-only fd of the
-//! ring plus a one-page memfd holding just its position, and mirrors that
-//! position into the subscriber's slot here (the daemon then sits on the
-//! back-pressure path only, never on the data path).
+//! With [`FLAG_EXTERNAL_SLOTS`] (rings made by `rilld`), the slot table and
+//! the wake words here are unused: each slot is its own page file and the
+//! wake words a shared page file (see [`SlotPage`]).
 //!
 //! Opening checks `magic`, then `layout_version`, then that `state` is
 //! [`STATE_READY`] (written last, with release, by the creator); a ring still
@@ -93,9 +86,32 @@ pub struct Meta {
     pub data_offset: u64,
     /// Total file length.
     pub total_len: u64,
+    /// Bit 0 ([`FLAG_EXTERNAL_SLOTS`]): subscriber slots and the wake
+    /// words live in separate one-page files, not in this file.
+    pub flags: u64,
     /// Zero; room for later fields.
-    pub reserved: [u64; 8],
+    pub reserved: [u64; 7],
 }
+
+/// `Meta::flags`: slots and wake words are in separate page files (the
+/// daemon's layout; see [`SlotPage`]).
+pub const FLAG_EXTERNAL_SLOTS: u64 = 1;
+
+/// Size of a slot page or wake page file.
+pub const PAGE_FILE_LEN: u64 = 4096;
+
+/// A one-page file holding one subscriber's [`Slot`] at offset 0.
+///
+/// In the daemon's layout every subscriber slot is its own page file, so a
+/// subscriber can be given write access to its own position and nothing
+/// else: the ring file itself reaches it read-only. Publishers map every
+/// slot page read-only to compute their limit; the daemon maps them all
+/// read-write. The wake page ([`WakeWords`] at offset 0) is shared
+/// read-write by every client of the ring: a client that scribbles on it
+/// can delay other readers' wake-ups (they sleep in bounded slices) but
+/// cannot touch data or positions.
+#[derive(Debug)]
+pub struct SlotPage;
 
 /// One counter on its own 128-byte line.
 #[repr(C, align(128))]

@@ -6,7 +6,7 @@
 //! atomics on the heap, so the model checker sees every access the ring
 //! makes. The ring's algorithms call only these methods.
 
-use crate::layout::{Counters, Slot};
+use crate::layout::{Counters, Slot, WakeWords};
 use crate::sync::AtomicU64;
 
 #[cfg(not(loom))]
@@ -20,7 +20,11 @@ pub(crate) struct RingMemory {
     #[cfg(not(loom))]
     counters: *const Counters,
     #[cfg(not(loom))]
-    slots: *const Slot,
+    slots: SlotSource,
+    #[cfg(not(loom))]
+    wake: *const WakeWords,
+    #[cfg(not(loom))]
+    wake_page: Option<Region>,
     #[cfg(not(loom))]
     data: *mut u8,
     #[cfg(loom)]
@@ -38,6 +42,17 @@ pub(crate) struct RingMemory {
 unsafe impl Send for RingMemory {}
 // SAFETY: as above.
 unsafe impl Sync for RingMemory {}
+
+/// Where subscriber slots live.
+#[cfg(not(loom))]
+#[derive(Debug)]
+enum SlotSource {
+    /// In the ring file's slot table.
+    Table(*const Slot),
+    /// One page file per slot; `None` where this process has no mapping
+    /// of that slot (a subscriber maps only its own).
+    Pages(Vec<Option<Region>>),
+}
 
 #[cfg(not(loom))]
 impl RingMemory {
@@ -61,9 +76,33 @@ impl RingMemory {
         let base = region.as_ptr();
         // SAFETY: the caller guarantees the offsets are inside the region.
         let (counters, slots, data) = unsafe {
-            (base.add(counters_off).cast(), base.add(slots_off).cast(), base.add(data_off))
+            (base.add(counters_off).cast::<Counters>(), base.add(slots_off).cast(), base.add(data_off))
         };
-        RingMemory { region, counters, slots, data, capacity, slot_count }
+        // SAFETY: counters points at a live, aligned Counters (see above).
+        let wake = unsafe { std::ptr::addr_of!((*counters).wake.value) };
+        RingMemory {
+            region,
+            counters,
+            slots: SlotSource::Table(slots),
+            wake,
+            wake_page: None,
+            data,
+            capacity,
+            slot_count,
+        }
+    }
+
+    /// Moves slots and wake words to page files: `pages[i]` maps slot `i`
+    /// (or `None`), `wake` maps the wake page. Each region is at least
+    /// `PAGE_FILE_LEN` bytes and page aligned (checked).
+    pub(crate) fn use_page_files(&mut self, pages: Vec<Option<Region>>, wake: Region) {
+        assert_eq!(pages.len(), self.slot_count as usize);
+        for r in pages.iter().flatten().chain(std::iter::once(&wake)) {
+            assert!(r.len() >= std::mem::size_of::<Slot>() && r.as_ptr() as usize % 4096 == 0);
+        }
+        self.wake = wake.as_ptr().cast();
+        self.wake_page = Some(wake);
+        self.slots = SlotSource::Pages(pages);
     }
 
     /// The region (for its access mode and page kind).
@@ -79,12 +118,52 @@ impl RingMemory {
         unsafe { &*self.counters }
     }
 
-    /// Subscriber slot `i`.
+    /// Subscriber slot `i`, if this process maps it.
     #[inline]
-    pub(crate) fn slot(&self, i: u32) -> &Slot {
+    pub(crate) fn slot(&self, i: u32) -> Option<&Slot> {
         assert!(i < self.slot_count);
-        // SAFETY: i < slot_count, and the table lies inside the region.
-        unsafe { &*self.slots.add(i as usize) }
+        match &self.slots {
+            // SAFETY: i < slot_count, and the table lies inside the region.
+            SlotSource::Table(t) => Some(unsafe { &*t.add(i as usize) }),
+            // SAFETY: each page region is live, page aligned and large
+            // enough for a Slot (checked in use_page_files); Slot is atomics.
+            SlotSource::Pages(p) => p[i as usize].as_ref().map(|r| unsafe { &*r.as_ptr().cast::<Slot>() }),
+        }
+    }
+
+    /// The futex word and waiter count.
+    #[inline]
+    pub(crate) fn wake(&self) -> &WakeWords {
+        // SAFETY: points into the counters (inside the region) or at the
+        // start of the wake page, both owned by self; atomics only.
+        unsafe { &*self.wake }
+    }
+
+    /// Whether this process may write every subscriber slot (and so take
+    /// free ones).
+    pub(crate) fn slots_writable(&self) -> bool {
+        use crate::os::mapping::Access::ReadWrite;
+        match &self.slots {
+            SlotSource::Table(_) => self.region.access() == ReadWrite,
+            SlotSource::Pages(p) => p.iter().all(|r| r.as_ref().is_some_and(|r| r.access() == ReadWrite)),
+        }
+    }
+
+    /// Whether this process may write slot `i`.
+    pub(crate) fn slot_writable(&self, i: u32) -> bool {
+        use crate::os::mapping::Access::ReadWrite;
+        match &self.slots {
+            SlotSource::Table(_) => self.region.access() == ReadWrite,
+            SlotSource::Pages(p) => p[i as usize].as_ref().is_some_and(|r| r.access() == ReadWrite),
+        }
+    }
+
+    /// Whether this process may write the wake words.
+    pub(crate) fn wake_writable(&self) -> bool {
+        match &self.wake_page {
+            Some(r) => r.access() == crate::os::mapping::Access::ReadWrite,
+            None => self.region.access() == crate::os::mapping::Access::ReadWrite,
+        }
     }
 
     /// The 64-bit word at data offset `off`.
@@ -166,8 +245,24 @@ impl RingMemory {
         &self.counters
     }
 
-    pub(crate) fn slot(&self, i: u32) -> &Slot {
-        &self.slots[i as usize]
+    pub(crate) fn slot(&self, i: u32) -> Option<&Slot> {
+        Some(&self.slots[i as usize])
+    }
+
+    pub(crate) fn wake(&self) -> &WakeWords {
+        &self.counters.wake.value
+    }
+
+    pub(crate) fn wake_writable(&self) -> bool {
+        true
+    }
+
+    pub(crate) fn slots_writable(&self) -> bool {
+        true
+    }
+
+    pub(crate) fn slot_writable(&self, _i: u32) -> bool {
+        true
     }
 
     pub(crate) fn word(&self, off: usize) -> &AtomicU64 {

@@ -127,3 +127,62 @@ fn memfd_rings_fall_back_and_report_pages() {
     auto.shared_publication().unwrap().offer(b"via fd").unwrap();
     assert_eq!(sub.poll(4, |m| assert_eq!(m.payload, b"via fd")).unwrap(), 1);
 }
+
+fn open_fd(path: &std::path::Path, write: bool) -> std::os::fd::OwnedFd {
+    std::fs::OpenOptions::new().read(true).write(write).open(path).unwrap().into()
+}
+
+#[test]
+fn page_file_rings_give_subscribers_only_their_own_slot() {
+    use rill_shm::ring::{slot_page_path, wake_page_path, ClaimError};
+    let dir = TempDir::new("pages");
+    let (rings, pages) = (dir.0.join("rings"), dir.0.join("pages"));
+    std::fs::create_dir_all(&rings).unwrap();
+    std::fs::create_dir_all(&pages).unwrap();
+    let cfg = RingConfig { capacity: 4096, max_message_len: 256, slot_count: 3, ..config() };
+    let daemon = Ring::create_with_page_files(&rings, &pages, "p", &cfg).unwrap();
+    assert!(matches!(Ring::open(&rings.join("p"), Access::ReadOnly), Err(OpenError::NeedsPageFiles)));
+
+    // The daemon attaches a subscriber; the subscriber maps the ring
+    // read-only and only its own slot page read-write.
+    let (slot, position) = daemon.attach_subscriber(Start::Latest, 4242).unwrap();
+    let sub_slots = (0..3)
+        .map(|i| (i == slot).then(|| (open_fd(&slot_page_path(&pages, "p", i), true), Access::ReadWrite)))
+        .collect();
+    let wake = (open_fd(&wake_page_path(&pages, "p"), true), Access::ReadWrite);
+    let sub_ring = Ring::from_fds(open_fd(&rings.join("p"), false), Access::ReadOnly, sub_slots, wake).unwrap();
+    assert!(sub_ring.is_read_only());
+    assert!(sub_ring.subscribe(Start::Latest).is_err(), "cannot take other slots");
+    assert!(sub_ring.subscriber_on_slot((slot + 1) % 3, 0).is_err(), "cannot use a slot it does not map");
+    let mut sub = sub_ring.subscriber_on_slot(slot, position).unwrap();
+
+    // A publisher maps the ring read-write and every slot read-only.
+    let pub_slots = (0..3).map(|i| Some((open_fd(&slot_page_path(&pages, "p", i), false), Access::ReadOnly))).collect();
+    let wake = (open_fd(&wake_page_path(&pages, "p"), true), Access::ReadWrite);
+    let pub_ring = Ring::from_fds(open_fd(&rings.join("p"), true), Access::ReadWrite, pub_slots, wake).unwrap();
+    assert!(pub_ring.subscribe(Start::Latest).is_err(), "publishers cannot take slots");
+    let mut publ = pub_ring.exclusive_publication().unwrap();
+    let mut sent = 0u32;
+    while publ.offer(&sent.to_le_bytes()).is_ok() {
+        sent += 1;
+    }
+    assert_eq!(publ.offer(b"x"), Err(ClaimError::BackPressured), "held back by the subscriber's page");
+    let mut got = 0u32;
+    while sub.poll(1000, |m| {
+        assert_eq!(m.payload, got.to_le_bytes());
+        got += 1;
+    }).unwrap() > 0 {}
+    assert_eq!(got, sent);
+    assert_eq!(daemon.subscribers()[0].pid, 4242);
+    assert!(publ.offer(b"x").is_ok(), "released by the subscriber's progress");
+
+    // Blocking wait works through the wake page.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    assert_eq!(sub.poll_blocking(10, |m| assert_eq!(m.payload, b"x"), deadline).unwrap(), 1);
+    drop(sub);
+    assert!(daemon.subscribers().is_empty(), "dropping frees the slot");
+
+    // The daemon re-opens everything after a restart.
+    let adopted = Ring::open_page_files(&rings, &pages, "p", Access::ReadWrite).unwrap();
+    assert_eq!(adopted.tail(), daemon.tail());
+}

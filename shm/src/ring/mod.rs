@@ -66,7 +66,19 @@ use crate::os::mapping::{self, Region};
 #[cfg(not(loom))]
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 #[cfg(not(loom))]
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+/// Path of slot page `index` of ring `name` in `page_dir`.
+#[cfg(not(loom))]
+pub fn slot_page_path(page_dir: &Path, name: &str, index: u32) -> PathBuf {
+    page_dir.join(format!("{name}.slot{index}"))
+}
+
+/// Path of the wake page of ring `name` in `page_dir`.
+#[cfg(not(loom))]
+pub fn wake_page_path(page_dir: &Path, name: &str) -> PathBuf {
+    page_dir.join(format!("{name}.wake"))
+}
 
 pub(crate) const CLAIMED_BIT: u64 = 1 << 63;
 
@@ -215,6 +227,10 @@ pub enum OpenError {
     /// A header field is inconsistent.
     #[error("corrupt ring header: {0}")]
     Corrupt(String),
+    /// The ring keeps its slots in page files (a `rilld` ring); open it
+    /// with [`Ring::open_page_files`] or [`Ring::from_fds`].
+    #[error("ring keeps subscriber slots in page files; open it with them")]
+    NeedsPageFiles,
     /// A system call failed.
     #[error("{op}: {source}")]
     Io {
@@ -332,7 +348,7 @@ impl Ring {
         let hwm = mem.counters().publishers.value.slot_hwm.load(Ordering::Acquire).min(mem.slot_count());
         (0..hwm)
             .filter_map(|i| {
-                let s = mem.slot(i);
+                let s = mem.slot(i)?;
                 (s.state.load(Ordering::Acquire) == SLOT_ACTIVE).then(|| SlotInfo {
                     index: i,
                     pid: s.pid.load(Ordering::Relaxed),
@@ -349,7 +365,7 @@ impl Ring {
     /// owner, if it still lives, must not read zero-copy afterwards.
     pub fn release_slot(&self, index: u32) {
         assert!(index < self.inner.mem.slot_count(), "slot {index} out of range");
-        let slot = self.inner.mem.slot(index);
+        let Some(slot) = self.inner.mem.slot(index) else { return };
         // pid 0 marks a slot being (re)initialised: reapers skip it, so the
         // next owner is never mistaken for this one.
         slot.pid.store(0, Ordering::Relaxed);
@@ -393,6 +409,27 @@ impl Ring {
         Subscriber::join(self.clone(), start)
     }
 
+    /// Takes a free slot for a subscriber of process `pid` and runs the
+    /// join protocol; returns the slot index and start position. The daemon
+    /// calls this and hands the subscriber its slot page; the subscriber
+    /// then builds its reader with [`Ring::subscriber_on_slot`].
+    pub fn attach_subscriber(&self, start: Start, pid: u32) -> Result<(u32, u64), SubscribeError> {
+        Subscriber::attach(self, start, pid)
+    }
+
+    /// A subscriber on slot `slot`, attached at `position` by
+    /// [`Ring::attach_subscriber`]. This process must map that slot
+    /// writable. Dropping the subscriber frees the slot.
+    pub fn subscriber_on_slot(&self, slot: u32, position: u64) -> Result<Subscriber, SubscribeError> {
+        if slot >= self.inner.mem.slot_count() {
+            return Err(SubscribeError::NoSuchSlot(slot));
+        }
+        if !self.inner.mem.slot_writable(slot) {
+            return Err(SubscribeError::ReadOnly);
+        }
+        Ok(Subscriber::with_slot(self.clone(), slot, position))
+    }
+
     /// A subscriber without a slot: works on a read-only mapping, never
     /// holds publishers back, copies each message out and validates it, and
     /// is told when publishers overrun it.
@@ -432,6 +469,10 @@ impl Ring {
     /// 2 MiB pages; elsewhere (tmpfs, /dev/shm) normal pages. Fails if the
     /// file exists.
     pub fn create_in(dir: &Path, name: &str, config: &RingConfig) -> Result<Ring, CreateError> {
+        Self::create_in_with(dir, name, config, false)
+    }
+
+    fn create_in_with(dir: &Path, name: &str, config: &RingConfig, external: bool) -> Result<Ring, CreateError> {
         config.validate()?;
         let path = dir.join(name);
         let io = |op: &str| {
@@ -456,7 +497,7 @@ impl Ring {
             .open(&path)
             .map_err(io("create"))?;
         let pages = if huge { PageKind::Huge2M } else { PageKind::Normal4K };
-        let result = Self::init(OwnedFd::from(file), config, pages);
+        let result = Self::init_with(OwnedFd::from(file), config, pages, external);
         if let Err(e) = &result {
             let _ = std::fs::remove_file(&path);
             if huge {
@@ -493,27 +534,141 @@ impl Ring {
         Self::init(fd, config, PageKind::Normal4K)
     }
 
+    /// Creates a ring file `name` in `ring_dir` whose subscriber slots and
+    /// wake words are separate page files in `page_dir` (which must not be
+    /// hugetlbfs): the daemon's layout, in which each subscriber can be
+    /// given write access to its own position only. Removes what it made if
+    /// any step fails.
+    pub fn create_with_page_files(
+        ring_dir: &Path,
+        page_dir: &Path,
+        name: &str,
+        config: &RingConfig,
+    ) -> Result<Ring, CreateError> {
+        let mut ring = Self::create_in_with(ring_dir, name, config, true)?;
+        let io = |op: String| move |source| CreateError::Io { op, source };
+        let mut made = Vec::new();
+        let result = (|| {
+            let mut page = |path: PathBuf| -> Result<Region, CreateError> {
+                let file = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create_new(true)
+                    .open(&path)
+                    .map_err(io(format!("create {}", path.display())))?;
+                made.push(path.clone());
+                mapping::set_len(file.as_fd(), PAGE_FILE_LEN).map_err(io(format!("ftruncate {}", path.display())))?;
+                Region::map(file.as_fd(), PAGE_FILE_LEN as usize, Access::ReadWrite, PageKind::Normal4K)
+                    .map_err(io(format!("mmap {}", path.display())))
+            };
+            let slots = (0..config.slot_count)
+                .map(|i| page(slot_page_path(page_dir, name, i)).map(Some))
+                .collect::<Result<Vec<_>, _>>()?;
+            let wake = page(wake_page_path(page_dir, name))?;
+            Ok((slots, wake))
+        })();
+        match result {
+            Ok((slots, wake)) => {
+                Arc::get_mut(&mut ring.inner).expect("fresh ring").mem.use_page_files(slots, wake);
+                Ok(ring)
+            }
+            Err(e) => {
+                for p in made.iter().chain(std::iter::once(&ring_dir.join(name))) {
+                    let _ = std::fs::remove_file(p);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Opens a ring made by [`Ring::create_with_page_files`], mapping the
+    /// ring with `access` and every slot and the wake page read-write (the
+    /// daemon adopting its rings after a restart).
+    pub fn open_page_files(ring_dir: &Path, page_dir: &Path, name: &str, access: Access) -> Result<Ring, OpenError> {
+        let open = |path: &Path, write: bool| -> Result<OwnedFd, OpenError> {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(write)
+                .open(path)
+                .map(OwnedFd::from)
+                .map_err(|source| OpenError::Io { op: format!("open {}", path.display()), source })
+        };
+        let ring = open(&ring_dir.join(name), access == Access::ReadWrite)?;
+        let mut slots = Vec::new();
+        for i in 0.. {
+            let path = slot_page_path(page_dir, name, i);
+            if !path.exists() {
+                break;
+            }
+            slots.push(Some((open(&path, true)?, Access::ReadWrite)));
+        }
+        let wake = (open(&wake_page_path(page_dir, name), true)?, Access::ReadWrite);
+        Self::from_fds(ring, access, slots, wake)
+    }
+
+    /// Maps a page-file ring from fds (received over a Unix socket): the
+    /// ring with `access`, `slots[i]` for each slot this process maps (one
+    /// entry per slot of the ring, `None` for slots it does not map), and
+    /// the wake page.
+    pub fn from_fds(
+        ring: OwnedFd,
+        access: Access,
+        slots: Vec<Option<(OwnedFd, Access)>>,
+        wake: (OwnedFd, Access),
+    ) -> Result<Ring, OpenError> {
+        let io = |op: &'static str| move |source| OpenError::Io { op: op.into(), source };
+        let len = mapping::file_len(ring.as_fd()).map_err(io("fstat"))?;
+        if len < SLOTS_OFFSET as u64 {
+            return Err(OpenError::TooSmall { len });
+        }
+        let pages = if mapping::fd_is_hugetlbfs(ring.as_fd()) { PageKind::Huge2M } else { PageKind::Normal4K };
+        let region = Region::map(ring.as_fd(), len as usize, access, pages).map_err(io("mmap"))?;
+        let mut view = Self::view(region, Some(ring), true, true)?;
+        if slots.len() != view.inner.info.slot_count as usize {
+            return Err(OpenError::Corrupt(format!(
+                "{} slot pages given for a ring of {} slots",
+                slots.len(),
+                view.inner.info.slot_count
+            )));
+        }
+        let map_page = |(fd, access): (OwnedFd, Access)| -> Result<Region, OpenError> {
+            let len = mapping::file_len(fd.as_fd()).map_err(io("fstat page"))?;
+            if len < PAGE_FILE_LEN {
+                return Err(OpenError::TooSmall { len });
+            }
+            Region::map(fd.as_fd(), PAGE_FILE_LEN as usize, access, PageKind::Normal4K).map_err(io("mmap page"))
+        };
+        let slots = slots.into_iter().map(|s| s.map(map_page).transpose()).collect::<Result<Vec<_>, _>>()?;
+        let wake = map_page(wake)?;
+        Arc::get_mut(&mut view.inner).expect("fresh ring").mem.use_page_files(slots, wake);
+        Ok(view)
+    }
+
     /// A ring in ordinary heap memory: for threads of one process, tests,
     /// and Miri.
     pub fn private(config: &RingConfig) -> Result<Ring, CreateError> {
         config.validate()?;
         let g = Geometry::new(config.capacity, config.slot_count, 4096);
         let region = Region::heap(g.total_len as usize);
-        Ok(Self::format(region, config, g, None))
+        Ok(Self::format(region, config, g, None, false))
     }
 
     fn init(fd: OwnedFd, config: &RingConfig, pages: PageKind) -> Result<Ring, CreateError> {
+        Self::init_with(fd, config, pages, false)
+    }
+
+    fn init_with(fd: OwnedFd, config: &RingConfig, pages: PageKind, external: bool) -> Result<Ring, CreateError> {
         let g = Geometry::new(config.capacity, config.slot_count, pages.size() as u64);
         let io = |op: &'static str| move |source| CreateError::Io { op: op.into(), source };
         mapping::set_len(fd.as_fd(), g.total_len).map_err(io("ftruncate"))?;
         let region = Region::map(fd.as_fd(), g.total_len as usize, Access::ReadWrite, pages)
             .map_err(io("mmap"))?;
         tracing::info!(capacity = config.capacity, pages = %pages, "ring created");
-        Ok(Self::format(region, config, g, Some(fd)))
+        Ok(Self::format(region, config, g, Some(fd), external))
     }
 
     /// Writes the header of a fresh, zeroed region and views it as a ring.
-    fn format(region: Region, config: &RingConfig, g: Geometry, fd: Option<OwnedFd>) -> Ring {
+    fn format(region: Region, config: &RingConfig, g: Geometry, fd: Option<OwnedFd>, external_slots: bool) -> Ring {
         let base = region.as_ptr();
         let meta = Meta {
             magic: MAGIC,
@@ -527,13 +682,14 @@ impl Ring {
             created_unix_ns: crate::os::now_unix_ns(),
             data_offset: g.data_offset,
             total_len: g.total_len,
-            reserved: [0; 8],
+            flags: if external_slots { FLAG_EXTERNAL_SLOTS } else { 0 },
+            reserved: [0; 7],
         };
         // SAFETY: the region is at least total_len >= 128 bytes, page
         // aligned, freshly created and not yet shared with anyone we know
         // of; Meta is plain data.
         unsafe { base.cast::<Meta>().write(meta) };
-        let ring = Self::view(region, fd, false).expect("a freshly formatted header is valid");
+        let ring = Self::view(region, fd, false, true).expect("a freshly formatted header is valid");
         let mem = &ring.inner.mem;
         mem.word(crate::frame::WORD_POSITION).store(clean(0), Ordering::Relaxed);
         mem.counters().publishers.value.next_id.store(1, Ordering::Relaxed);
@@ -566,12 +722,13 @@ impl Ring {
         let pages =
             if mapping::fd_is_hugetlbfs(fd.as_fd()) { PageKind::Huge2M } else { PageKind::Normal4K };
         let region = Region::map(fd.as_fd(), len as usize, access, pages).map_err(io("mmap"))?;
-        Self::view(region, Some(fd), true)
+        Self::view(region, Some(fd), true, false)
     }
 
     /// Validates the header of a mapped region and views it as a ring;
-    /// `require_ready` is false only for the creator, before it publishes.
-    fn view(region: Region, fd: Option<OwnedFd>, require_ready: bool) -> Result<Ring, OpenError> {
+    /// `require_ready` is false only for the creator, before it publishes;
+    /// `pages_follow` says the caller will attach slot and wake page files.
+    fn view(region: Region, fd: Option<OwnedFd>, require_ready: bool, pages_follow: bool) -> Result<Ring, OpenError> {
         let base = region.as_ptr();
         let len = region.len() as u64;
         // SAFETY: region is >= SLOTS_OFFSET bytes (checked by callers) and
@@ -611,6 +768,9 @@ impl Ring {
                 "data at {} + {} does not fit total {} / mapped {len}",
                 meta.data_offset, meta.capacity, meta.total_len
             )));
+        }
+        if meta.flags & FLAG_EXTERNAL_SLOTS != 0 && !pages_follow {
+            return Err(OpenError::NeedsPageFiles);
         }
         let info = RingInfo {
             capacity: meta.capacity,

@@ -335,7 +335,7 @@ impl<M: ClaimMode> Publication<M> {
             // the Dekker handshake itself (see os::futex).
             fence(Ordering::SeqCst);
         }
-        let wake = &self.ring.inner.mem.counters().wake.value;
+        let wake = self.ring.inner.mem.wake();
         if wake.waiters.load(Ordering::Relaxed) != 0 {
             wake.futex.fetch_add(1, Ordering::Release);
             crate::os::futex::wake_all(&wake.futex);
@@ -414,7 +414,7 @@ impl<M: ClaimMode> Publication<M> {
         let hwm = mem.counters().publishers.value.slot_hwm.load(Ordering::SeqCst).min(mem.slot_count());
         (0..hwm)
             .filter_map(|i| {
-                let s = mem.slot(i);
+                let s = mem.slot(i)?;
                 // SYNC(slot): SeqCst loads pair with the joiner's SeqCst store
                 // (Dekker, above) and, being at least Acquire, with the
                 // subscriber's Release position store: data it has read is no

@@ -142,7 +142,7 @@ impl Reclaimer {
                 self.padded_bytes += span;
                 self.padded_frames += 1;
                 self.cursor = p + span;
-                let wake = &mem.counters().wake.value;
+                let wake = mem.wake();
                 wake.futex.fetch_add(1, Ordering::Release);
                 crate::os::futex::wake_all(&wake.futex);
                 span

@@ -44,6 +44,9 @@ pub enum SubscribeError {
     /// A slot needs a writable mapping; use a detached subscriber.
     #[error("the ring is mapped read-only; use a detached subscriber")]
     ReadOnly,
+    /// The slot index is out of range.
+    #[error("no slot {0} in this ring")]
+    NoSuchSlot(u32),
 }
 
 /// Why a poll stopped.
@@ -91,46 +94,61 @@ pub struct Subscriber {
 
 impl Subscriber {
     pub(crate) fn join(ring: Ring, start: Start) -> Result<Self, SubscribeError> {
-        #[cfg(not(loom))]
-        if ring.is_read_only() {
+        let (slot, position) = Self::attach(&ring, start, std::process::id())?;
+        Ok(Self::with_slot(ring, slot, position))
+    }
+
+    /// Takes a free slot for a subscriber of process `pid` and finds its
+    /// start (the join protocol); returns the slot index and position.
+    pub(crate) fn attach(ring: &Ring, start: Start, pid: u32) -> Result<(u32, u64), SubscribeError> {
+        if !ring.inner.mem.slots_writable() {
             return Err(SubscribeError::ReadOnly);
         }
-        let slot = (0..ring.inner.mem.slot_count())
+        let mem = &ring.inner.mem;
+        let slot = (0..mem.slot_count())
             .find(|&i| {
-                ring.inner.mem.slot(i)
-                    .state
-                    .compare_exchange(SLOT_FREE, SLOT_ACTIVE, Ordering::Acquire, Ordering::Relaxed)
-                    .is_ok()
+                mem.slot(i).is_some_and(|s| {
+                    s.state.compare_exchange(SLOT_FREE, SLOT_ACTIVE, Ordering::Acquire, Ordering::Relaxed).is_ok()
+                })
             })
-            .ok_or(SubscribeError::NoFreeSlot(ring.inner.mem.slot_count()))?;
-        let ring2 = ring.clone();
-        let s = ring2.inner.mem.slot(slot);
-        s.pid.store(std::process::id(), Ordering::Relaxed);
+            .ok_or(SubscribeError::NoFreeSlot(mem.slot_count()))?;
+        let s = mem.slot(slot).expect("slot found above");
+        s.pid.store(pid, Ordering::Relaxed);
         s.overrun_bytes.store(0, Ordering::Relaxed);
         s.heartbeat_ns.store(0, Ordering::Relaxed);
-        let mut sub = Self::detached(ring, start);
-        sub.slot = Some(slot);
-        sub.zero_copy = sub.ring.inner.info.policy == Policy::BackPressure;
-        let cap = sub.capacity;
-        let counters = sub.ring.inner.mem.counters();
+        let probe = Self::detached(ring.clone(), start);
+        if ring.inner.info.policy != Policy::BackPressure {
+            s.position.store(probe.position, Ordering::Release);
+            return Ok((slot, probe.position));
+        }
+        let cap = probe.capacity;
+        let counters = mem.counters();
         // Publish a start, then check no publisher was granted the right to
         // write over it (see the module docs); move forward until none was.
-        let mut p = sub.position;
+        let mut p = probe.position;
         loop {
             s.position.store(p, Ordering::SeqCst);
             counters.publishers.value.slot_hwm.fetch_max(slot + 1, Ordering::SeqCst);
             let granted = counters.limit_granted.value.load(Ordering::SeqCst);
-            if !sub.zero_copy || granted <= p + cap {
-                break;
+            if granted <= p + cap {
+                return Ok((slot, p));
             }
             let tail = counters.tail.value.load(Ordering::Acquire);
             p = match start {
                 Start::Latest => tail,
-                Start::Oldest => sub.oldest_boundary(granted, tail),
+                Start::Oldest => probe.oldest_boundary(granted, tail),
             };
         }
-        sub.position = p;
-        Ok(sub)
+    }
+
+    /// A subscriber on a slot already attached (by `attach`, here or in the
+    /// daemon) at `position`.
+    pub(crate) fn with_slot(ring: Ring, slot: u32, position: u64) -> Self {
+        let mut sub = Self::detached(ring, Start::Latest);
+        sub.slot = Some(slot);
+        sub.position = position;
+        sub.zero_copy = sub.ring.inner.info.policy == Policy::BackPressure;
+        sub
     }
 
     pub(crate) fn detached(ring: Ring, start: Start) -> Self {
@@ -206,7 +224,9 @@ impl Subscriber {
     /// Records a sign of life in the slot (the daemon reads it).
     pub fn heartbeat(&self, now_ns: u64) {
         if let Some(i) = self.slot {
-            self.ring.inner.mem.slot(i).heartbeat_ns.store(now_ns, Ordering::Relaxed);
+            if let Some(s) = self.ring.inner.mem.slot(i) {
+                s.heartbeat_ns.store(now_ns, Ordering::Relaxed);
+            }
         }
     }
 
@@ -253,9 +273,8 @@ impl Subscriber {
     /// Sleeps until a publisher commits (or the timeout passes). The caller
     /// re-polls afterwards.
     pub fn sleep(&self, timeout: Duration) {
-        let wake = &self.ring.inner.mem.counters().wake.value;
-        #[cfg(not(loom))]
-        if self.ring.is_read_only() {
+        let wake = self.ring.inner.mem.wake();
+        if !self.ring.inner.mem.wake_writable() {
             // We cannot flag ourselves as a waiter in a read-only mapping,
             // so no publisher will wake us: nap in short slices instead.
             let seq = wake.futex.load(Ordering::Acquire);
@@ -334,7 +353,7 @@ impl Subscriber {
     fn poll_validated<F: FnMut(Message<'_>)>(&mut self, limit: usize, mut handler: F) -> Result<usize, PollError> {
         let ring = self.ring.clone();
         let mem = &ring.inner.mem;
-        let slot = self.slot.map(|i| mem.slot(i));
+        let slot = self.slot.and_then(|i| mem.slot(i));
         let counters = mem.counters();
         let mut pos = self.position;
         let mut delivered = 0;
@@ -435,7 +454,9 @@ impl Subscriber {
                 // SYNC(slot-position): Release pairs with the publishers'
                 // (SeqCst, so at least Acquire) slot scan: our reads of the
                 // frames before `pos` happen before their overwrite.
-                self.ring.inner.mem.slot(i).position.store(pos, Ordering::Release);
+                if let Some(s) = self.ring.inner.mem.slot(i) {
+                    s.position.store(pos, Ordering::Release);
+                }
             }
         }
     }
