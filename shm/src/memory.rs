@@ -98,7 +98,7 @@ impl RingMemory {
     pub(crate) fn use_page_files(&mut self, pages: Vec<Option<Region>>, wake: Region) {
         assert_eq!(pages.len(), self.slot_count as usize);
         for r in pages.iter().flatten().chain(std::iter::once(&wake)) {
-            assert!(r.len() >= std::mem::size_of::<Slot>() && r.as_ptr() as usize % 4096 == 0);
+            assert!(r.len() >= std::mem::size_of::<Slot>() && (r.as_ptr() as usize).is_multiple_of(4096));
         }
         self.wake = wake.as_ptr().cast();
         self.wake_page = Some(wake);

@@ -1,0 +1,5 @@
+//! `rill`: the client library of Rill, and the control protocol it speaks
+//! with `rilld`.
+
+pub mod protocol;
+pub mod wire;

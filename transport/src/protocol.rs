@@ -1,0 +1,481 @@
+//! The control protocol between the client library and `rilld`.
+//!
+//! One request, one reply, over a `SOCK_SEQPACKET` Unix socket (message
+//! boundaries are kept by the kernel, and fds passed with SCM_RIGHTS arrive
+//! with the message they belong to). Each message is:
+//!
+//! ```text
+//!  0        2         4              8
+//!  +--------+---------+--------------+------------------------+
+//!  | magic  | version | body length  | body: rkyv-archived     |
+//!  | "RL"   | u16     | u32 (LE)     | Request or Response     |
+//!  +--------+---------+--------------+------------------------+
+//! ```
+//!
+//! [`decode_request`] and [`decode_response`] check the header, the length
+//! against the bytes received and [`MAX_MESSAGE_LEN`], and validate the
+//! body with bytecheck before deserializing it: malformed bytes give a
+//! [`ProtocolError`], never a panic.
+//!
+//! Replies that hand over a ring carry fds, in this order:
+//! * publisher: ring (read-write), wake page, then every slot page
+//!   (read-only), one per slot of the ring;
+//! * subscriber: ring (read-only), wake page, own slot page (read-write).
+
+use rkyv::{Archive, Deserialize, Serialize};
+use thiserror::Error;
+
+/// `b"RL"` little-endian.
+pub const MAGIC: u16 = u16::from_le_bytes(*b"RL");
+/// Version of this protocol.
+pub const PROTOCOL_VERSION: u16 = 1;
+/// Header bytes before the body.
+pub const HEADER_LEN: usize = 8;
+/// Largest message (header + body) either side sends or accepts.
+pub const MAX_MESSAGE_LEN: usize = 128 * 1024;
+/// Most fds one message may carry (ring + wake + slot pages).
+pub const MAX_FDS: usize = 2 + MAX_SLOTS_PER_STREAM as usize;
+/// Most subscriber slots a daemon-managed stream has.
+pub const MAX_SLOTS_PER_STREAM: u32 = 64;
+/// Longest stream name.
+pub const MAX_STREAM_NAME_LEN: usize = 200;
+
+/// Full-ring behaviour of a stream.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Policy {
+    /// Publishers wait for the slowest live subscriber.
+    BackPressure,
+    /// Publishers never wait; slow subscribers are overrun and told.
+    Overwrite,
+}
+
+impl From<Policy> for rill_shm::Policy {
+    fn from(p: Policy) -> Self {
+        match p {
+            Policy::BackPressure => rill_shm::Policy::BackPressure,
+            Policy::Overwrite => rill_shm::Policy::Overwrite,
+        }
+    }
+}
+
+impl From<rill_shm::Policy> for Policy {
+    fn from(p: rill_shm::Policy) -> Self {
+        match p {
+            rill_shm::Policy::BackPressure => Policy::BackPressure,
+            rill_shm::Policy::Overwrite => Policy::Overwrite,
+        }
+    }
+}
+
+/// How to create a stream that does not exist yet.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct StreamOptions {
+    /// Ring capacity in bytes (power of two).
+    pub capacity: u64,
+    /// Largest payload.
+    pub max_message_len: u32,
+    /// Full-ring behaviour.
+    pub policy: Policy,
+    /// Keep the stream when its last user leaves (else removed after the
+    /// daemon's linger time).
+    pub keep: bool,
+}
+
+/// Where a new subscriber starts.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartAt {
+    /// Only messages published from now on.
+    Latest,
+    /// The oldest message still in the ring.
+    Oldest,
+}
+
+/// What kind of handle a client holds.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandleKind {
+    /// A publication.
+    Publisher,
+    /// A subscriber (with its slot).
+    Subscriber,
+}
+
+/// A handle a client re-registers with a restarted daemon.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct ResumeHandle {
+    /// Stream name.
+    pub stream: String,
+    /// Publisher or subscriber.
+    pub kind: HandleKind,
+    /// The subscriber's slot (0 for publishers).
+    pub slot: u32,
+}
+
+/// A request from a client.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(attr(allow(missing_docs)))]
+pub enum Request {
+    /// First message on a connection.
+    Hello {
+        /// Free-form client name, for logs and `rill streams`.
+        client_name: String,
+    },
+    /// Create a stream (error `Exists` if it exists with other options).
+    CreateStream {
+        /// Stream name.
+        stream: String,
+        /// Its shape.
+        options: StreamOptions,
+    },
+    /// Open a publisher; create the stream first if `create` is given and
+    /// it does not exist.
+    OpenPublisher {
+        /// Stream name.
+        stream: String,
+        /// Options to create it with, if missing.
+        create: Option<StreamOptions>,
+    },
+    /// Open a subscriber; create the stream first if `create` is given.
+    OpenSubscriber {
+        /// Stream name.
+        stream: String,
+        /// Where to start.
+        start: StartAt,
+        /// Options to create it with, if missing.
+        create: Option<StreamOptions>,
+    },
+    /// Close a handle.
+    Close {
+        /// The handle from the open reply.
+        handle: u64,
+    },
+    /// List every stream.
+    ListStreams,
+    /// Describe one stream.
+    StreamInfo {
+        /// Stream name.
+        stream: String,
+    },
+    /// Is the daemon healthy?
+    Health,
+    /// The client is alive.
+    Heartbeat,
+    /// After reconnecting to a restarted daemon: re-register handles.
+    Resume {
+        /// The handles held.
+        handles: Vec<ResumeHandle>,
+    },
+}
+
+/// One subscriber of a stream, as `StreamInfo` reports it.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct SubscriberInfo {
+    /// Slot index.
+    pub slot: u32,
+    /// Owner pid (as the daemon sees it).
+    pub pid: u32,
+    /// Next position it reads.
+    pub position: u64,
+    /// Bytes between it and the tail.
+    pub lag_bytes: u64,
+}
+
+/// A stream, as the daemon describes it.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct StreamInfo {
+    /// Name.
+    pub name: String,
+    /// Ring capacity in bytes.
+    pub capacity: u64,
+    /// Largest payload.
+    pub max_message_len: u32,
+    /// Full-ring behaviour.
+    pub policy: Policy,
+    /// Page size backing the ring (4096 or 2 MiB).
+    pub page_size: u32,
+    /// Number of subscriber slots.
+    pub slot_count: u32,
+    /// Tail (claimed) position.
+    pub tail: u64,
+    /// Open publishers.
+    pub publishers: u32,
+    /// Live subscribers.
+    pub subscribers: Vec<SubscriberInfo>,
+    /// Bytes of abandoned claims padded over so far.
+    pub padded_bytes: u64,
+    /// Subscriber slots freed because their owner died.
+    pub reaped_subscribers: u64,
+    /// Kept when unused.
+    pub keep: bool,
+}
+
+/// Why a request failed.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    /// The request could not be decoded.
+    Malformed,
+    /// Another protocol version.
+    UnsupportedVersion,
+    /// No such stream.
+    UnknownStream,
+    /// The credentials do not allow it.
+    Denied,
+    /// Exists with other options.
+    Exists,
+    /// Invalid argument (name, options).
+    Invalid,
+    /// Every subscriber slot is taken.
+    NoFreeSlot,
+    /// No such handle on this connection.
+    UnknownHandle,
+    /// Hello must come first.
+    NoHello,
+    /// The daemon is shutting down.
+    ShuttingDown,
+    /// Something failed inside the daemon (see message).
+    Internal,
+}
+
+/// A reply from the daemon.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(attr(allow(missing_docs)))]
+pub enum Response {
+    /// Reply to Hello.
+    Hello {
+        /// Daemon version.
+        daemon_version: String,
+        /// How often the client should send Heartbeat.
+        heartbeat_ms: u32,
+    },
+    /// A publisher; fds: ring (rw), wake, slot pages (ro).
+    Publisher {
+        /// Handle for Close.
+        handle: u64,
+        /// The stream.
+        info: StreamInfo,
+    },
+    /// A subscriber; fds: ring (ro), wake, own slot page (rw).
+    Subscriber {
+        /// Handle for Close.
+        handle: u64,
+        /// Its slot.
+        slot: u32,
+        /// Its start position.
+        position: u64,
+        /// The stream.
+        info: StreamInfo,
+    },
+    /// Stream created (or already there with the same options).
+    Created {
+        /// The stream.
+        info: StreamInfo,
+    },
+    /// Handle closed.
+    Closed,
+    /// Every stream.
+    Streams {
+        /// The streams.
+        streams: Vec<StreamInfo>,
+    },
+    /// One stream.
+    Info {
+        /// The stream.
+        info: StreamInfo,
+    },
+    /// Health.
+    Health {
+        /// Yes or no.
+        healthy: bool,
+        /// Why not, or a summary.
+        detail: String,
+    },
+    /// Heartbeat received.
+    HeartbeatAck,
+    /// Handles re-registered; new handle ids in request order (0 where the
+    /// daemon did not know the stream or slot any more).
+    Resumed {
+        /// New handles.
+        handles: Vec<u64>,
+    },
+    /// The request failed.
+    Error {
+        /// What kind of failure.
+        code: ErrorCode,
+        /// A message for humans naming what was refused and why.
+        message: String,
+    },
+}
+
+/// Why bytes are not a valid message.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum ProtocolError {
+    /// Shorter than the header or than the length it announces.
+    #[error("truncated message: {got} bytes, need {need}")]
+    Truncated {
+        /// Bytes received.
+        got: usize,
+        /// Bytes needed.
+        need: usize,
+    },
+    /// Longer than allowed, or longer than announced.
+    #[error("message of {len} bytes is over the limit of {max} or its announced length")]
+    TooLong {
+        /// Length.
+        len: usize,
+        /// Limit.
+        max: usize,
+    },
+    /// Wrong magic number.
+    #[error("bad magic {0:#06x}: not a rill control message")]
+    BadMagic(u16),
+    /// Another protocol version.
+    #[error("protocol version {0}, this side speaks {PROTOCOL_VERSION}")]
+    Version(u16),
+    /// The body did not validate or deserialize.
+    #[error("invalid message body: {0}")]
+    Body(String),
+    /// Serializing failed.
+    #[error("could not encode message: {0}")]
+    Encode(String),
+}
+
+fn encode<T>(value: &T) -> Result<Vec<u8>, ProtocolError>
+where
+    T: for<'a> Serialize<rkyv::api::high::HighSerializer<rkyv::util::AlignedVec, rkyv::ser::allocator::ArenaHandle<'a>, rkyv::rancor::Error>>,
+{
+    let body = rkyv::to_bytes::<rkyv::rancor::Error>(value).map_err(|e| ProtocolError::Encode(e.to_string()))?;
+    let len = HEADER_LEN + body.len();
+    if len > MAX_MESSAGE_LEN {
+        return Err(ProtocolError::TooLong { len, max: MAX_MESSAGE_LEN });
+    }
+    let mut out = Vec::with_capacity(len);
+    out.extend_from_slice(&MAGIC.to_le_bytes());
+    out.extend_from_slice(&PROTOCOL_VERSION.to_le_bytes());
+    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    out.extend_from_slice(&body);
+    Ok(out)
+}
+
+/// Checks the header and returns the body, copied to aligned memory.
+fn body(bytes: &[u8]) -> Result<rkyv::util::AlignedVec, ProtocolError> {
+    if bytes.len() > MAX_MESSAGE_LEN {
+        return Err(ProtocolError::TooLong { len: bytes.len(), max: MAX_MESSAGE_LEN });
+    }
+    let head = bytes.get(..HEADER_LEN).ok_or(ProtocolError::Truncated { got: bytes.len(), need: HEADER_LEN })?;
+    let magic = u16::from_le_bytes([head[0], head[1]]);
+    if magic != MAGIC {
+        return Err(ProtocolError::BadMagic(magic));
+    }
+    let version = u16::from_le_bytes([head[2], head[3]]);
+    if version != PROTOCOL_VERSION {
+        return Err(ProtocolError::Version(version));
+    }
+    let len = u32::from_le_bytes([head[4], head[5], head[6], head[7]]) as usize;
+    let need = HEADER_LEN.saturating_add(len);
+    if bytes.len() < need {
+        return Err(ProtocolError::Truncated { got: bytes.len(), need });
+    }
+    if bytes.len() > need {
+        return Err(ProtocolError::TooLong { len: bytes.len(), max: need });
+    }
+    let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(len);
+    aligned.extend_from_slice(&bytes[HEADER_LEN..]);
+    Ok(aligned)
+}
+
+/// Encodes a request.
+pub fn encode_request(req: &Request) -> Result<Vec<u8>, ProtocolError> {
+    encode(req)
+}
+
+/// Encodes a response.
+pub fn encode_response(resp: &Response) -> Result<Vec<u8>, ProtocolError> {
+    encode(resp)
+}
+
+/// Decodes and validates a request.
+pub fn decode_request(bytes: &[u8]) -> Result<Request, ProtocolError> {
+    let b = body(bytes)?;
+    rkyv::from_bytes::<Request, rkyv::rancor::Error>(&b).map_err(|e| ProtocolError::Body(e.to_string()))
+}
+
+/// Decodes and validates a response.
+pub fn decode_response(bytes: &[u8]) -> Result<Response, ProtocolError> {
+    let b = body(bytes)?;
+    rkyv::from_bytes::<Response, rkyv::rancor::Error>(&b).map_err(|e| ProtocolError::Body(e.to_string()))
+}
+
+/// Checks a stream name: 1..=200 bytes of `[A-Za-z0-9._-/]`, not starting
+/// with `.` or `/`, no `..`. Names become file names in the daemon.
+pub fn check_stream_name(name: &str) -> Result<(), String> {
+    let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+    if name.is_empty() || name.len() > MAX_STREAM_NAME_LEN {
+        return Err(format!("stream name must be 1..={MAX_STREAM_NAME_LEN} bytes"));
+    }
+    if name.starts_with('.') || !name.chars().all(ok_char) {
+        return Err(format!("stream name {name:?} may hold only A-Z a-z 0-9 . _ - and must not start with '.'"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips() {
+        let req = Request::OpenSubscriber {
+            stream: "orders".into(),
+            start: StartAt::Oldest,
+            create: Some(StreamOptions { capacity: 1 << 20, max_message_len: 4096, policy: Policy::Overwrite, keep: true }),
+        };
+        assert_eq!(decode_request(&encode_request(&req).unwrap()).unwrap(), req);
+        let resp = Response::Error { code: ErrorCode::Denied, message: "no".into() };
+        assert_eq!(decode_response(&encode_response(&resp).unwrap()).unwrap(), resp);
+    }
+
+    #[test]
+    fn rejects_bad_headers() {
+        let good = encode_request(&Request::Health).unwrap();
+        assert!(matches!(decode_request(&good[..5]), Err(ProtocolError::Truncated { .. })));
+        assert!(matches!(decode_request(&good[..good.len() - 1]), Err(ProtocolError::Truncated { .. })));
+        let mut long = good.clone();
+        long.push(0);
+        assert!(matches!(decode_request(&long), Err(ProtocolError::TooLong { .. })));
+        let mut v = good.clone();
+        v[2] = 9;
+        assert!(matches!(decode_request(&v), Err(ProtocolError::Version(9))));
+        let mut m = good.clone();
+        m[0] = b'X';
+        assert!(matches!(decode_request(&m), Err(ProtocolError::BadMagic(_))));
+        let mut huge = good;
+        huge[4..8].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(decode_request(&huge).is_err());
+    }
+
+    #[test]
+    fn names() {
+        assert!(check_stream_name("orders.v1-eu_2").is_ok());
+        for bad in ["", ".hidden", "a/b", "a b", "ü", &"x".repeat(201)] {
+            assert!(check_stream_name(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn random_bytes_never_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
+            let _ = decode_request(&bytes);
+            let _ = decode_response(&bytes);
+        }
+
+        #[test]
+        fn random_bodies_behind_a_valid_header_never_panic(body in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
+            let mut msg = Vec::new();
+            msg.extend_from_slice(&MAGIC.to_le_bytes());
+            msg.extend_from_slice(&PROTOCOL_VERSION.to_le_bytes());
+            msg.extend_from_slice(&(body.len() as u32).to_le_bytes());
+            msg.extend_from_slice(&body);
+            let _ = decode_request(&msg);
+            let _ = decode_response(&msg);
+        }
+    }
+}
