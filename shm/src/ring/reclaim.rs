@@ -2,9 +2,10 @@
 //!
 //! A publisher killed between claim and commit leaves a frame that is
 //! claimed (the tail is past it) but never committed; every reader stops
-//! there. The reclaimer follows the stream like a reader that holds nobody
-//! back, and when it finds the same uncommitted frame at the head of the
-//! stream for longer than its timeout, it turns the frame into padding:
+//! there, and publishers stop a ring later. The reclaimer looks where
+//! readers wait (slot positions, the head) and follows the stream like a
+//! reader that holds nobody back; when the earliest uncommitted frame stays
+//! the same for longer than its timeout, it turns it into padding:
 //!
 //! * commit word CLAIMED(p): the header's length is valid (the publisher
 //!   wrote it before CLAIMED, with release); pad exactly that frame.
@@ -56,59 +57,94 @@ impl Reclaimer {
         self.padded_frames
     }
 
-    /// Follows the stream up to the tail; pads a claim that has stayed
-    /// uncommitted for the timeout. `now_ns` is any monotonic clock.
-    /// Returns the number of bytes padded in this call.
+    /// Looks for a claim that stays uncommitted for the timeout and pads
+    /// it. `now_ns` is any monotonic clock. Returns the bytes padded.
+    ///
+    /// Cost is bounded: it checks the frames readers wait at (each live
+    /// slot's position and the head), then follows the stream for at most
+    /// `MAX_FRAMES_PER_CALL` frames. The earliest uncommitted frame found is
+    /// the one that blocks everyone behind it; only it is tracked.
     pub fn do_work(&mut self, now_ns: u64) -> u64 {
+        let tail = self.ring.inner.mem.counters().tail.value.load(Ordering::Acquire);
+        let walked = self.walk(tail);
+        let waiting = self.ring.subscribers().into_iter().map(|s| s.position);
+        let head = self.ring.inner.mem.counters().head.value.load(Ordering::Acquire);
+        let stuck_at = waiting
+            .chain([head, walked])
+            .filter(|&p| p < tail && !self.committed(p))
+            .min();
+        let Some(p) = stuck_at else {
+            self.stuck = None;
+            return 0;
+        };
+        match self.stuck {
+            Some((at, since)) if at == p && now_ns.saturating_sub(since) >= self.timeout_ns => {
+                self.stuck = None;
+                let w = self.word(p);
+                let span = self.claimed_span(p, w);
+                self.pad(p, w, span, tail)
+            }
+            Some((at, _)) if at == p => 0,
+            _ => {
+                self.stuck = Some((p, now_ns));
+                0
+            }
+        }
+    }
+
+    /// Follows committed frames from the cursor (bounded); returns where it
+    /// stopped: the tail, or the first frame not committed.
+    fn walk(&mut self, tail: u64) -> u64 {
         let mem = &self.ring.inner.mem;
         let cap = self.ring.inner.info.capacity;
-        let mask = self.ring.inner.mask;
         // SYNC(head): Acquire pairs with the publishers' Release fetch_max.
         let head = mem.counters().head.value.load(Ordering::Acquire);
-        let tail = mem.counters().tail.value.load(Ordering::Acquire);
         if head > self.cursor || tail + HEADER_LEN as u64 > self.cursor + cap {
             // Behind the head (or lapped): everything before the head is
             // committed, and no claim can be a ring behind the head, so an
             // abandoned claim is never skipped by restarting there.
             self.cursor = head;
-            self.stuck = None;
         }
         for _ in 0..MAX_FRAMES_PER_CALL {
-            if self.cursor >= tail {
-                self.stuck = None;
-                return 0;
-            }
             let p = self.cursor;
-            let off = (p & mask) as usize;
-            // SYNC(commit/claimed): Acquire pairs with the publisher's Release
-            // stores of CLAIMED and of the commit.
-            let w = mem.word(off + WORD_POSITION).load(Ordering::Acquire);
+            if p >= tail || !self.committed(p) {
+                break;
+            }
+            let off = (p & self.ring.inner.mask) as usize;
             let (len, _, _) = unpack_len_kind(mem.word(off + WORD_LEN_KIND).load(Ordering::Relaxed));
+            let span = frame_span(len as usize) as u64;
             fence(Ordering::Acquire);
             let lapped = mem.counters().tail.value.load(Ordering::Relaxed) + HEADER_LEN as u64 > p + cap;
-            let span = frame_span(len as usize) as u64;
-            let sane = len as usize >= HEADER_LEN && span <= cap - off as u64;
-            if lapped {
-                return 0; // next call restarts from an intact boundary
+            if lapped || (len as usize) < HEADER_LEN || span > cap - off as u64 {
+                break; // torn or corrupt: readers report it; restart next call
             }
-            if w == p && sane {
-                self.cursor += span;
-                continue;
-            }
-            match self.stuck {
-                Some((at, since)) if at == p && now_ns.saturating_sub(since) >= self.timeout_ns => {
-                    let padded = self.pad(p, w, if w == claimed(p) && sane { Some(span) } else { None }, tail);
-                    self.stuck = None;
-                    return padded;
-                }
-                Some((at, _)) if at == p => return 0,
-                _ => {
-                    self.stuck = Some((p, now_ns));
-                    return 0;
-                }
-            }
+            self.cursor += span;
         }
-        0
+        self.cursor
+    }
+
+    fn word(&self, p: u64) -> u64 {
+        let off = (p & self.ring.inner.mask) as usize;
+        // SYNC(commit/claimed): Acquire pairs with the publisher's Release
+        // stores of CLAIMED and of the commit.
+        self.ring.inner.mem.word(off + WORD_POSITION).load(Ordering::Acquire)
+    }
+
+    fn committed(&self, p: u64) -> bool {
+        self.word(p) == p
+    }
+
+    /// The claim's span if the commit word says CLAIMED and the length is
+    /// sane; `None` if the length must be found by scanning.
+    fn claimed_span(&self, p: u64, w: u64) -> Option<u64> {
+        if w != claimed(p) {
+            return None;
+        }
+        let cap = self.ring.inner.info.capacity;
+        let off = (p & self.ring.inner.mask) as usize;
+        let (len, _, _) = unpack_len_kind(self.ring.inner.mem.word(off + WORD_LEN_KIND).load(Ordering::Relaxed));
+        let span = frame_span(len as usize) as u64;
+        ((len as usize) >= HEADER_LEN && span <= cap - off as u64).then_some(span)
     }
 
     /// Installs a padding frame over the abandoned claim at `p`.
