@@ -1,0 +1,221 @@
+//! Configuration: defaults, the TOML file, and who may do what.
+//!
+//! ```toml
+//! socket = "/run/rill/rilld.sock"
+//! ring_dir = "/dev/hugepages/rill"   # hugetlbfs if mounted, else /dev/shm/rill
+//! page_dir = "/dev/shm/rill-pages"   # slot and wake page files (tmpfs)
+//! linger_ms = 5000                   # unused streams removed after this
+//! heartbeat_ms = 1000                # clients say they live this often
+//! client_timeout_ms = 5000           # silent this long = hung: released
+//! unblock_timeout_ms = 5000          # abandoned claims padded after this
+//! resume_grace_ms = 5000             # after a restart, time for clients to come back
+//! slot_count = 16                    # subscriber slots per stream (max 64)
+//!
+//! [[allow]]                          # uid 1000 may publish to orders.*, read all
+//! uids = [1000]
+//! publish = ["orders."]
+//! subscribe = [""]
+//! ```
+//!
+//! Without `[[allow]]` rules only root and the daemon's own uid may use
+//! the daemon. A rule grants its `publish` and `subscribe` name prefixes to
+//! the listed uids and gids (`""` matches every name).
+
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+/// The default socket path (the client library uses the same).
+pub const DEFAULT_SOCKET: &str = "/run/rill/rilld.sock";
+
+/// One access rule.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct AllowRule {
+    /// User ids the rule applies to.
+    #[serde(default)]
+    pub uids: Vec<u32>,
+    /// Group ids the rule applies to.
+    #[serde(default)]
+    pub gids: Vec<u32>,
+    /// Stream name prefixes they may publish to.
+    #[serde(default)]
+    pub publish: Vec<String>,
+    /// Stream name prefixes they may subscribe to.
+    #[serde(default)]
+    pub subscribe: Vec<String>,
+}
+
+/// What a client wants to do with a stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Open a publisher (or create the stream).
+    Publish,
+    /// Open a subscriber.
+    Subscribe,
+}
+
+impl std::fmt::Display for Action {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Action::Publish => "publish to",
+            Action::Subscribe => "subscribe to",
+        })
+    }
+}
+
+/// The daemon's configuration.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Listening socket.
+    pub socket: PathBuf,
+    /// Where ring files live (hugetlbfs when available).
+    pub ring_dir: PathBuf,
+    /// Where slot and wake page files live (must not be hugetlbfs).
+    pub page_dir: PathBuf,
+    /// Unused, not-kept streams are removed after this long.
+    pub linger_ms: u64,
+    /// Heartbeat interval asked of clients.
+    pub heartbeat_ms: u32,
+    /// A client silent this long is considered hung and released.
+    pub client_timeout_ms: u64,
+    /// Abandoned claims are padded after this long.
+    pub unblock_timeout_ms: u64,
+    /// After a restart, adopted subscriber slots wait this long for their
+    /// owners to reconnect.
+    pub resume_grace_ms: u64,
+    /// Subscriber slots per stream.
+    pub slot_count: u32,
+    /// Access rules.
+    pub allow: Vec<AllowRule>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            socket: PathBuf::from(DEFAULT_SOCKET),
+            ring_dir: default_ring_dir(),
+            page_dir: PathBuf::from("/dev/shm/rill-pages"),
+            linger_ms: 5000,
+            heartbeat_ms: 1000,
+            client_timeout_ms: 5000,
+            unblock_timeout_ms: 5000,
+            resume_grace_ms: 5000,
+            slot_count: 16,
+            allow: Vec::new(),
+        }
+    }
+}
+
+/// `/dev/hugepages/rill` if /dev/hugepages is a hugetlbfs mount with pages
+/// reserved, else `/dev/shm/rill`.
+pub fn default_ring_dir() -> PathBuf {
+    let huge = Path::new("/dev/hugepages");
+    if rill_shm::os::mapping::dir_is_hugetlbfs(huge) && hugepages_reserved() > 0 {
+        huge.join("rill")
+    } else {
+        PathBuf::from("/dev/shm/rill")
+    }
+}
+
+fn hugepages_reserved() -> u64 {
+    std::fs::read_to_string("/proc/sys/vm/nr_hugepages").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0)
+}
+
+impl Config {
+    /// Reads a TOML file over the defaults.
+    pub fn from_file(path: &Path) -> anyhow::Result<Config> {
+        let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
+        let config: Config = toml::from_str(&text).map_err(|e| anyhow::anyhow!("parsing {}: {e}", path.display()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks values that would make the daemon misbehave.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            (1..=rill::protocol::MAX_SLOTS_PER_STREAM).contains(&self.slot_count),
+            "slot_count {} must be in 1..={}",
+            self.slot_count,
+            rill::protocol::MAX_SLOTS_PER_STREAM
+        );
+        anyhow::ensure!(self.heartbeat_ms > 0, "heartbeat_ms must be positive");
+        anyhow::ensure!(
+            self.client_timeout_ms > u64::from(self.heartbeat_ms),
+            "client_timeout_ms must exceed heartbeat_ms"
+        );
+        for r in &self.allow {
+            anyhow::ensure!(!r.uids.is_empty() || !r.gids.is_empty(), "an [[allow]] rule names no uids or gids");
+        }
+        Ok(())
+    }
+
+    /// Whether a client with `uid`/`gid` may do `action` on `stream`;
+    /// `Err` names the refusal for the client.
+    pub fn check(&self, uid: u32, gid: u32, action: Action, stream: &str) -> Result<(), String> {
+        let own_uid = nix::unistd::getuid().as_raw();
+        if uid == 0 || uid == own_uid {
+            return Ok(());
+        }
+        let granted = self.allow.iter().any(|r| {
+            (r.uids.contains(&uid) || r.gids.contains(&gid)) && {
+                let prefixes = match action {
+                    Action::Publish => &r.publish,
+                    Action::Subscribe => &r.subscribe,
+                };
+                prefixes.iter().any(|p| stream.starts_with(p.as_str()))
+            }
+        });
+        if granted {
+            return Ok(());
+        }
+        let rules = if self.allow.is_empty() {
+            "no [[allow]] rules are configured, so only root and the daemon's uid may".to_string()
+        } else {
+            format!("no [[allow]] rule (of {}) grants uid {uid} / gid {gid} a prefix of it", self.allow.len())
+        };
+        Err(format!("uid {uid} may not {action} stream {stream:?}: {rules}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_checks_rules() {
+        let c: Config = toml::from_str(
+            r#"
+            socket = "/tmp/x.sock"
+            slot_count = 8
+            [[allow]]
+            uids = [1000]
+            publish = ["orders."]
+            subscribe = [""]
+            [[allow]]
+            gids = [50]
+            subscribe = ["metrics."]
+        "#,
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.slot_count, 8);
+        assert_eq!(c.linger_ms, 5000, "defaults fill the rest");
+        assert!(c.check(1000, 1000, Action::Publish, "orders.eu").is_ok());
+        assert!(c.check(1000, 1000, Action::Subscribe, "anything").is_ok());
+        let e = c.check(1000, 1000, Action::Publish, "billing").unwrap_err();
+        assert!(e.contains("billing") && e.contains("publish"), "{e}");
+        assert!(c.check(2000, 50, Action::Subscribe, "metrics.cpu").is_ok());
+        assert!(c.check(2000, 50, Action::Subscribe, "orders.eu").is_err());
+        assert!(c.check(0, 0, Action::Publish, "x").is_ok());
+    }
+
+    #[test]
+    fn rejects_bad_files() {
+        assert!(toml::from_str::<Config>("nonsense = 1").is_err());
+        let c: Config = toml::from_str("slot_count = 0").unwrap();
+        assert!(c.validate().is_err());
+        let c: Config = toml::from_str("[[allow]]\npublish = [\"x\"]").unwrap();
+        assert!(c.validate().is_err());
+    }
+}

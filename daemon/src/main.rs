@@ -1,0 +1,80 @@
+//! `rilld`: the Rill daemon. `rilld` with no arguments listens on
+//! /run/rill/rilld.sock and keeps rings in /dev/hugepages/rill (hugetlbfs,
+//! when mounted with pages reserved) or /dev/shm/rill.
+
+use clap::Parser;
+use rill_daemon::config::Config;
+use std::path::PathBuf;
+
+/// Rill's per-host daemon.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// Listening socket (default /run/rill/rilld.sock).
+    #[arg(long)]
+    socket: Option<PathBuf>,
+    /// Directory for ring files (default: /dev/hugepages/rill if usable, else /dev/shm/rill).
+    #[arg(long)]
+    ring_dir: Option<PathBuf>,
+    /// Directory for slot and wake page files (default /dev/shm/rill-pages).
+    #[arg(long)]
+    page_dir: Option<PathBuf>,
+    /// TOML configuration file (flags override it).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Pad claims abandoned longer than this (ms).
+    #[arg(long)]
+    unblock_timeout_ms: Option<u64>,
+    /// Release clients silent longer than this (ms).
+    #[arg(long)]
+    client_timeout_ms: Option<u64>,
+    /// Remove unused streams after this (ms).
+    #[arg(long)]
+    linger_ms: Option<u64>,
+    /// After a restart, wait this long for clients to resume (ms).
+    #[arg(long)]
+    resume_grace_ms: Option<u64>,
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("RILL_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    if let Err(e) = run(Args::parse()) {
+        tracing::error!("{e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    let mut config = match &args.config {
+        Some(path) => Config::from_file(path)?,
+        None => Config::default(),
+    };
+    if let Some(v) = args.socket {
+        config.socket = v;
+    }
+    if let Some(v) = args.ring_dir {
+        config.ring_dir = v;
+    }
+    if let Some(v) = args.page_dir {
+        config.page_dir = v;
+    }
+    if let Some(v) = args.unblock_timeout_ms {
+        config.unblock_timeout_ms = v;
+    }
+    if let Some(v) = args.client_timeout_ms {
+        config.client_timeout_ms = v;
+    }
+    if let Some(v) = args.linger_ms {
+        config.linger_ms = v;
+    }
+    if let Some(v) = args.resume_grace_ms {
+        config.resume_grace_ms = v;
+    }
+    config.validate()?;
+    rill_daemon::server::Server::new(config)?.run()
+}

@@ -1,0 +1,488 @@
+//! The control agent: accepts clients on the Unix socket, answers their
+//! requests, notices when they die or hang, and runs the janitor.
+//!
+//! Single-threaded, driven by `poll(2)` over the listener, a signalfd
+//! (SIGTERM, SIGINT) and every client socket, with a janitor tick. The
+//! daemon is never on the data path: clients publish and subscribe in
+//! shared memory; only opens, closes and heartbeats come here.
+//!
+//! A malformed request (bad header, bad body, unexpected fds) gets an
+//! `Error` reply and the connection stays open; a client that sends nothing
+//! for `client_timeout_ms`, or whose socket fails, is dropped and its
+//! subscriber slots freed (so its positions stop holding publishers back),
+//! and the reclaimer pads any claim it abandoned.
+
+use crate::config::{Action, Config};
+use crate::streams::{default_options, Refusal, SlotOwner, Streams};
+use rill::protocol::{self, ErrorCode, HandleKind, Request, Response, StartAt};
+use rill::wire::{self, WireError};
+use nix::poll::{PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use std::collections::HashMap;
+use std::os::fd::{AsFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+/// How often the janitor runs when nothing else happens.
+const TICK: Duration = Duration::from_millis(20);
+/// Most messages read from one client per loop (fairness).
+const MAX_REQUESTS_PER_CLIENT: usize = 16;
+
+#[derive(Debug)]
+struct Handle {
+    stream: String,
+    kind: HandleKind,
+    slot: u32,
+}
+
+#[derive(Debug)]
+struct Conn {
+    id: u64,
+    fd: OwnedFd,
+    pid: u32,
+    uid: u32,
+    gid: u32,
+    name: String,
+    hello: bool,
+    last_seen: Instant,
+    handles: HashMap<u64, Handle>,
+}
+
+/// The daemon's state.
+#[derive(Debug)]
+pub struct Server {
+    config: Config,
+    streams: Streams,
+    listener: Option<OwnedFd>,
+    signals: SignalFd,
+    conns: Vec<Conn>,
+    next_id: u64,
+    started: Instant,
+    buf: Vec<u8>,
+}
+
+impl Server {
+    /// Binds the socket, adopts existing rings, blocks SIGTERM/SIGINT into a
+    /// signalfd.
+    pub fn new(config: Config) -> anyhow::Result<Server> {
+        let mut mask = SigSet::empty();
+        mask.add(Signal::SIGTERM);
+        mask.add(Signal::SIGINT);
+        mask.thread_block()?;
+        let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)?;
+        let mut streams = Streams::new(&config)?;
+        let adopted = streams.adopt_existing(Duration::from_millis(config.resume_grace_ms));
+        let listener = bind(&config.socket)?;
+        tracing::info!(socket = %config.socket.display(), adopted, "rilld listening");
+        Ok(Server {
+            config,
+            streams,
+            listener: Some(listener),
+            signals,
+            conns: Vec::new(),
+            next_id: 1,
+            started: Instant::now(),
+            buf: Vec::new(),
+        })
+    }
+
+    /// Runs until SIGTERM or SIGINT; then stops accepting, answers what was
+    /// already sent, and returns.
+    pub fn run(&mut self) -> anyhow::Result<()> {
+        let mut last_tick = Instant::now();
+        loop {
+            let ready = self.wait(TICK)?;
+            if ready.signal {
+                let sig = self.signals.read_signal().ok().flatten().map(|s| s.ssi_signo);
+                tracing::info!(signal = ?sig, "stopping: no new connections; answering pending requests");
+                self.stop_accepting();
+                for i in 0..self.conns.len() {
+                    self.serve(i);
+                }
+                self.conns.clear();
+                tracing::info!("rilld stopped; rings stay for the next daemon to adopt");
+                return Ok(());
+            }
+            if ready.accept {
+                self.accept_all();
+            }
+            for i in ready.clients.into_iter().rev() {
+                if !self.serve(i) {
+                    let c = self.conns.swap_remove(i);
+                    self.drop_conn(c, "connection closed");
+                }
+            }
+            if last_tick.elapsed() >= TICK {
+                last_tick = Instant::now();
+                self.tick();
+            }
+        }
+    }
+
+    fn wait(&self, timeout: Duration) -> anyhow::Result<Ready> {
+        let mut fds = vec![PollFd::new(self.signals.as_fd(), PollFlags::POLLIN)];
+        if let Some(l) = &self.listener {
+            fds.push(PollFd::new(l.as_fd(), PollFlags::POLLIN));
+        }
+        let first_client = fds.len();
+        fds.extend(self.conns.iter().map(|c| PollFd::new(c.fd.as_fd(), PollFlags::POLLIN)));
+        let ms = PollTimeout::try_from(timeout.as_millis() as i32).unwrap_or(PollTimeout::NONE);
+        match nix::poll::poll(&mut fds, ms) {
+            Ok(_) | Err(nix::Error::EINTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let hit = |f: &PollFd<'_>| f.revents().is_some_and(|r| !r.is_empty());
+        Ok(Ready {
+            signal: hit(&fds[0]),
+            accept: self.listener.is_some() && hit(&fds[1]),
+            clients: (first_client..fds.len()).filter(|&i| hit(&fds[i])).map(|i| i - first_client).collect(),
+        })
+    }
+
+    fn accept_all(&mut self) {
+        let Some(listener) = &self.listener else { return };
+        loop {
+            match wire::accept(listener.as_fd()) {
+                Ok(fd) => {
+                    let (pid, uid, gid) = match wire::peer_credentials(fd.as_fd()) {
+                        Ok(c) => c,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot read peer credentials; refusing connection");
+                            continue;
+                        }
+                    };
+                    let id = self.next_id;
+                    self.next_id += 1;
+                    tracing::debug!(conn = id, pid, uid, gid, "client connected");
+                    self.conns.push(Conn {
+                        id,
+                        fd,
+                        pid,
+                        uid,
+                        gid,
+                        name: String::new(),
+                        hello: false,
+                        last_seen: Instant::now(),
+                        handles: HashMap::new(),
+                    });
+                }
+                Err(WireError::WouldBlock) => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Reads and answers up to a few requests of client `i`. Returns false
+    /// if the connection is finished.
+    fn serve(&mut self, i: usize) -> bool {
+        for _ in 0..MAX_REQUESTS_PER_CLIENT {
+            let received = match wire::recv(self.conns[i].fd.as_fd(), &mut self.buf) {
+                Ok(r) => r,
+                Err(WireError::WouldBlock) => return true,
+                Err(WireError::Closed) => return false,
+                Err(WireError::Truncated) => {
+                    tracing::warn!(conn = self.conns[i].id, "oversized message (truncated by the kernel)");
+                    let r = error(ErrorCode::Malformed, format!("message over {} bytes or with fds", protocol::MAX_MESSAGE_LEN));
+                    if !self.reply(i, &r, Vec::new()) {
+                        return false;
+                    }
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(conn = self.conns[i].id, error = %e, "receive failed; dropping client");
+                    return false;
+                }
+            };
+            self.conns[i].last_seen = Instant::now();
+            let (resp, fds) = if !received.fds.is_empty() {
+                tracing::warn!(conn = self.conns[i].id, fds = received.fds.len(), "request carried fds; closed them");
+                (error(ErrorCode::Malformed, "requests must not carry file descriptors".into()), Vec::new())
+            } else {
+                match protocol::decode_request(&received.bytes) {
+                    Ok(req) => self.handle(i, req),
+                    Err(protocol::ProtocolError::Version(v)) => {
+                        (error(ErrorCode::UnsupportedVersion, format!("protocol version {v}; rilld speaks {}", protocol::PROTOCOL_VERSION)), Vec::new())
+                    }
+                    Err(e) => {
+                        tracing::warn!(conn = self.conns[i].id, error = %e, "malformed request");
+                        (error(ErrorCode::Malformed, e.to_string()), Vec::new())
+                    }
+                }
+            };
+            if !self.reply(i, &resp, fds) {
+                return false;
+            }
+        }
+        true
+    }
+
+    fn reply(&mut self, i: usize, resp: &Response, fds: Vec<OwnedFd>) -> bool {
+        let bytes = match protocol::encode_response(resp) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot encode reply");
+                protocol::encode_response(&error(ErrorCode::Internal, e.to_string())).expect("small reply encodes")
+            }
+        };
+        match wire::send(self.conns[i].fd.as_fd(), &bytes, &wire::borrow_all(&fds)) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(conn = self.conns[i].id, error = %e, "cannot reply; dropping client");
+                false
+            }
+        }
+    }
+
+    fn handle(&mut self, i: usize, req: Request) -> (Response, Vec<OwnedFd>) {
+        let needs_hello = matches!(
+            req,
+            Request::OpenPublisher { .. } | Request::OpenSubscriber { .. } | Request::CreateStream { .. } | Request::Resume { .. }
+        );
+        if needs_hello && !self.conns[i].hello {
+            return (error(ErrorCode::NoHello, "send Hello first".into()), Vec::new());
+        }
+        let result = match req {
+            Request::Hello { client_name } => {
+                let c = &mut self.conns[i];
+                c.hello = true;
+                c.name = client_name.chars().take(100).collect();
+                tracing::info!(conn = c.id, pid = c.pid, uid = c.uid, name = %c.name, "hello");
+                Ok((
+                    Response::Hello { daemon_version: env!("CARGO_PKG_VERSION").into(), heartbeat_ms: self.config.heartbeat_ms },
+                    Vec::new(),
+                ))
+            }
+            Request::Heartbeat => Ok((Response::HeartbeatAck, Vec::new())),
+            Request::Health => Ok((self.health(), Vec::new())),
+            Request::ListStreams => Ok((Response::Streams { streams: self.streams.iter().map(|s| s.info()).collect() }, Vec::new())),
+            Request::StreamInfo { stream } => self.streams.require(&stream).map(|s| (Response::Info { info: s.info() }, Vec::new())),
+            Request::CreateStream { stream, options } => self
+                .check(i, Action::Publish, &stream)
+                .and_then(|()| self.streams.create(&stream, &options))
+                .map(|s| (Response::Created { info: s.info() }, Vec::new())),
+            Request::OpenPublisher { stream, create } => self.open_publisher(i, &stream, create),
+            Request::OpenSubscriber { stream, start, create } => self.open_subscriber(i, &stream, start, create),
+            Request::Close { handle } => self.close(i, handle).map(|()| (Response::Closed, Vec::new())),
+            Request::Resume { handles } => Ok((self.resume(i, handles), Vec::new())),
+        };
+        result.unwrap_or_else(|r| (error(r.code, r.message), Vec::new()))
+    }
+
+    fn check(&self, i: usize, action: Action, stream: &str) -> Result<(), Refusal> {
+        let c = &self.conns[i];
+        self.config.check(c.uid, c.gid, action, stream).map_err(|m| {
+            tracing::warn!(conn = c.id, pid = c.pid, uid = c.uid, %m, "denied");
+            Refusal::new(ErrorCode::Denied, m)
+        })
+    }
+
+    fn get_or_create(&mut self, i: usize, stream: &str, create: Option<protocol::StreamOptions>) -> Result<(), Refusal> {
+        if self.streams.get_mut(stream).is_some() {
+            return Ok(());
+        }
+        match create {
+            Some(options) => {
+                self.check(i, Action::Publish, stream)?;
+                self.streams.create(stream, &options).map(|_| ())
+            }
+            None => Err(Refusal::new(ErrorCode::UnknownStream, format!("no stream {stream:?} (and no options to create it)"))),
+        }
+    }
+
+    fn open_publisher(
+        &mut self,
+        i: usize,
+        stream: &str,
+        create: Option<protocol::StreamOptions>,
+    ) -> Result<(Response, Vec<OwnedFd>), Refusal> {
+        rill::protocol::check_stream_name(stream).map_err(|m| Refusal::new(ErrorCode::Invalid, m))?;
+        self.check(i, Action::Publish, stream)?;
+        self.get_or_create(i, stream, create)?;
+        let fds = self.streams.publisher_fds(stream).map_err(|e| internal(stream, e))?;
+        let handle = self.new_handle(i, stream, HandleKind::Publisher, 0);
+        let s = self.streams.require(stream)?;
+        s.publishers += 1;
+        Ok((Response::Publisher { handle, info: s.info() }, fds))
+    }
+
+    fn open_subscriber(
+        &mut self,
+        i: usize,
+        stream: &str,
+        start: StartAt,
+        create: Option<protocol::StreamOptions>,
+    ) -> Result<(Response, Vec<OwnedFd>), Refusal> {
+        rill::protocol::check_stream_name(stream).map_err(|m| Refusal::new(ErrorCode::Invalid, m))?;
+        self.check(i, Action::Subscribe, stream)?;
+        self.get_or_create(i, stream, create)?;
+        let start = match start {
+            StartAt::Latest => rill_shm::ring::Start::Latest,
+            StartAt::Oldest => rill_shm::ring::Start::Oldest,
+        };
+        let pid = self.conns[i].pid;
+        let (slot, position) = self.streams.attach(stream, start, pid)?;
+        let fds = match self.streams.subscriber_fds(stream, slot) {
+            Ok(f) => f,
+            Err(e) => {
+                self.streams.require(stream)?.free_slot(slot, false);
+                return Err(internal(stream, e));
+            }
+        };
+        let handle = self.new_handle(i, stream, HandleKind::Subscriber, slot);
+        let conn = self.conns[i].id;
+        let s = self.streams.require(stream)?;
+        s.owners[slot as usize] = SlotOwner::Client { conn, handle };
+        Ok((Response::Subscriber { handle, slot, position, info: s.info() }, fds))
+    }
+
+    fn new_handle(&mut self, i: usize, stream: &str, kind: HandleKind, slot: u32) -> u64 {
+        let h = self.next_id;
+        self.next_id += 1;
+        self.conns[i].handles.insert(h, Handle { stream: stream.into(), kind, slot });
+        h
+    }
+
+    fn close(&mut self, i: usize, handle: u64) -> Result<(), Refusal> {
+        let conn = self.conns[i].id;
+        let h = self.conns[i]
+            .handles
+            .remove(&handle)
+            .ok_or_else(|| Refusal::new(ErrorCode::UnknownHandle, format!("no handle {handle} on this connection")))?;
+        release(&mut self.streams, conn, handle, &h, false);
+        Ok(())
+    }
+
+    fn resume(&mut self, i: usize, handles: Vec<protocol::ResumeHandle>) -> Response {
+        let mut out = Vec::with_capacity(handles.len());
+        for h in handles {
+            let ok = self.check(i, if h.kind == HandleKind::Publisher { Action::Publish } else { Action::Subscribe }, &h.stream).is_ok();
+            let pid = self.conns[i].pid;
+            let id = self.next_id;
+            let conn = self.conns[i].id;
+            let bound = ok
+                && match self.streams.get_mut(&h.stream) {
+                    Some(s) if h.kind == HandleKind::Publisher => {
+                        s.publishers += 1;
+                        true
+                    }
+                    Some(s) => {
+                        let owned_by_pid = s.ring.subscribers().iter().any(|x| x.index == h.slot && x.pid == pid);
+                        let adopted = matches!(s.owners.get(h.slot as usize), Some(SlotOwner::Adopted { .. }));
+                        if owned_by_pid && adopted {
+                            s.owners[h.slot as usize] = SlotOwner::Client { conn, handle: id };
+                        }
+                        owned_by_pid && adopted
+                    }
+                    None => false,
+                };
+            if bound {
+                self.next_id += 1;
+                self.conns[i].handles.insert(id, Handle { stream: h.stream.clone(), kind: h.kind, slot: h.slot });
+                out.push(id);
+            } else {
+                tracing::warn!(conn, stream = %h.stream, kind = ?h.kind, slot = h.slot, "cannot resume handle");
+                out.push(0);
+            }
+        }
+        tracing::info!(conn = self.conns[i].id, resumed = out.iter().filter(|&&h| h != 0).count(), "client resumed");
+        Response::Resumed { handles: out }
+    }
+
+    fn health(&self) -> Response {
+        Response::Health {
+            healthy: self.listener.is_some(),
+            detail: format!(
+                "{} streams, {} clients, up {} s",
+                self.streams.len(),
+                self.conns.len(),
+                self.started.elapsed().as_secs()
+            ),
+        }
+    }
+
+    fn tick(&mut self) {
+        let now = Instant::now();
+        let timeout = Duration::from_millis(self.config.client_timeout_ms);
+        let mut i = 0;
+        while i < self.conns.len() {
+            if now.duration_since(self.conns[i].last_seen) > timeout && !self.conns[i].handles.is_empty() {
+                let c = self.conns.swap_remove(i);
+                self.drop_conn(c, "no heartbeat (hung client)");
+            } else {
+                i += 1;
+            }
+        }
+        self.streams.tick(now, rill_shm::os::now_monotonic_ns());
+    }
+
+    fn drop_conn(&mut self, c: Conn, why: &str) {
+        if !c.handles.is_empty() {
+            tracing::info!(conn = c.id, pid = c.pid, name = %c.name, handles = c.handles.len(), why, "client gone; releasing its handles");
+        }
+        for (handle, h) in &c.handles {
+            release(&mut self.streams, c.id, *handle, h, true);
+        }
+    }
+
+    fn stop_accepting(&mut self) {
+        if self.listener.take().is_some() {
+            let _ = std::fs::remove_file(&self.config.socket);
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop_accepting();
+    }
+}
+
+struct Ready {
+    signal: bool,
+    accept: bool,
+    clients: Vec<usize>,
+}
+
+fn error(code: ErrorCode, message: String) -> Response {
+    Response::Error { code, message }
+}
+
+fn internal(stream: &str, e: std::io::Error) -> Refusal {
+    Refusal::new(ErrorCode::Internal, format!("stream {stream:?}: {e}"))
+}
+
+/// Releases one handle: a publisher count, or a subscriber slot (if this
+/// handle still owns it).
+fn release(streams: &mut Streams, conn: u64, handle: u64, h: &Handle, died: bool) {
+    let Some(s) = streams.get_mut(&h.stream) else { return };
+    match h.kind {
+        HandleKind::Publisher => s.publishers = s.publishers.saturating_sub(1),
+        HandleKind::Subscriber => {
+            if s.owners.get(h.slot as usize) == Some(&SlotOwner::Client { conn, handle }) {
+                s.free_slot(h.slot, died);
+            }
+        }
+    }
+}
+
+/// Binds the listening socket, refusing if another daemon answers there.
+fn bind(path: &std::path::Path) -> anyhow::Result<OwnedFd> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("creating {}: {e}", dir.display()))?;
+    }
+    if path.exists() && wire::connect(path).is_ok() {
+        anyhow::bail!("another rilld is listening on {}", path.display());
+    }
+    let fd = wire::listen(path, true).map_err(|e| anyhow::anyhow!("listening on {}: {e}", path.display()))?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))?;
+    Ok(fd)
+}
+
+/// Default create options, for tools that open without any.
+pub fn defaults() -> protocol::StreamOptions {
+    default_options()
+}

@@ -1,0 +1,388 @@
+//! The stream registry: every ring the daemon owns, who holds its slots,
+//! and the janitor work on it (abandoned claims, dead or departed
+//! subscribers, unused streams).
+//!
+//! Each stream is a ring file `<ring_dir>/<name>` (on hugetlbfs when
+//! possible) plus page files `<page_dir>/<name>.slot<i>` and
+//! `<page_dir>/<name>.wake` (see `rill_shm::layout::SlotPage`), and
+//! `<page_dir>/<name>.keep` if it outlives its users. All of it is files, so
+//! a restarted daemon adopts every live ring with its positions.
+
+use crate::config::Config;
+use rill::protocol::{ErrorCode, Policy, StreamInfo, StreamOptions, SubscriberInfo};
+use rill_shm::ring::{slot_page_path, wake_page_path, CreateError, PagePreference, Reclaimer, Ring, RingConfig, Start};
+use rill_shm::Access;
+use std::collections::BTreeMap;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// A refusal to send back to the client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// Kind of failure.
+    pub code: ErrorCode,
+    /// What and why, for humans.
+    pub message: String,
+}
+
+impl Refusal {
+    /// A refusal with this code and message.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Refusal { code, message: message.into() }
+    }
+}
+
+/// Who holds a subscriber slot, in the daemon's books.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlotOwner {
+    /// Nobody.
+    Free,
+    /// A connected client's handle.
+    Client {
+        /// Connection id.
+        conn: u64,
+        /// Handle id.
+        handle: u64,
+    },
+    /// Found active when adopting the ring after a restart: waiting for its
+    /// owner to reconnect until `deadline`.
+    Adopted {
+        /// When to give up on it.
+        deadline: Instant,
+    },
+}
+
+/// One stream.
+#[derive(Debug)]
+pub struct Stream {
+    /// Name.
+    pub name: String,
+    /// The daemon's mapping (ring read-write, every page read-write).
+    pub ring: Ring,
+    /// Directory holding the ring file.
+    pub ring_dir: PathBuf,
+    /// Kept when unused.
+    pub keep: bool,
+    /// Open publishers.
+    pub publishers: u32,
+    /// Slot owners, by slot index.
+    pub owners: Vec<SlotOwner>,
+    /// Pads abandoned claims.
+    pub reclaimer: Reclaimer,
+    /// Since when nobody uses the stream.
+    pub idle_since: Option<Instant>,
+    /// Subscriber slots freed because their owner died or vanished.
+    pub reaped: u64,
+}
+
+impl Stream {
+    fn options(&self) -> StreamOptions {
+        let i = self.ring.info();
+        StreamOptions { capacity: i.capacity, max_message_len: i.max_message_len, policy: i.policy.into(), keep: self.keep }
+    }
+
+    /// Whether anyone uses the stream.
+    pub fn in_use(&self) -> bool {
+        self.publishers > 0 || self.owners.iter().any(|o| *o != SlotOwner::Free)
+    }
+
+    /// Frees slot `slot` in the ring and the books.
+    pub fn free_slot(&mut self, slot: u32, reaped: bool) {
+        self.ring.release_slot(slot);
+        self.owners[slot as usize] = SlotOwner::Free;
+        if reaped {
+            self.reaped += 1;
+        }
+    }
+
+    /// The stream as the protocol describes it.
+    pub fn info(&self) -> StreamInfo {
+        let i = self.ring.info();
+        let tail = self.ring.tail();
+        StreamInfo {
+            name: self.name.clone(),
+            capacity: i.capacity,
+            max_message_len: i.max_message_len,
+            policy: i.policy.into(),
+            page_size: i.pages.size() as u32,
+            slot_count: i.slot_count,
+            tail,
+            publishers: self.publishers,
+            subscribers: self
+                .ring
+                .subscribers()
+                .into_iter()
+                .map(|s| SubscriberInfo {
+                    slot: s.index,
+                    pid: s.pid,
+                    position: s.position,
+                    lag_bytes: tail.saturating_sub(s.position),
+                })
+                .collect(),
+            padded_bytes: self.reclaimer.padded_bytes(),
+            reaped_subscribers: self.reaped,
+            keep: self.keep,
+        }
+    }
+}
+
+/// Every stream of this daemon.
+#[derive(Debug)]
+pub struct Streams {
+    streams: BTreeMap<String, Stream>,
+    ring_dir: PathBuf,
+    fallback_dir: PathBuf,
+    page_dir: PathBuf,
+    slot_count: u32,
+    unblock_timeout_ns: u64,
+    linger: Duration,
+}
+
+fn open_fd(path: &Path, write: bool) -> std::io::Result<OwnedFd> {
+    std::fs::OpenOptions::new().read(true).write(write).open(path).map(OwnedFd::from)
+}
+
+fn create_dir(dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("creating {}: {e}", dir.display()))
+}
+
+impl Streams {
+    /// An empty registry over the configured directories (created if
+    /// missing).
+    pub fn new(config: &Config) -> anyhow::Result<Self> {
+        let fallback_dir = PathBuf::from("/dev/shm/rill");
+        for d in [&config.ring_dir, &config.page_dir] {
+            create_dir(d)?;
+        }
+        anyhow::ensure!(
+            !rill_shm::os::mapping::dir_is_hugetlbfs(&config.page_dir),
+            "page_dir {} is on hugetlbfs; it must be tmpfs (one 4 KiB page per slot)",
+            config.page_dir.display()
+        );
+        let huge = rill_shm::os::mapping::dir_is_hugetlbfs(&config.ring_dir);
+        tracing::info!(
+            ring_dir = %config.ring_dir.display(),
+            page_dir = %config.page_dir.display(),
+            pages = if huge { "2MiB huge pages (hugetlbfs)" } else { "4KiB pages" },
+            "ring storage"
+        );
+        Ok(Streams {
+            streams: BTreeMap::new(),
+            ring_dir: config.ring_dir.clone(),
+            fallback_dir,
+            page_dir: config.page_dir.clone(),
+            slot_count: config.slot_count,
+            unblock_timeout_ns: config.unblock_timeout_ms * 1_000_000,
+            linger: Duration::from_millis(config.linger_ms),
+        })
+    }
+
+    /// Adopts the rings left by a previous daemon. Their active subscriber
+    /// slots wait `grace` for their owners to resume.
+    pub fn adopt_existing(&mut self, grace: Duration) -> usize {
+        let deadline = Instant::now() + grace;
+        let dirs = [self.ring_dir.clone(), self.fallback_dir.clone()];
+        for dir in dirs.iter().filter(|d| d.is_dir()) {
+            let Ok(entries) = std::fs::read_dir(dir) else { continue };
+            for e in entries.flatten() {
+                let Some(name) = e.file_name().to_str().map(str::to_owned) else { continue };
+                if rill::protocol::check_stream_name(&name).is_err()
+                    || self.streams.contains_key(&name)
+                    || !wake_page_path(&self.page_dir, &name).exists()
+                {
+                    continue;
+                }
+                match Ring::open_page_files(dir, &self.page_dir, &name, Access::ReadWrite) {
+                    Ok(ring) => {
+                        let owners = (0..ring.info().slot_count)
+                            .map(|i| {
+                                if ring.subscribers().iter().any(|s| s.index == i) {
+                                    SlotOwner::Adopted { deadline }
+                                } else {
+                                    SlotOwner::Free
+                                }
+                            })
+                            .collect();
+                        let keep = self.page_dir.join(format!("{name}.keep")).exists();
+                        tracing::info!(stream = %name, tail = ring.tail(), pages = %ring.pages(), "adopted ring");
+                        self.insert(name, ring, dir.clone(), keep, owners);
+                    }
+                    Err(e) => tracing::error!(stream = %name, dir = %dir.display(), error = %e, "cannot adopt ring; left as is"),
+                }
+            }
+        }
+        self.streams.len()
+    }
+
+    fn insert(&mut self, name: String, ring: Ring, ring_dir: PathBuf, keep: bool, owners: Vec<SlotOwner>) {
+        let reclaimer = ring.reclaimer(self.unblock_timeout_ns);
+        let stream = Stream {
+            name: name.clone(),
+            ring,
+            ring_dir,
+            keep,
+            publishers: 0,
+            owners,
+            reclaimer,
+            idle_since: Some(Instant::now()),
+            reaped: 0,
+        };
+        self.streams.insert(name, stream);
+    }
+
+    /// The stream called `name`.
+    pub fn get_mut(&mut self, name: &str) -> Option<&mut Stream> {
+        self.streams.get_mut(name)
+    }
+
+    /// The stream called `name`, or an `UnknownStream` refusal.
+    pub fn require(&mut self, name: &str) -> Result<&mut Stream, Refusal> {
+        self.streams
+            .get_mut(name)
+            .ok_or_else(|| Refusal::new(ErrorCode::UnknownStream, format!("no stream {name:?}")))
+    }
+
+    /// Every stream.
+    pub fn iter(&self) -> impl Iterator<Item = &Stream> {
+        self.streams.values()
+    }
+
+    /// Number of streams.
+    pub fn len(&self) -> usize {
+        self.streams.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.streams.is_empty()
+    }
+
+    /// Creates `name` with `options`, or returns it if it exists with the
+    /// same shape.
+    pub fn create(&mut self, name: &str, options: &StreamOptions) -> Result<&mut Stream, Refusal> {
+        rill::protocol::check_stream_name(name).map_err(|m| Refusal::new(ErrorCode::Invalid, m))?;
+        if let Some(s) = self.streams.get(name) {
+            let have = s.options();
+            let same = have.capacity == options.capacity
+                && have.max_message_len == options.max_message_len
+                && have.policy == options.policy;
+            if !same {
+                return Err(Refusal::new(
+                    ErrorCode::Exists,
+                    format!("stream {name:?} exists with other options: {have:?}"),
+                ));
+            }
+            return Ok(self.streams.get_mut(name).expect("checked"));
+        }
+        let config = RingConfig {
+            capacity: options.capacity,
+            max_message_len: options.max_message_len,
+            policy: options.policy.into(),
+            slot_count: self.slot_count,
+            pages: PagePreference::Auto,
+        };
+        config.validate().map_err(|e| Refusal::new(ErrorCode::Invalid, e.to_string()))?;
+        let (ring, dir) = match Ring::create_with_page_files(&self.ring_dir, &self.page_dir, name, &config) {
+            Ok(r) => (r, self.ring_dir.clone()),
+            Err(CreateError::HugePagesUnavailable(e)) if self.fallback_dir != self.ring_dir => {
+                tracing::warn!(stream = name, error = %e, "no huge pages for this ring; using 4KiB pages in {}", self.fallback_dir.display());
+                create_dir(&self.fallback_dir).map_err(|e| Refusal::new(ErrorCode::Internal, e.to_string()))?;
+                let r = Ring::create_with_page_files(&self.fallback_dir, &self.page_dir, name, &config)
+                    .map_err(|e| Refusal::new(ErrorCode::Internal, format!("creating stream {name:?}: {e}")))?;
+                (r, self.fallback_dir.clone())
+            }
+            Err(e) => return Err(Refusal::new(ErrorCode::Internal, format!("creating stream {name:?}: {e}"))),
+        };
+        if options.keep {
+            let _ = std::fs::write(self.page_dir.join(format!("{name}.keep")), b"");
+        }
+        tracing::info!(stream = name, capacity = options.capacity, policy = ?options.policy, pages = %ring.pages(), "stream created");
+        let owners = vec![SlotOwner::Free; self.slot_count as usize];
+        self.insert(name.to_owned(), ring, dir, options.keep, owners);
+        Ok(self.streams.get_mut(name).expect("inserted"))
+    }
+
+    /// Fds for a publisher: ring (rw), wake page, every slot page (ro).
+    pub fn publisher_fds(&self, name: &str) -> std::io::Result<Vec<OwnedFd>> {
+        let s = &self.streams[name];
+        let mut fds = vec![
+            open_fd(&s.ring_dir.join(name), true)?,
+            open_fd(&wake_page_path(&self.page_dir, name), true)?,
+        ];
+        for i in 0..s.ring.info().slot_count {
+            fds.push(open_fd(&slot_page_path(&self.page_dir, name, i), false)?);
+        }
+        Ok(fds)
+    }
+
+    /// Fds for a subscriber: ring (ro), wake page, its own slot page (rw).
+    pub fn subscriber_fds(&self, name: &str, slot: u32) -> std::io::Result<Vec<OwnedFd>> {
+        let s = &self.streams[name];
+        Ok(vec![
+            open_fd(&s.ring_dir.join(name), false)?,
+            open_fd(&wake_page_path(&self.page_dir, name), true)?,
+            open_fd(&slot_page_path(&self.page_dir, name, slot), true)?,
+        ])
+    }
+
+    /// Attaches a subscriber for process `pid`; returns (slot, position).
+    pub fn attach(&mut self, name: &str, start: Start, pid: u32) -> Result<(u32, u64), Refusal> {
+        let s = self.require(name)?;
+        s.ring.attach_subscriber(start, pid).map_err(|e| Refusal::new(ErrorCode::NoFreeSlot, format!("stream {name:?}: {e}")))
+    }
+
+    /// Janitor work: pads abandoned claims, frees adopted slots whose
+    /// owners did not come back (or died), removes unused streams after
+    /// the linger time. Returns how many things it did.
+    pub fn tick(&mut self, now: Instant, now_ns: u64) -> usize {
+        let mut work = 0;
+        let mut remove = Vec::new();
+        for s in self.streams.values_mut() {
+            if s.reclaimer.do_work(now_ns) > 0 {
+                work += 1;
+            }
+            let subscribers = s.ring.subscribers();
+            for i in 0..s.owners.len() {
+                if let SlotOwner::Adopted { deadline } = s.owners[i] {
+                    let pid = subscribers.iter().find(|x| x.index == i as u32).map(|x| x.pid);
+                    let dead = pid.is_none_or(|p| p != 0 && !rill_shm::os::pid_alive(p));
+                    if dead || now >= deadline {
+                        tracing::info!(stream = %s.name, slot = i, ?pid, dead, "freeing adopted slot whose owner did not come back");
+                        s.free_slot(i as u32, true);
+                        work += 1;
+                    }
+                }
+            }
+            if s.in_use() || s.keep {
+                s.idle_since = None;
+            } else {
+                let since = *s.idle_since.get_or_insert(now);
+                if now.duration_since(since) >= self.linger {
+                    remove.push(s.name.clone());
+                }
+            }
+        }
+        for name in remove {
+            self.remove(&name);
+            work += 1;
+        }
+        work
+    }
+
+    /// Removes a stream and its files.
+    pub fn remove(&mut self, name: &str) {
+        let Some(s) = self.streams.remove(name) else { return };
+        let mut paths = vec![s.ring_dir.join(name), wake_page_path(&self.page_dir, name), self.page_dir.join(format!("{name}.keep"))];
+        paths.extend((0..s.ring.info().slot_count).map(|i| slot_page_path(&self.page_dir, name, i)));
+        for p in paths {
+            let _ = std::fs::remove_file(p);
+        }
+        tracing::info!(stream = name, "removed unused stream");
+    }
+}
+
+/// The default options for a stream created without any.
+pub fn default_options() -> StreamOptions {
+    StreamOptions { capacity: 4 << 20, max_message_len: 64 << 10, policy: Policy::BackPressure, keep: false }
+}
