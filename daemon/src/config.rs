@@ -10,6 +10,7 @@
 //! unblock_timeout_ms = 5000          # abandoned claims padded after this
 //! resume_grace_ms = 5000             # after a restart, time for clients to come back
 //! slot_count = 16                    # subscriber slots per stream (max 64)
+//! keep = ["orders."]                 # streams with these prefixes stay when unused
 //!
 //! [[allow]]                          # uid 1000 may publish to orders.*, read all
 //! uids = [1000]
@@ -86,6 +87,8 @@ pub struct Config {
     pub resume_grace_ms: u64,
     /// Subscriber slots per stream.
     pub slot_count: u32,
+    /// Streams whose names start with one of these stay when unused.
+    pub keep: Vec<String>,
     /// Access rules.
     pub allow: Vec<AllowRule>,
 }
@@ -102,6 +105,7 @@ impl Default for Config {
             unblock_timeout_ms: 5000,
             resume_grace_ms: 5000,
             slot_count: 16,
+            keep: Vec::new(),
             allow: Vec::new(),
         }
     }
@@ -148,6 +152,11 @@ impl Config {
             anyhow::ensure!(!r.uids.is_empty() || !r.gids.is_empty(), "an [[allow]] rule names no uids or gids");
         }
         Ok(())
+    }
+
+    /// Whether the configuration says `stream` stays when unused.
+    pub fn keeps(&self, stream: &str) -> bool {
+        self.keep.iter().any(|p| stream.starts_with(p.as_str()))
     }
 
     /// Whether a client with `uid`/`gid` may do `action` on `stream`;

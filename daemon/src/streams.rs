@@ -137,6 +137,7 @@ pub struct Streams {
     slot_count: u32,
     unblock_timeout_ns: u64,
     linger: Duration,
+    keep_prefixes: Vec<String>,
 }
 
 fn open_fd(path: &Path, write: bool) -> std::io::Result<OwnedFd> {
@@ -175,6 +176,7 @@ impl Streams {
             slot_count: config.slot_count,
             unblock_timeout_ns: config.unblock_timeout_ms * 1_000_000,
             linger: Duration::from_millis(config.linger_ms),
+            keep_prefixes: config.keep.clone(),
         })
     }
 
@@ -216,6 +218,7 @@ impl Streams {
     }
 
     fn insert(&mut self, name: String, ring: Ring, ring_dir: PathBuf, keep: bool, owners: Vec<SlotOwner>) {
+        let keep = keep || self.keep_prefixes.iter().any(|p| name.starts_with(p.as_str()));
         let reclaimer = ring.reclaimer(self.unblock_timeout_ns);
         let stream = Stream {
             name: name.clone(),
