@@ -15,10 +15,14 @@
 use crate::sync::AtomicU32;
 use std::time::Duration;
 
+#[cfg(not(miri))]
 const MEMBARRIER_CMD_QUERY: libc::c_int = 0;
+#[cfg(not(miri))]
 const MEMBARRIER_CMD_GLOBAL_EXPEDITED: libc::c_int = 1 << 1;
+#[cfg(not(miri))]
 const MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED: libc::c_int = 1 << 2;
 
+#[cfg(not(miri))]
 fn membarrier(cmd: libc::c_int) -> std::io::Result<libc::c_long> {
     // SAFETY: membarrier takes two integer arguments and touches no memory
     // of ours.
@@ -32,6 +36,7 @@ fn membarrier(cmd: libc::c_int) -> std::io::Result<libc::c_long> {
 
 /// Registers this process so that [`heavy_barrier`] reaches its threads.
 /// Returns false if the kernel does not offer the expedited global command.
+#[cfg(not(miri))]
 pub fn register_publisher_process() -> bool {
     static REGISTERED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *REGISTERED.get_or_init(|| {
@@ -44,8 +49,24 @@ pub fn register_publisher_process() -> bool {
 /// Runs a full memory barrier on every CPU that runs a thread of a
 /// registered process, and on this one. Returns false if that failed, in
 /// which case the caller must not rely on it.
+#[cfg(not(miri))]
 pub fn heavy_barrier() -> bool {
     membarrier(MEMBARRIER_CMD_GLOBAL_EXPEDITED).is_ok()
+}
+
+/// Miri has no membarrier: report "not registered", so publishers take
+/// the fallback the ring already has for such kernels (a full fence after
+/// every commit).
+#[cfg(miri)]
+pub fn register_publisher_process() -> bool {
+    false
+}
+
+/// Miri has no membarrier: report failure, so sleepers take the fallback
+/// the ring already has (bounded naps).
+#[cfg(miri)]
+pub fn heavy_barrier() -> bool {
+    false
 }
 
 /// Sleeps while `*word == expected`, at most `timeout`. Returns on a wake,

@@ -307,10 +307,18 @@ impl<M: ClaimMode> Publication<M> {
             w.store(clean(end), Ordering::Relaxed);
             return;
         }
-        let v = w.load(Ordering::Relaxed);
-        if v != end && v != claimed(end) && v != clean(end) {
-            // A failed CAS means the next claimer got there first: its value
-            // must stay.
+        // SYNC(clean-ahead): Acquire pairs with the next claimer's Release
+        // fence after its tail CAS: if `v` is a value it wrote, the tail we
+        // load next shows its claim.
+        let v = w.load(Ordering::Acquire);
+        let tail = self.ring.inner.mem.counters().tail.value.load(Ordering::Acquire);
+        // With the tail still at `end` nobody has claimed `end`, so `v` is
+        // stale bytes of an earlier lap, whatever it looks like (payload may
+        // hold any value, even `end`): clean it. Otherwise the next claimer
+        // may have written CLAIMED or committed: leave those values alone.
+        // Either way a failed CAS means the next claimer wrote first.
+        let ours = v == end || v == claimed(end) || v == clean(end);
+        if tail == end || !ours {
             let _ = w.compare_exchange(v, clean(end), Ordering::Relaxed, Ordering::Relaxed);
         }
     }

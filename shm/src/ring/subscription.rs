@@ -119,6 +119,8 @@ impl Subscriber {
         let probe = Self::detached(ring.clone(), start);
         if ring.inner.info.policy != Policy::BackPressure {
             s.position.store(probe.position, Ordering::Release);
+            // Listed like any other slot (monitoring, reaping, reclaimer).
+            mem.counters().publishers.value.slot_hwm.fetch_max(slot + 1, Ordering::SeqCst);
             return Ok((slot, probe.position));
         }
         let cap = probe.capacity;
