@@ -109,7 +109,7 @@ impl Server {
             for i in ready.clients.into_iter().rev() {
                 if !self.serve(i) {
                     let c = self.conns.swap_remove(i);
-                    self.drop_conn(c, "connection closed");
+                    self.drop_conn(c, "connection closed", false);
                 }
             }
             if last_tick.elapsed() >= TICK {
@@ -410,7 +410,7 @@ impl Server {
         while i < self.conns.len() {
             if now.duration_since(self.conns[i].last_seen) > timeout && !self.conns[i].handles.is_empty() {
                 let c = self.conns.swap_remove(i);
-                self.drop_conn(c, "no heartbeat (hung client)");
+                self.drop_conn(c, "no heartbeat (hung client)", true);
             } else {
                 i += 1;
             }
@@ -418,12 +418,24 @@ impl Server {
         self.streams.tick(now, rill_shm::os::now_monotonic_ns());
     }
 
-    fn drop_conn(&mut self, c: Conn, why: &str) {
+    /// Ends a connection. A hung client, or one whose process is gone,
+    /// loses its subscriber slots at once. One that only lost its socket
+    /// (and lives) keeps them for `resume_grace_ms`, to `Resume` them on a
+    /// new connection; the janitor frees them after that.
+    fn drop_conn(&mut self, c: Conn, why: &str, hung: bool) {
+        let keep_for_resume = !hung && rill_shm::os::pid_alive(c.pid);
         if !c.handles.is_empty() {
-            tracing::info!(conn = c.id, pid = c.pid, name = %c.name, handles = c.handles.len(), why, "client gone; releasing its handles");
+            tracing::info!(conn = c.id, pid = c.pid, name = %c.name, handles = c.handles.len(), why, keep_for_resume, "client gone");
         }
+        let deadline = Instant::now() + Duration::from_millis(self.config.resume_grace_ms);
         for (handle, h) in &c.handles {
-            release(&mut self.streams, c.id, *handle, h, true);
+            let owned = SlotOwner::Client { conn: c.id, handle: *handle };
+            match self.streams.get_mut(&h.stream) {
+                Some(s) if keep_for_resume && h.kind == HandleKind::Subscriber && s.owners.get(h.slot as usize) == Some(&owned) => {
+                    s.owners[h.slot as usize] = SlotOwner::Adopted { deadline };
+                }
+                _ => release(&mut self.streams, c.id, *handle, h, true),
+            }
         }
     }
 

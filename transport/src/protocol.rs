@@ -404,8 +404,8 @@ pub fn decode_response(bytes: &[u8]) -> Result<Response, ProtocolError> {
     rkyv::from_bytes::<Response, rkyv::rancor::Error>(&b).map_err(|e| ProtocolError::Body(e.to_string()))
 }
 
-/// Checks a stream name: 1..=200 bytes of `[A-Za-z0-9._-/]`, not starting
-/// with `.` or `/`, no `..`. Names become file names in the daemon.
+/// Checks a stream name: 1..=200 bytes of `[A-Za-z0-9._-]`, not starting
+/// with `.`. Names become file names in the daemon.
 pub fn check_stream_name(name: &str) -> Result<(), String> {
     let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
     if name.is_empty() || name.len() > MAX_STREAM_NAME_LEN {

@@ -1,0 +1,122 @@
+//! Reproductions of defects found while model-checking and property-testing
+//! the ring, not yet fixed. Each test states the contract and fails on the
+//! current code; they are `#[ignore]`d so the suite stays green until the
+//! fix lands. Run them with:
+//!
+//! ```text
+//! cargo test -p rill-shm --test open_bugs -- --ignored
+//! ```
+//!
+//! When a fix lands, drop the `#[ignore]` (the test then guards the fix).
+
+#![cfg(not(loom))]
+#![forbid(unsafe_code)]
+
+use rill_shm::frame::HEADER_LEN;
+use rill_shm::ring::{PagePreference, Policy, Ring, RingConfig, Start};
+
+fn ring(policy: Policy) -> Ring {
+    let cfg = RingConfig { capacity: 4096, max_message_len: 992, policy, slot_count: 2, pages: PagePreference::NormalOnly };
+    Ring::private(&cfg).expect("private ring")
+}
+
+/// Shared publication: clean-ahead is skipped when the stale word from the
+/// previous lap *looks like* a commit of the next position, so a reader
+/// takes old payload bytes for a committed frame.
+///
+/// `Publication::clean_ahead` (shared mode) loads the commit word at `end`
+/// and skips the CAS when it already equals `end`, `CLAIMED(end)` or
+/// `CLEAN(end)`, assuming only the next claimer can have written those. But
+/// the word still holds whatever the previous lap left there, which may be
+/// payload bytes; payload that happens to contain the little-endian `u64`
+/// `end` at that offset (a frame or position embedded in a message, as a
+/// relay or replicator would carry) suppresses the clean. A subscriber that
+/// reaches `end` then sees "committed", reads the rest of the old payload as
+/// a header, delivers a message nobody published, and moves past the tail.
+/// An exclusive publication cleans unconditionally and is not affected.
+#[test]
+fn shared_clean_ahead_skipped_by_stale_payload_delivers_a_ghost_message() {
+    let ring = ring(Policy::BackPressure);
+    let mut sub = ring.subscribe(Start::Latest).unwrap();
+    let mut publ = ring.shared_publication().unwrap();
+    let mut got: Vec<Vec<u8>> = Vec::new();
+
+    // Lap 0: a 100-byte message at 0. Its payload starts at ring offset 32,
+    // so payload[32..40] is ring offset 64 and payload[40..48] offset 72:
+    // the header (length/kind word, commit word) of a frame at 4096 + 64.
+    let mut m = vec![0x55u8; 100];
+    let data_frame_of_5_bytes: u64 = (HEADER_LEN as u64 + 5) | (1 << 32);
+    m[32..40].copy_from_slice(&data_frame_of_5_bytes.to_le_bytes());
+    m[40..48].copy_from_slice(&(4096u64 + 64).to_le_bytes());
+    publ.offer(&m).unwrap();
+    // Fill the rest of lap 0, draining as we go.
+    while ring.tail() + 64 <= 4096 {
+        publ.offer(&[1u8; 8]).unwrap();
+        sub.poll(100, |x| got.push(x.payload.to_vec())).unwrap();
+    }
+    sub.poll(100, |x| got.push(x.payload.to_vec())).unwrap();
+    assert_eq!(sub.position(), ring.tail());
+    let before = got.len();
+
+    // Lap 1: one real message at 4096 (frame [4096, 4160)); clean-ahead
+    // at 4160 finds 4160 in the stale payload and skips.
+    publ.offer(b"real").unwrap();
+    sub.poll(100, |x| got.push(x.payload.to_vec())).unwrap();
+
+    assert_eq!(&got[before..], &[b"real".to_vec()], "only the published message");
+    assert!(sub.position() <= ring.tail(), "subscriber at {} past the tail {}", sub.position(), ring.tail());
+}
+
+/// The same stale payload does nothing to an exclusive publication, which
+/// cleans ahead unconditionally (this one passes; it pins down that the
+/// defect above is in the shared path only).
+#[test]
+fn exclusive_clean_ahead_ignores_stale_payload() {
+    let ring = ring(Policy::BackPressure);
+    let mut sub = ring.subscribe(Start::Latest).unwrap();
+    let mut publ = ring.exclusive_publication().unwrap();
+    let mut got: Vec<Vec<u8>> = Vec::new();
+    let mut m = vec![0x55u8; 100];
+    m[32..40].copy_from_slice(&((HEADER_LEN as u64 + 5) | (1 << 32)).to_le_bytes());
+    m[40..48].copy_from_slice(&(4096u64 + 64).to_le_bytes());
+    publ.offer(&m).unwrap();
+    while ring.tail() + 64 <= 4096 {
+        publ.offer(&[1u8; 8]).unwrap();
+        sub.poll(100, |x| got.push(x.payload.to_vec())).unwrap();
+    }
+    sub.poll(100, |x| got.push(x.payload.to_vec())).unwrap();
+    let before = got.len();
+    publ.offer(b"real").unwrap();
+    sub.poll(100, |x| got.push(x.payload.to_vec())).unwrap();
+    assert_eq!(&got[before..], &[b"real".to_vec()]);
+    assert_eq!(sub.position(), ring.tail());
+}
+
+/// Overwrite policy: a subscriber's slot is taken (state ACTIVE) but never
+/// counted in `slot_hwm`, so `Ring::subscribers()` does not list it.
+///
+/// `Subscriber::attach` returns early for non-back-pressure rings, before
+/// the `slot_hwm.fetch_max` that the back-pressure join loop does.
+/// `subscribers()` scans only `slots[..slot_hwm]`, so on an overwrite ring
+/// the daemon and CLI never see subscribers (positions, heartbeats,
+/// overrun counts), `reap_dead_subscribers` never frees the slot of a dead
+/// one (slots leak until `NoFreeSlot`), and the reclaimer does not look
+/// where they wait.
+#[test]
+fn overwrite_subscribers_are_listed() {
+    let ring = ring(Policy::Overwrite);
+    let sub = ring.subscribe(Start::Latest).unwrap();
+    let listed = ring.subscribers();
+    assert_eq!(listed.len(), 1, "the live subscriber is listed: {listed:?}");
+    assert_eq!(Some(listed[0].index), sub.slot());
+}
+
+/// The back-pressure twin of the test above (passes).
+#[test]
+fn back_pressure_subscribers_are_listed() {
+    let ring = ring(Policy::BackPressure);
+    let sub = ring.subscribe(Start::Latest).unwrap();
+    let listed = ring.subscribers();
+    assert_eq!(listed.len(), 1, "the live subscriber is listed: {listed:?}");
+    assert_eq!(Some(listed[0].index), sub.slot());
+}

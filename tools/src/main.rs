@@ -1,0 +1,165 @@
+//! `rill`: the operator CLI of Rill.
+//!
+//! ```text
+//! rill streams                          streams, their rings and subscriber lag
+//! rill health                           "yes (...)" / "no (...)", exit 0 / 1
+//! rill pub NAME [--capacity 4MiB] [--policy back-pressure|overwrite]
+//!                                       each stdin line becomes one message
+//! rill tail NAME [--from latest|oldest] [--count N]
+//!                                       print messages as they arrive
+//! ```
+//!
+//! Every command talks to the daemon at `--socket PATH`, else
+//! `$RILL_SOCKET`, else `/run/rill/rilld.sock`. Logs go to stderr
+//! (`RILL_LOG=debug` for more).
+
+#![forbid(unsafe_code)]
+
+mod commands;
+mod format;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Rill's operator CLI: list streams, check health, publish, tail.
+#[derive(Debug, Parser)]
+#[command(name = "rill", version, about)]
+struct Cli {
+    /// The daemon's socket (default: $RILL_SOCKET, else /run/rill/rilld.sock).
+    #[arg(long, global = true, value_name = "PATH")]
+    socket: Option<PathBuf>,
+    /// How long each request to the daemon may take, in milliseconds.
+    #[arg(long, global = true, default_value_t = 5000, value_name = "MS")]
+    timeout_ms: u64,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// List every stream: ring, tail position, publishers, subscribers and
+    /// their lag.
+    Streams,
+    /// Ask the daemon whether it is healthy: prints yes or no with the
+    /// reason; exit code 0 if yes, 1 if no or unreachable.
+    Health,
+    /// Publish each line of stdin as one message (without its newline).
+    /// Waits while subscribers are a ring behind.
+    Pub {
+        /// Stream name.
+        name: String,
+        /// Ring capacity if the stream is created (power of two; K/M/G or
+        /// KiB/MiB/GiB suffixes).
+        #[arg(long, value_parser = format::parse_size, default_value = "4MiB")]
+        capacity: u64,
+        /// Full-ring behaviour if the stream is created.
+        #[arg(long, value_enum, default_value_t = PolicyArg::BackPressure)]
+        policy: PolicyArg,
+        /// Largest message if the stream is created (default: 64KiB, or
+        /// the most the capacity allows if that is less).
+        #[arg(long, value_parser = format::parse_size)]
+        max_message_len: Option<u64>,
+        /// Keep the stream when its last user leaves.
+        #[arg(long)]
+        keep: bool,
+    },
+    /// Print each message of a stream as it arrives (lossy UTF-8, one per
+    /// line) until Ctrl-C or --count messages.
+    Tail {
+        /// Stream name.
+        name: String,
+        /// Where to start.
+        #[arg(long, value_enum, default_value_t = FromArg::Latest)]
+        from: FromArg,
+        /// Stop after this many messages.
+        #[arg(long, short = 'n')]
+        count: Option<u64>,
+        /// Prefix each message with its stream position.
+        #[arg(long)]
+        positions: bool,
+        /// Create the stream (default options) if it does not exist.
+        #[arg(long)]
+        create: bool,
+    },
+}
+
+/// `--policy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum PolicyArg {
+    /// Publishers wait for the slowest subscriber.
+    BackPressure,
+    /// Publishers never wait; slow subscribers are overrun.
+    Overwrite,
+}
+
+/// `--from`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum FromArg {
+    /// Only messages published from now on.
+    Latest,
+    /// The oldest message still in the ring.
+    Oldest,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("RILL_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Health => return commands::health(&cli.connection()),
+        Command::Streams => commands::streams(&cli.connection()),
+        Command::Pub { ref name, capacity, policy, max_message_len, keep } => {
+            let options = commands::pub_options(capacity, policy, max_message_len, keep);
+            options.and_then(|o| commands::publish(&cli.connection(), name, o))
+        }
+        Command::Tail { ref name, from, count, positions, create } => {
+            let start = match from {
+                FromArg::Latest => rill::Start::Latest,
+                FromArg::Oldest => rill::Start::Oldest,
+            };
+            commands::tail(&cli.connection(), name, start, count, positions, create)
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("rill: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+impl Cli {
+    fn connection(&self) -> commands::Connection {
+        commands::Connection { socket: self.socket.clone(), timeout: std::time::Duration::from_millis(self.timeout_ms.max(1)) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn parses_every_command() {
+        let c = Cli::try_parse_from(["rill", "--socket", "/tmp/s", "pub", "x", "--capacity", "1M", "--policy", "overwrite"]).unwrap();
+        assert_eq!(c.socket, Some(PathBuf::from("/tmp/s")));
+        assert!(matches!(c.command, Command::Pub { capacity: 1_048_576, policy: PolicyArg::Overwrite, .. }));
+        let c = Cli::try_parse_from(["rill", "tail", "x", "--from", "oldest", "--count", "3", "--socket", "/s"]).unwrap();
+        assert!(matches!(c.command, Command::Tail { from: FromArg::Oldest, count: Some(3), .. }));
+        assert_eq!(c.socket, Some(PathBuf::from("/s")), "--socket after the subcommand too");
+        assert!(matches!(Cli::try_parse_from(["rill", "health"]).unwrap().command, Command::Health));
+        assert!(matches!(Cli::try_parse_from(["rill", "streams"]).unwrap().command, Command::Streams));
+        assert!(Cli::try_parse_from(["rill", "pub", "x", "--capacity", "lots"]).is_err());
+    }
+}

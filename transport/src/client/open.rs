@@ -1,0 +1,137 @@
+//! Opening publishers and subscribers: the request, the fds in the reply,
+//! mapping the ring, and registering the handle for resumes, all under the
+//! client's lock so a reconnect never sees a handle half set up.
+//!
+//! If anything fails after the daemon granted a handle (wrong fd count, a
+//! ring that does not map or does not match the reply), the handle is
+//! closed again at once, so the daemon does not keep a publisher or a
+//! subscriber slot for nothing.
+
+use super::{Entry, HandleGuard, Shared, State, Token};
+use crate::connection::Reply;
+use crate::error::ClientError;
+use crate::protocol::{HandleKind, Request, Response, StartAt, StreamInfo, StreamOptions, MAX_SLOTS_PER_STREAM};
+use crate::publisher::Publisher;
+use crate::subscriber::Subscriber;
+use rill_shm::ring::{OpenError, Ring};
+use rill_shm::Access;
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+
+pub(super) fn publisher(token: &Arc<Token>, stream: &str, create: Option<StreamOptions>) -> Result<Publisher, ClientError> {
+    let shared = &token.shared;
+    let mut st = shared.lock_state();
+    let req = Request::OpenPublisher { stream: stream.to_owned(), create };
+    let Reply { response, fds } = shared.request(&mut st, &req)?;
+    let (handle, info) = match response {
+        Response::Publisher { handle, info } => (handle, info),
+        other => return Err(Reply { response: other, fds }.unexpected("OpenPublisher")),
+    };
+    let built = map_publisher(fds, &info).and_then(|ring| Ok(ring.shared_publication()?));
+    let publication = match built {
+        Ok(p) => p,
+        Err(e) => return Err(undo(shared, &mut st, handle, e)),
+    };
+    let entry = Entry { stream: stream.to_owned(), kind: HandleKind::Publisher, slot: 0, daemon_handle: handle };
+    let key = st.insert(entry);
+    drop(st);
+    tracing::debug!(stream, handle, publisher_id = publication.id(), "publisher open");
+    Ok(Publisher::new(publication, info, HandleGuard { token: token.clone(), key }))
+}
+
+pub(super) fn subscriber(
+    token: &Arc<Token>,
+    stream: &str,
+    start: StartAt,
+    create: Option<StreamOptions>,
+) -> Result<Subscriber, ClientError> {
+    let shared = &token.shared;
+    let mut st = shared.lock_state();
+    let req = Request::OpenSubscriber { stream: stream.to_owned(), start, create };
+    let Reply { response, fds } = shared.request(&mut st, &req)?;
+    let (handle, slot, position, info) = match response {
+        Response::Subscriber { handle, slot, position, info } => (handle, slot, position, info),
+        other => return Err(Reply { response: other, fds }.unexpected("OpenSubscriber")),
+    };
+    let built = map_subscriber(fds, &info, slot).and_then(|ring| Ok(ring.subscriber_on_slot(slot, position)?));
+    let inner = match built {
+        Ok(s) => s,
+        Err(e) => return Err(undo(shared, &mut st, handle, e)),
+    };
+    let entry = Entry { stream: stream.to_owned(), kind: HandleKind::Subscriber, slot, daemon_handle: handle };
+    let key = st.insert(entry);
+    drop(st);
+    tracing::debug!(stream, handle, slot, position, "subscriber open");
+    Ok(Subscriber::new(inner, info, HandleGuard { token: token.clone(), key }))
+}
+
+/// Closes a handle whose setup failed; returns the setup error.
+fn undo(shared: &Shared, st: &mut State, handle: u64, e: ClientError) -> ClientError {
+    tracing::warn!(handle, error = %e, "could not set up what rilld handed over; closing the handle");
+    shared.close_handle(st, handle);
+    e
+}
+
+/// Maps a publisher's ring from fds `[ring rw, wake, slot 0 .. slot n-1]`
+/// (slots read-only: a publisher reads positions, never writes them).
+fn map_publisher(fds: Vec<OwnedFd>, info: &StreamInfo) -> Result<Ring, ClientError> {
+    let slot_count = checked_slot_count(info)?;
+    let expected = 2 + slot_count;
+    if fds.len() != expected {
+        return Err(ClientError::FdCount { expected, got: fds.len() });
+    }
+    let mut fds = fds.into_iter();
+    let ring_fd = fds.next().expect("count checked");
+    let wake_fd = fds.next().expect("count checked");
+    let slots = fds.map(|fd| Some((fd, Access::ReadOnly))).collect();
+    let ring = Ring::from_fds(ring_fd, Access::ReadWrite, slots, (wake_fd, Access::ReadWrite))?;
+    check_matches(&ring, info)?;
+    Ok(ring)
+}
+
+/// Maps a subscriber's ring from fds `[ring ro, wake, own slot rw]`.
+fn map_subscriber(fds: Vec<OwnedFd>, info: &StreamInfo, slot: u32) -> Result<Ring, ClientError> {
+    let slot_count = checked_slot_count(info)?;
+    if fds.len() != 3 {
+        return Err(ClientError::FdCount { expected: 3, got: fds.len() });
+    }
+    if slot as usize >= slot_count {
+        let msg = format!("rilld gave slot {slot} of a ring with {slot_count} slots");
+        return Err(ClientError::Ring(OpenError::Corrupt(msg)));
+    }
+    let mut fds = fds.into_iter();
+    let ring_fd = fds.next().expect("count checked");
+    let wake_fd = fds.next().expect("count checked");
+    let slot_fd = fds.next().expect("count checked");
+    let mut slots: Vec<Option<(OwnedFd, Access)>> = (0..slot_count).map(|_| None).collect();
+    slots[slot as usize] = Some((slot_fd, Access::ReadWrite));
+    let ring = Ring::from_fds(ring_fd, Access::ReadOnly, slots, (wake_fd, Access::ReadWrite))?;
+    check_matches(&ring, info)?;
+    Ok(ring)
+}
+
+fn checked_slot_count(info: &StreamInfo) -> Result<usize, ClientError> {
+    if info.slot_count == 0 || info.slot_count > MAX_SLOTS_PER_STREAM {
+        let msg = format!("stream info says {} slots (1..={MAX_SLOTS_PER_STREAM} allowed)", info.slot_count);
+        return Err(ClientError::Ring(OpenError::Corrupt(msg)));
+    }
+    Ok(info.slot_count as usize)
+}
+
+/// The ring's own header must agree with what the daemon said about it.
+fn check_matches(ring: &Ring, info: &StreamInfo) -> Result<(), ClientError> {
+    let r = ring.info();
+    let same = r.capacity == info.capacity
+        && r.max_message_len == info.max_message_len
+        && r.slot_count == info.slot_count
+        && crate::protocol::Policy::from(r.policy) == info.policy;
+    if !same {
+        let msg = format!(
+            "ring header (capacity {}, max message {}, {} slots, {:?}) disagrees with rilld's stream info \
+             (capacity {}, max message {}, {} slots, {:?})",
+            r.capacity, r.max_message_len, r.slot_count, r.policy, info.capacity, info.max_message_len, info.slot_count, info.policy
+        );
+        return Err(ClientError::Ring(OpenError::Corrupt(msg)));
+    }
+    Ok(())
+}

@@ -1,0 +1,140 @@
+//! [`Publisher`]: writes messages into a stream's ring.
+//!
+//! A publisher is a [`SharedPublication`] on the daemon's ring (a stream
+//! may have publishers in several processes) plus the handle that keeps the
+//! daemon informed. It is owned by one thread (`&mut self` methods) and may
+//! be moved between threads.
+//!
+//! Every method here works on shared memory only: no system call, lock or
+//! allocation per message (a `FUTEX_WAKE` when a subscriber sleeps, and
+//! the typed buffer's growth up to the largest message, aside), and nothing
+//! talks to the daemon, so publishing goes on while the daemon restarts.
+//! When the ring is full (back-pressure policy: the slowest subscriber is a
+//! ring behind) `offer` returns [`ClaimError::BackPressured`] at once; the
+//! `_blocking` variants wait, idling with a backoff, until a timeout.
+
+use crate::client::HandleGuard;
+use crate::protocol::StreamInfo;
+use crate::typed::{self, Encode, SendError};
+use rill_shm::idle::Backoff;
+use rill_shm::ring::{ClaimError, Ring, Shared, SharedPublication};
+use rkyv::util::AlignedVec;
+use std::time::{Duration, Instant};
+
+/// Space claimed in the ring for one message, to be written in place and
+/// then committed ([`Claim::commit`](rill_shm::ring::Claim::commit));
+/// dropping it uncommitted turns it into padding.
+pub type Claim<'a> = rill_shm::ring::Claim<'a, Shared>;
+
+/// Publishes messages on one stream. See the [module docs](self).
+///
+/// ```no_run
+/// use std::time::Duration;
+///
+/// let client = rill::Client::connect()?;
+/// let mut publisher = client.publisher("prices")?;
+/// let position = publisher.offer(b"ACME 101.5")?; // or Err(BackPressured)
+/// publisher.offer_blocking(b"ACME 101.6", Duration::from_millis(100))?;
+/// let mut claim = publisher.try_claim(4)?;        // write in place
+/// claim.buf().copy_from_slice(b"ping");
+/// claim.commit();
+/// # let _ = position;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug)]
+pub struct Publisher {
+    publication: SharedPublication,
+    /// Reused serialization buffer of `send`.
+    buf: AlignedVec,
+    idle: Backoff,
+    info: StreamInfo,
+    // Last: the publication is gone before the daemon hears `Close`.
+    guard: HandleGuard,
+}
+
+impl Publisher {
+    pub(crate) fn new(publication: SharedPublication, info: StreamInfo, guard: HandleGuard) -> Self {
+        Publisher { publication, buf: AlignedVec::new(), idle: Backoff::default(), info, guard }
+    }
+
+    /// Writes `payload` as one message; returns its stream position.
+    /// Never blocks: [`ClaimError::BackPressured`] when the ring is full.
+    #[inline]
+    pub fn offer(&mut self, payload: &[u8]) -> Result<u64, ClaimError> {
+        self.publication.offer(payload)
+    }
+
+    /// Like [`offer`](Self::offer), but waits up to `timeout` while
+    /// back-pressured ([`ClaimError::TimedOut`] after that).
+    pub fn offer_blocking(&mut self, payload: &[u8], timeout: Duration) -> Result<u64, ClaimError> {
+        let deadline = Instant::now() + timeout;
+        self.publication.offer_blocking(payload, deadline, &mut self.idle)
+    }
+
+    /// Claims `len` bytes to be written in place. Never blocks.
+    #[inline]
+    pub fn try_claim(&mut self, len: usize) -> Result<Claim<'_>, ClaimError> {
+        self.publication.try_claim(len)
+    }
+
+    /// Serializes `value` with rkyv and publishes it as one message (see
+    /// [`crate::typed`] for the one copy it makes). Never blocks.
+    pub fn send<T: Encode>(&mut self, value: &T) -> Result<u64, SendError> {
+        let bytes = typed::encode(value, &mut self.buf).map_err(SendError::Encode)?;
+        Ok(self.publication.offer(bytes)?)
+    }
+
+    /// Like [`send`](Self::send), but waits up to `timeout` while
+    /// back-pressured. Serializes once, however long it waits.
+    pub fn send_blocking<T: Encode>(&mut self, value: &T, timeout: Duration) -> Result<u64, SendError> {
+        let deadline = Instant::now() + timeout;
+        let bytes = typed::encode(value, &mut self.buf).map_err(SendError::Encode)?;
+        Ok(self.publication.offer_blocking(bytes, deadline, &mut self.idle)?)
+    }
+
+    /// The stream's tail: the end of the newest message claimed by any
+    /// publisher, so every message this publisher committed so far lies
+    /// before it.
+    pub fn position(&self) -> u64 {
+        self.publication.ring().tail()
+    }
+
+    /// The stream's name.
+    pub fn stream(&self) -> &str {
+        &self.info.name
+    }
+
+    /// The stream as the daemon described it when this publisher opened
+    /// (counters in it are not updated).
+    pub fn info(&self) -> &StreamInfo {
+        &self.info
+    }
+
+    /// Largest payload this stream takes.
+    pub fn max_message_len(&self) -> usize {
+        self.info.max_message_len as usize
+    }
+
+    /// This publisher's id, written into each of its frames.
+    pub fn id(&self) -> u32 {
+        self.publication.id()
+    }
+
+    /// The ring (for durable/replicated positions and slot inspection).
+    pub fn ring(&self) -> &Ring {
+        self.publication.ring()
+    }
+
+    /// The underlying publication, for batches
+    /// ([`try_claim_batch`](rill_shm::ring::Publication::try_claim_batch))
+    /// and timestamp control.
+    pub fn publication(&mut self) -> &mut SharedPublication {
+        &mut self.publication
+    }
+
+    /// The daemon's id for this publisher on the current connection; `None`
+    /// if a restarted daemon did not take it back at the last resume.
+    pub fn daemon_handle(&self) -> Option<u64> {
+        self.guard.daemon_handle()
+    }
+}
