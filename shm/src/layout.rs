@@ -127,7 +127,8 @@ pub struct Line<T> {
 pub struct WakeWords {
     /// Incremented on every wake; sleepers wait on it with FUTEX_WAIT.
     pub futex: AtomicU32,
-    /// Number of subscribers that are, or are about to be, asleep.
+    /// Non-zero while a subscriber is, or is about to be, asleep; set by
+    /// the sleeper, cleared by the publisher that wakes everyone.
     pub waiters: AtomicU32,
 }
 

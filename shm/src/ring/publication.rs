@@ -344,7 +344,12 @@ impl<M: ClaimMode> Publication<M> {
             fence(Ordering::SeqCst);
         }
         let wake = self.ring.inner.mem.wake();
-        if wake.waiters.load(Ordering::Relaxed) != 0 {
+        // The waker clears the flag (one wake per sleep, not one per commit
+        // until the sleeper runs again); FUTEX_WAKE wakes every sleeper.
+        if wake.waiters.load(Ordering::Relaxed) != 0 && wake.waiters.swap(0, Ordering::AcqRel) != 0 {
+            // SYNC(futex): Release pairs with the sleeper's Acquire load of
+            // the futex word; a sleeper that loaded it before this bump
+            // returns from FUTEX_WAIT at once.
             wake.futex.fetch_add(1, Ordering::Release);
             crate::os::futex::wake_all(&wake.futex);
         }

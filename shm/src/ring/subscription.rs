@@ -26,6 +26,9 @@ use thiserror::Error;
 /// ask publishers to wake it.
 const READ_ONLY_NAP: Duration = Duration::from_millis(1);
 
+/// How long a blocking reader spins before it sleeps on the futex.
+const SPIN_BEFORE_SLEEP: Duration = Duration::from_micros(50);
+
 /// Where a new subscriber starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Start {
@@ -268,7 +271,28 @@ impl Subscriber {
             if now >= deadline {
                 return Ok(0);
             }
-            self.sleep(deadline - now);
+            if !self.spin_for_data(now, deadline) {
+                self.sleep(deadline - Instant::now().min(deadline));
+            }
+        }
+    }
+
+    /// Spins briefly for data before going to sleep: a streaming publisher
+    /// usually commits again within microseconds, and sleeping costs a
+    /// membarrier here plus a FUTEX_WAKE in the publisher. Returns whether
+    /// data came.
+    fn spin_for_data(&self, start: Instant, deadline: Instant) -> bool {
+        let until = (start + SPIN_BEFORE_SLEEP).min(deadline);
+        loop {
+            for _ in 0..64 {
+                if self.has_data() {
+                    return true;
+                }
+                std::hint::spin_loop();
+            }
+            if Instant::now() >= until {
+                return false;
+            }
         }
     }
 
@@ -288,7 +312,8 @@ impl Subscriber {
         // SYNC(futex): Acquire pairs with the publisher's Release increment;
         // a wake after this load makes FUTEX_WAIT return at once.
         let seq = wake.futex.load(Ordering::Acquire);
-        wake.waiters.fetch_add(1, Ordering::SeqCst);
+        // Flag "someone sleeps"; the publisher that wakes us clears it.
+        wake.waiters.store(1, Ordering::SeqCst);
         // The asymmetric half of the Dekker handshake (see os::futex): after
         // this, a publisher that committed before it is visible to our
         // check below, and one that commits after it sees `waiters`.
@@ -300,7 +325,6 @@ impl Subscriber {
         if !self.has_data() {
             crate::os::futex::wait(&wake.futex, seq, Some(timeout));
         }
-        wake.waiters.fetch_sub(1, Ordering::SeqCst);
     }
 
     fn poll_in_place<F: FnMut(Message<'_>)>(&mut self, limit: usize, mut handler: F) -> Result<usize, PollError> {
