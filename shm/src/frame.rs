@@ -6,7 +6,7 @@
 //!  +---------------+-------+-------+-------------------------------+
 //!  | length u32    | kind  | flags | position u64 (commit word)    |
 //!  +---------------+-------+-------+-------------------------------+
-//!  | timestamp_ns u64              | publisher_id u32 | reserved   |
+//!  | timestamp_ns u64              | publisher_id u32 | commit tag |
 //!  +-------------------------------+------------------+------------+
 //! 32 | payload (length - 32 bytes) ... zero-padded to FRAME_ALIGNMENT |
 //! ```
@@ -18,6 +18,8 @@
 //!   claims abandoned by crashed publishers.
 //! * `position` is the stream position the frame was written at. In the ring
 //!   this word is also the commit word (see `ring` for its three states).
+//! * `commit tag` completes the commit in the ring (a salted hash of the
+//!   position, see `ring`); readers of files and sockets ignore it.
 //! * All integers are little-endian; the header is four 64-bit words, so a
 //!   reader can load each field with one aligned atomic load.
 //!
@@ -39,7 +41,7 @@ pub(crate) const WORD_LEN_KIND: usize = 0;
 pub(crate) const WORD_POSITION: usize = 8;
 /// Offset of the 64-bit publish timestamp.
 pub(crate) const WORD_TIMESTAMP: usize = 16;
-/// Offset of the 64-bit word holding `publisher_id` and `reserved`.
+/// Offset of the 64-bit word holding `publisher_id` and the commit tag.
 pub(crate) const WORD_PUBLISHER: usize = 24;
 
 const _: () = assert!(HEADER_LEN == FRAME_ALIGNMENT);

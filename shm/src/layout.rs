@@ -89,8 +89,10 @@ pub struct Meta {
     /// Bit 0 ([`FLAG_EXTERNAL_SLOTS`]): subscriber slots and the wake
     /// words live in separate one-page files, not in this file.
     pub flags: u64,
+    /// Random per ring: the key of every frame's commit tag (see `ring`).
+    pub commit_salt: u64,
     /// Zero; room for later fields.
-    pub reserved: [u64; 7],
+    pub reserved: [u64; 6],
 }
 
 /// `Meta::flags`: slots and wake words are in separate page files (the
@@ -193,6 +195,8 @@ const _: () = {
     assert!(offset_of!(Meta, state) == 12);
     assert!(offset_of!(Meta, capacity) == 16);
     assert!(offset_of!(Meta, total_len) == 56);
+    assert!(offset_of!(Meta, flags) == 64);
+    assert!(offset_of!(Meta, commit_salt) == 72);
     assert!(size_of::<Line<AtomicU64>>() == 128);
     assert!(offset_of!(Counters, tail) == 0);
     assert!(offset_of!(Counters, limit_granted) == 128);

@@ -57,6 +57,10 @@ mod model {
                     self.0.swap(v, order);
                 }
                 /// As the std method.
+                pub fn swap(&self, v: $int, order: Ordering) -> $int {
+                    self.0.swap(v, order)
+                }
+                /// As the std method.
                 pub fn fetch_add(&self, v: $int, order: Ordering) -> $int {
                     self.0.fetch_add(v, order)
                 }

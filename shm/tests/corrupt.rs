@@ -16,10 +16,10 @@ fn scribble(path: &std::path::Path, data: &[u8]) {
     f.write_all(data).unwrap();
 }
 
-/// Builds a data region of frames whose commit words match their positions
-/// (so readers take them as committed) but whose lengths and kinds are
-/// arbitrary.
-fn forged(frames: &[(u32, u16, u8)]) -> Vec<u8> {
+/// Builds a data region of frames whose position words and commit tags
+/// match (so readers take them as committed) but whose lengths and kinds
+/// are arbitrary.
+fn forged(frames: &[(u32, u16, u8)], salt: u64) -> Vec<u8> {
     let mut data = vec![0u8; CAPACITY as usize];
     let mut pos = 0usize;
     for &(len, kind, fill) in frames {
@@ -29,6 +29,7 @@ fn forged(frames: &[(u32, u16, u8)]) -> Vec<u8> {
         data[pos..pos + 4].copy_from_slice(&len.to_le_bytes());
         data[pos + 4..pos + 6].copy_from_slice(&kind.to_le_bytes());
         data[pos + 8..pos + 16].copy_from_slice(&(pos as u64).to_le_bytes());
+        data[pos + 28..pos + 32].copy_from_slice(&rill_shm::ring::commit_tag(salt, pos as u64).to_le_bytes());
         let step = ((len as usize + 31) & !31).clamp(32, 4096);
         for b in data.iter_mut().skip(pos + 32).take(step - 32) {
             *b = fill;
@@ -74,7 +75,9 @@ proptest! {
         let policy = if overwrite { Policy::Overwrite } else { Policy::BackPressure };
         let config = RingConfig { capacity: CAPACITY, max_message_len: 512, policy, slot_count: 4, pages: PagePreference::NormalOnly };
         drop(Ring::create_in(&dir, "r", &config).unwrap());
-        let mut data = forged(&frames);
+        let header = std::fs::read(dir.join("r")).unwrap();
+        let salt = u64::from_le_bytes(header[72..80].try_into().unwrap());
+        let mut data = forged(&frames, salt);
         let n = random_tail.len();
         data[CAPACITY as usize - n..].copy_from_slice(&random_tail);
         scribble(&dir.join("r"), &data);

@@ -10,25 +10,24 @@
 //! every multiple of `capacity` is a frame boundary ("lap boundary"), which
 //! is where late joiners and overrun subscribers resume.
 //!
-//! # The commit word
-//! The header's position word at `p` moves through three states per lap,
-//! all distinct from any other position's:
+//! # The commit
+//! A frame is committed by two words of its header, in one cache line:
+//! the position word and the tag word (publisher id | commit tag). The
+//! commit tag is a 32-bit hash of the position keyed by a random per-ring
+//! salt. A publisher writes `length/kind`, then CLAIMED (`p | 1 << 63`) in
+//! the position word, then the payload, then `p` in the position word, and
+//! last the tag word with release. A reader at `p` loads the tag word with
+//! acquire and reads the frame only if the tag is `tag(p)` and the position
+//! word is `p`.
 //!
-//! | value          | meaning                                               |
-//! |----------------|-------------------------------------------------------|
-//! | `!p`           | CLEAN: the previous frame ended here; nothing claimed |
-//! | `p \| 1 << 63` | CLAIMED: a publisher owns the frame; `length` valid   |
-//! | `p`            | COMMITTED: header and payload complete                |
-//!
-//! A publisher writes CLAIMED right after reserving, CLEAN into the word that
-//! follows its frame before committing ("clean ahead"), and `p` last with
-//! release. A reader at `p` loads the word with acquire and reads the frame
-//! only if it equals `p`. Cleaning ahead guarantees that when a reader
-//! arrives at `p` after the previous frame, the word there was written in
-//! this lap, so stale bytes from an earlier lap are never taken for a
-//! commit. (Aeron's log buffers get the same guarantee by zeroing terms
-//! ahead of the writer; a single ring has no spare term, so each claim
-//! cleans the one word its successor's reader will look at.)
+//! The ring is never zeroed between laps, so the bytes at `p` may be
+//! anything an earlier lap left there. An earlier frame at that offset has
+//! another position in its position word, so it is never taken for `p`.
+//! Payload bytes could hold the value `p` (a relay embedding positions, say)
+//! but not also the tag, which depends on a salt no publisher chooses. (Aeron
+//! zeroes each term ahead of the writer instead; a single ring has no spare
+//! term, and a per-frame "clean the next word" store cost 1.6x in
+//! throughput here.)
 //!
 //! # Policies
 //! * Back-pressure (default): a publisher may not claim past the slowest
@@ -68,6 +67,16 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 #[cfg(not(loom))]
 use std::path::{Path, PathBuf};
 
+/// 64 random bits from the OS (through std's hasher keys: no unsafe, and
+/// Miri supports it).
+#[cfg(not(loom))]
+fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(crate::os::now_unix_ns());
+    h.finish()
+}
+
 /// Path of slot page `index` of ring `name` in `page_dir`.
 #[cfg(not(loom))]
 pub fn slot_page_path(page_dir: &Path, name: &str, index: u32) -> PathBuf {
@@ -82,16 +91,41 @@ pub fn wake_page_path(page_dir: &Path, name: &str) -> PathBuf {
 
 pub(crate) const CLAIMED_BIT: u64 = 1 << 63;
 
-/// The CLEAN value of the commit word at `p`.
-#[inline]
-pub(crate) const fn clean(p: u64) -> u64 {
-    !p
-}
-
-/// The CLAIMED value of the commit word at `p`.
+/// The CLAIMED value of the position word at `p`.
 #[inline]
 pub(crate) const fn claimed(p: u64) -> u64 {
     p | CLAIMED_BIT
+}
+
+/// The commit tag of position `p` in a ring salted with `salt` (never 0,
+/// so zeroed memory never carries a tag). Part of the ring's ABI; public
+/// for tools and tests that write frames into ring files themselves.
+#[inline]
+pub const fn commit_tag(salt: u64, p: u64) -> u32 {
+    ((p ^ salt).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as u32 | 1
+}
+
+/// Commits the frame at data offset `off`, position `p`: position word,
+/// then the tag word with release.
+#[inline]
+pub(crate) fn commit(mem: &RingMemory, salt: u64, off: usize, p: u64, publisher_id: u32) {
+    use crate::frame::{WORD_POSITION, WORD_PUBLISHER};
+    mem.word(off + WORD_POSITION).store(p, Ordering::Relaxed);
+    let tag_word = u64::from(publisher_id) | (u64::from(commit_tag(salt, p)) << 32);
+    // SYNC(commit): Release pairs with the Acquire load in `committed`: a
+    // reader that sees the tag sees the whole frame.
+    mem.word(off + WORD_PUBLISHER).store(tag_word, Ordering::Release);
+}
+
+/// If the frame at data offset `off` is committed at position `p`, its
+/// publisher id.
+#[inline]
+pub(crate) fn committed(mem: &RingMemory, salt: u64, off: usize, p: u64) -> Option<u32> {
+    use crate::frame::{WORD_POSITION, WORD_PUBLISHER};
+    // SYNC(commit): Acquire pairs with the Release store in `commit`.
+    let tag_word = mem.word(off + WORD_PUBLISHER).load(Ordering::Acquire);
+    let ok = (tag_word >> 32) as u32 == commit_tag(salt, p) && mem.word(off + WORD_POSITION).load(Ordering::Relaxed) == p;
+    ok.then_some(tag_word as u32)
 }
 
 /// What publishers do when the ring is full.
@@ -280,6 +314,7 @@ pub(crate) struct Inner {
     pub(crate) mem: RingMemory,
     pub(crate) info: RingInfo,
     pub(crate) mask: u64,
+    pub(crate) salt: u64,
     #[cfg(not(loom))]
     fd: Option<OwnedFd>,
 }
@@ -291,13 +326,14 @@ pub struct Ring {
 }
 
 impl Ring {
-    fn from_parts(mem: RingMemory, info: RingInfo, #[cfg(not(loom))] fd: Option<OwnedFd>) -> Ring {
+    fn from_parts(mem: RingMemory, info: RingInfo, salt: u64, #[cfg(not(loom))] fd: Option<OwnedFd>) -> Ring {
         let mask = info.capacity - 1;
         Ring {
             inner: Arc::new(Inner {
                 mem,
                 info,
                 mask,
+                salt,
                 #[cfg(not(loom))]
                 fd,
             }),
@@ -458,8 +494,7 @@ impl Ring {
             access: Access::ReadWrite,
         };
         let mem = RingMemory::new_loom(slot_count, capacity as usize);
-        mem.word(crate::frame::WORD_POSITION).store(clean(0), Ordering::Relaxed);
-        Ring::from_parts(mem, info)
+        Ring::from_parts(mem, info, 0x5EED_0F_4C0_u64)
     }
 }
 
@@ -683,7 +718,8 @@ impl Ring {
             data_offset: g.data_offset,
             total_len: g.total_len,
             flags: if external_slots { FLAG_EXTERNAL_SLOTS } else { 0 },
-            reserved: [0; 7],
+            commit_salt: random_u64(),
+            reserved: [0; 6],
         };
         // SAFETY: the region is at least total_len >= 128 bytes, page
         // aligned, freshly created and not yet shared with anyone we know
@@ -691,7 +727,6 @@ impl Ring {
         unsafe { base.cast::<Meta>().write(meta) };
         let ring = Self::view(region, fd, false, true).expect("a freshly formatted header is valid");
         let mem = &ring.inner.mem;
-        mem.word(crate::frame::WORD_POSITION).store(clean(0), Ordering::Relaxed);
         mem.counters().publishers.value.next_id.store(1, Ordering::Relaxed);
         // SAFETY: the state field is 4-byte aligned inside the header.
         let state = unsafe { &*base.add(std::mem::offset_of!(Meta, state)).cast::<crate::sync::AtomicU32>() };
@@ -794,7 +829,7 @@ impl Ring {
                 meta.capacity as usize,
             )
         };
-        Ok(Ring::from_parts(mem, info, fd))
+        Ok(Ring::from_parts(mem, info, meta.commit_salt, fd))
     }
 
     /// The fd behind the mapping, to hand to another process; `None` for a

@@ -12,19 +12,19 @@
 //! for the commit word's states):
 //! 1. move the tail to `end`, then a release fence (overwrite readers
 //!    validate against the tail, so it must move before any byte changes);
-//! 2. write `length/kind` and CLAIMED(p);
-//! 3. clean ahead: CLEAN(end) into the next frame's commit word;
-//! 4. (wrap) commit the padding frame at the old tail;
-//! 5. the caller writes the payload;
-//! 6. timestamp and publisher id, then `p` into the commit word (release);
-//! 7. if a subscriber sleeps, bump the futex word and FUTEX_WAKE.
+//! 2. write `length/kind` and CLAIMED(p) (release: the reclaimer trusts the
+//!    length it sees with CLAIMED);
+//! 3. (wrap) commit the padding frame at the old tail;
+//! 4. the caller writes the payload;
+//! 5. timestamp, `p` into the position word, then the tag word (release);
+//! 6. if a subscriber sleeps, bump the futex word and FUTEX_WAKE.
 //!
 //! No system call, lock or allocation per message, except the wake in 7,
 //! made only when a waiter is flagged.
 
-use super::{claimed, clean, Policy, Ring};
+use super::{claimed, commit, committed, Policy, Ring};
 use crate::frame::{frame_span, pack_len_kind, FrameKind, HEADER_LEN, WORD_LEN_KIND, WORD_POSITION};
-use crate::frame::{WORD_PUBLISHER, WORD_TIMESTAMP};
+use crate::frame::WORD_TIMESTAMP;
 use crate::layout::SLOT_ACTIVE;
 use crate::sync::{fence, Ordering};
 use std::marker::PhantomData;
@@ -104,6 +104,7 @@ pub struct Publication<M: ClaimMode> {
     limit: u64,
     timestamps: bool,
     fence_on_commit: bool,
+    salt: u64,
     _mode: PhantomData<M>,
 }
 
@@ -144,6 +145,7 @@ impl<M: ClaimMode> Publication<M> {
             id,
             timestamps: true,
             fence_on_commit,
+            salt: inner.salt,
             ring,
             _mode: PhantomData,
         })
@@ -271,18 +273,12 @@ impl<M: ClaimMode> Publication<M> {
         // validation (a reader that saw any of our bytes then sees the tail
         // that covers them). Free on x86.
         fence(Ordering::Release);
-        let end = p + span;
         let mem = &self.ring.inner.mem;
-        // Our own frame first (so a reader leaving the padding finds CLAIMED,
-        // never a stale word), then clean ahead, then the padding.
         self.mark_claimed(p, len_kind);
-        self.clean_ahead(end);
         if p != t {
             let pad_word = pack_len_kind((p - t) as u32, FrameKind::Padding, 0);
             mem.word(self.off(t) + WORD_LEN_KIND).store(pad_word, Ordering::Relaxed);
-            // SYNC(commit): pairs with the Acquire load of the commit word in
-            // Subscriber::poll; the reader then sees the padding header.
-            mem.word(self.off(t) + WORD_POSITION).store(t, Ordering::Release);
+            commit(mem, self.salt, self.off(t), t, self.id);
         }
         Ok(p)
     }
@@ -298,41 +294,13 @@ impl<M: ClaimMode> Publication<M> {
         mem.word(off + WORD_POSITION).store(claimed(p), Ordering::Release);
     }
 
-    /// Writes CLEAN(end) into the commit word at `end`, unless a later claim
-    /// already wrote there.
-    #[inline]
-    fn clean_ahead(&self, end: u64) {
-        let w = self.ring.inner.mem.word(self.off(end) + WORD_POSITION);
-        if !M::SHARED {
-            w.store(clean(end), Ordering::Relaxed);
-            return;
-        }
-        // SYNC(clean-ahead): Acquire pairs with the next claimer's Release
-        // fence after its tail CAS: if `v` is a value it wrote, the tail we
-        // load next shows its claim.
-        let v = w.load(Ordering::Acquire);
-        let tail = self.ring.inner.mem.counters().tail.value.load(Ordering::Acquire);
-        // With the tail still at `end` nobody has claimed `end`, so `v` is
-        // stale bytes of an earlier lap, whatever it looks like (payload may
-        // hold any value, even `end`): clean it. Otherwise the next claimer
-        // may have written CLAIMED or committed: leave those values alone.
-        // Either way a failed CAS means the next claimer wrote first.
-        let ours = v == end || v == claimed(end) || v == clean(end);
-        if tail == end || !ours {
-            let _ = w.compare_exchange(v, clean(end), Ordering::Relaxed, Ordering::Relaxed);
-        }
-    }
-
     /// Writes timestamp and id, then commits the frame at `p`.
     #[inline]
     fn commit_frame(&self, p: u64, timestamp_ns: u64) {
         let mem = &self.ring.inner.mem;
         let off = self.off(p);
         mem.word(off + WORD_TIMESTAMP).store(timestamp_ns, Ordering::Relaxed);
-        mem.word(off + WORD_PUBLISHER).store(u64::from(self.id), Ordering::Relaxed);
-        // SYNC(commit): Release pairs with the Acquire load of the commit word
-        // in Subscriber::poll: a reader that sees `p` sees the whole frame.
-        mem.word(off + WORD_POSITION).store(p, Ordering::Release);
+        commit(mem, self.salt, off, p, self.id);
         self.wake_if_waiting();
     }
 
@@ -400,8 +368,7 @@ impl<M: ClaimMode> Publication<M> {
         let mut h = start;
         while h < tail && h - start < self.capacity {
             let off = self.off(h);
-            // SYNC(commit): Acquire pairs with the commit store.
-            if mem.word(off + WORD_POSITION).load(Ordering::Acquire) != h {
+            if committed(mem, self.salt, off, h).is_none() {
                 break;
             }
             let (len, _, _) = crate::frame::unpack_len_kind(mem.word(off + WORD_LEN_KIND).load(Ordering::Relaxed));
@@ -485,8 +452,7 @@ impl<M: ClaimMode> Claim<'_, M> {
         let mem = &self.publication.ring.inner.mem;
         let off = self.publication.off(p);
         mem.word(off + WORD_LEN_KIND).store(pack_len_kind(span, FrameKind::Padding, 0), Ordering::Relaxed);
-        // SYNC(commit): as in commit_frame.
-        mem.word(off + WORD_POSITION).store(p, Ordering::Release);
+        commit(mem, self.publication.salt, off, p, self.publication.id);
         self.publication.wake_if_waiting();
     }
 }
@@ -574,9 +540,7 @@ impl<M: ClaimMode> Batch<'_, M> {
             let off = pubn.off(p);
             let (len, _, _) = crate::frame::unpack_len_kind(mem.word(off + WORD_LEN_KIND).load(Ordering::Relaxed));
             mem.word(off + WORD_TIMESTAMP).store(ts, Ordering::Relaxed);
-            mem.word(off + WORD_PUBLISHER).store(u64::from(pubn.id), Ordering::Relaxed);
-            // SYNC(commit): as in commit_frame.
-            mem.word(off + WORD_POSITION).store(p, Ordering::Release);
+            commit(mem, pubn.salt, off, p, pubn.id);
             p += frame_span(len as usize) as u64;
         }
         debug_assert_eq!(p, self.end);

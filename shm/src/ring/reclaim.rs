@@ -11,15 +11,16 @@
 //!   wrote it before CLAIMED, with release); pad exactly that frame.
 //! * anything else: the publisher died between moving the tail and writing
 //!   CLAIMED. Scan forward in 32-byte steps for the next frame start (a
-//!   word equal to its own position in any of the three states), the next
-//!   lap boundary, or the tail, and pad up to it.
+//!   position word equal to its own position, committed or CLAIMED), the
+//!   next lap boundary, or the tail, and pad up to it.
 //!
-//! The padding is installed with compare-and-swap on the commit word, so a
-//! publisher that was merely slow and commits first wins. A publisher that
-//! is slower than the timeout loses that message (as with Aeron's unblock
-//! timeout); choose the timeout accordingly (the daemon uses seconds).
+//! With CLAIMED the padding keeps the claim's own span, so a publisher that
+//! was merely slow and commits after all leaves a frame readers see as
+//! padding or as its message, never at another length. A publisher slower
+//! than the timeout loses that message (as with Aeron's unblock timeout);
+//! choose the timeout accordingly (the daemon uses seconds).
 
-use super::{claimed, clean, Ring};
+use super::{claimed, commit, committed, Ring};
 use crate::frame::{frame_span, pack_len_kind, unpack_len_kind, FrameKind, FRAME_ALIGNMENT, HEADER_LEN};
 use crate::frame::{WORD_LEN_KIND, WORD_POSITION};
 use crate::sync::{fence, Ordering};
@@ -125,13 +126,13 @@ impl Reclaimer {
 
     fn word(&self, p: u64) -> u64 {
         let off = (p & self.ring.inner.mask) as usize;
-        // SYNC(commit/claimed): Acquire pairs with the publisher's Release
-        // stores of CLAIMED and of the commit.
+        // SYNC(claimed): Acquire pairs with the publisher's Release store of
+        // CLAIMED (the length before it is valid).
         self.ring.inner.mem.word(off + WORD_POSITION).load(Ordering::Acquire)
     }
 
     fn committed(&self, p: u64) -> bool {
-        self.word(p) == p
+        committed(&self.ring.inner.mem, self.ring.inner.salt, (p & self.ring.inner.mask) as usize, p).is_some()
     }
 
     /// The claim's span if the commit word says CLAIMED and the length is
@@ -158,7 +159,7 @@ impl Reclaimer {
             let mut q = p + FRAME_ALIGNMENT as u64;
             while q < tail && q < lap_end {
                 let v = mem.word((q & mask) as usize + WORD_POSITION).load(Ordering::Acquire);
-                if v == q || v == claimed(q) || v == clean(q) {
+                if v == q || v == claimed(q) {
                     break;
                 }
                 q += FRAME_ALIGNMENT as u64;
@@ -166,24 +167,21 @@ impl Reclaimer {
             q.min(lap_end) - p
         });
         let off = (p & mask) as usize;
+        if self.committed(p) || self.word(p) != seen {
+            return 0; // the publisher committed (or moved on) after all
+        }
         // With CLAIMED the span is the claim's own, so a publisher that
         // commits after all leaves a frame of the same span: readers see it
         // as padding or as data, never a different length.
         mem.word(off + WORD_LEN_KIND).store(pack_len_kind(span as u32, FrameKind::Padding, 0), Ordering::Relaxed);
-        // SYNC(commit): AcqRel; the Release half pairs with readers' Acquire
-        // load of the commit word, as a publisher's commit does.
-        match mem.word(off + WORD_POSITION).compare_exchange(seen, p, Ordering::AcqRel, Ordering::Acquire) {
-            Ok(_) => {
-                tracing::warn!(position = p, bytes = span, "padded over an abandoned claim");
-                self.padded_bytes += span;
-                self.padded_frames += 1;
-                self.cursor = p + span;
-                let wake = mem.wake();
-                wake.futex.fetch_add(1, Ordering::Release);
-                crate::os::futex::wake_all(&wake.futex);
-                span
-            }
-            Err(_) => 0, // the publisher committed first; its frame stands
-        }
+        commit(mem, self.ring.inner.salt, off, p, 0);
+        tracing::warn!(position = p, bytes = span, "padded over an abandoned claim");
+        self.padded_bytes += span;
+        self.padded_frames += 1;
+        self.cursor = p + span;
+        let wake = mem.wake();
+        wake.futex.fetch_add(1, Ordering::Release);
+        crate::os::futex::wake_all(&wake.futex);
+        span
     }
 }

@@ -14,9 +14,8 @@
 //! slot position (SeqCst), load `limit_granted` (SeqCst); if a publisher may
 //! already write over our start, pick a later start and repeat.
 
-use super::{Policy, Ring};
-use crate::frame::{frame_span, unpack_len_kind, FrameKind, HEADER_LEN, WORD_LEN_KIND, WORD_POSITION};
-use crate::frame::{WORD_PUBLISHER, WORD_TIMESTAMP};
+use super::{committed, Policy, Ring};
+use crate::frame::{frame_span, unpack_len_kind, FrameKind, HEADER_LEN, WORD_LEN_KIND, WORD_TIMESTAMP};
 use crate::layout::{SLOT_ACTIVE, SLOT_FREE};
 use crate::sync::{fence, Ordering};
 use std::time::{Duration, Instant};
@@ -93,6 +92,7 @@ pub struct Subscriber {
     copy: Vec<u8>,
     overrun_bytes: u64,
     padding_bytes: u64,
+    salt: u64,
 }
 
 impl Subscriber {
@@ -169,6 +169,7 @@ impl Subscriber {
             zero_copy: false,
             overrun_bytes: 0,
             padding_bytes: 0,
+            salt: ring.inner.salt,
             ring,
         };
         if start == Start::Oldest {
@@ -252,8 +253,8 @@ impl Subscriber {
     /// Whether a frame is ready at our position (or we were overrun).
     pub fn has_data(&self) -> bool {
         let mem = &self.ring.inner.mem;
-        let w = mem.word(self.off(self.position) + WORD_POSITION).load(Ordering::Acquire);
-        w == self.position || (!self.zero_copy && self.lapped(mem.counters().tail.value.load(Ordering::Acquire)))
+        committed(mem, self.salt, self.off(self.position), self.position).is_some()
+            || (!self.zero_copy && self.lapped(mem.counters().tail.value.load(Ordering::Acquire)))
     }
 
     /// Like [`poll`](Self::poll), but sleeps on the ring's futex until a
@@ -334,11 +335,7 @@ impl Subscriber {
         let mut result = Ok(());
         for _ in 0..limit {
             let off = self.off(pos);
-            // SYNC(commit): Acquire pairs with the Release commit store in
-            // Publication::commit_frame.
-            if mem.word(off + WORD_POSITION).load(Ordering::Acquire) != pos {
-                break;
-            }
+            let Some(publisher_id) = committed(mem, self.salt, off, pos) else { break };
             let (len, kind, flags) = unpack_len_kind(mem.word(off + WORD_LEN_KIND).load(Ordering::Relaxed));
             let kind = match self.check(off, len, kind) {
                 Ok(k) => k,
@@ -363,7 +360,7 @@ impl Subscriber {
                     payload,
                     position: pos,
                     timestamp_ns: mem.word(off + WORD_TIMESTAMP).load(Ordering::Relaxed),
-                    publisher_id: mem.word(off + WORD_PUBLISHER).load(Ordering::Relaxed) as u32,
+                    publisher_id,
                     flags,
                 });
                 delivered += 1;
@@ -386,18 +383,16 @@ impl Subscriber {
         let mut result = Ok(());
         for _ in 0..limit {
             let off = self.off(pos);
-            // SYNC(commit): as in poll_in_place.
-            if mem.word(off + WORD_POSITION).load(Ordering::Acquire) != pos {
+            let Some(publisher_id) = committed(mem, self.salt, off, pos) else {
                 let tail = counters.tail.value.load(Ordering::Acquire);
                 if self.lapped_at(pos, tail) {
                     pos = Self::overrun(self.capacity, pos, tail, &mut self.overrun_bytes, slot);
                     continue;
                 }
                 break;
-            }
+            };
             let (len, kind, flags) = unpack_len_kind(mem.word(off + WORD_LEN_KIND).load(Ordering::Relaxed));
             let timestamp_ns = mem.word(off + WORD_TIMESTAMP).load(Ordering::Relaxed);
-            let publisher_id = mem.word(off + WORD_PUBLISHER).load(Ordering::Relaxed) as u32;
             let checked = self.check(off, len, kind);
             if let Ok(FrameKind::Data) = checked {
                 let plen = len as usize - HEADER_LEN;

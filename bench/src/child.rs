@@ -1,0 +1,260 @@
+//! The second process of every benchmark: this binary re-executed with the
+//! hidden `__child` subcommand, plus what both sides share: pinning and a
+//! watchdog for spin loops.
+//!
+//! The parent passes ring files by path (passing an fd would need the
+//! close-on-exec flag cleared, which std does not offer without `unsafe`).
+//! A child that fails prints the error and exits non-zero; the parent
+//! checks the exit status, and kills the child if the parent fails first.
+
+use crate::{pingpong, throughput};
+use anyhow::{bail, Context, Result};
+use clap::{Args, ValueEnum};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// What the child does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Role {
+    /// Answers each floor ping (the durable counter) on the replicated one.
+    FloorEcho,
+    /// Echoes each message of the ping ring onto the pong ring.
+    RingEcho,
+    /// Publishes numbered messages as fast as it can.
+    Publisher,
+}
+
+/// Arguments of the hidden `__child` subcommand (set by the parent only).
+#[derive(Debug, Clone, Args)]
+pub(crate) struct ChildArgs {
+    /// What to do.
+    #[arg(long, value_enum)]
+    pub(crate) role: Role,
+    /// Ring files, in the order the role expects.
+    #[arg(long = "ring", required = true)]
+    pub(crate) rings: Vec<PathBuf>,
+    /// Core to pin to.
+    #[arg(long)]
+    pub(crate) core: usize,
+    /// Round trips to answer (echo roles).
+    #[arg(long, default_value_t = 0)]
+    pub(crate) count: u64,
+    /// Payload size in bytes.
+    #[arg(long, default_value_t = 32)]
+    pub(crate) size: usize,
+    /// Stamp published frames with the publish time.
+    #[arg(long)]
+    pub(crate) timestamps: bool,
+    /// How long to publish (publisher role).
+    #[arg(long, default_value_t = 0.0)]
+    pub(crate) seconds: f64,
+    /// Messages per claimed batch; 0 publishes each with `offer`.
+    #[arg(long, default_value_t = 0)]
+    pub(crate) batch: usize,
+    /// Largest number of messages one poll may hand out.
+    #[arg(long, default_value_t = 1)]
+    pub(crate) poll_limit: usize,
+    /// Spin with the CPU's pause hint.
+    #[arg(long)]
+    pub(crate) spin_hint: bool,
+}
+
+/// Entry point of the child process.
+/// Prints `preempted N` (its involuntary context switches) last, for the
+/// parent's report.
+pub(crate) fn run(args: &ChildArgs) -> Result<()> {
+    pin(args.core)?;
+    let before = preemptions();
+    match args.role {
+        Role::FloorEcho => pingpong::floor_echo(args)?,
+        Role::RingEcho => pingpong::ring_echo(args)?,
+        Role::Publisher => throughput::publish(args)?,
+    }
+    println!("preempted {}", preemptions() - before);
+    Ok(())
+}
+
+/// The number after the word `name` in a child's report (its stdout).
+pub(crate) fn report_field(out: &str, name: &str) -> Result<u64> {
+    let mut words = out.split_whitespace();
+    words.find(|w| *w == name);
+    words
+        .next()
+        .and_then(|v| v.parse().ok())
+        .with_context(|| format!("child report {out:?} lacks {name}"))
+}
+
+/// Involuntary context switches of the calling thread so far (0 if
+/// /proc is unreadable). A busy-polling side that was preempted measured
+/// the scheduler, not the transport: results print the count.
+pub(crate) fn preemptions() -> u64 {
+    std::fs::read_to_string("/proc/thread-self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("nonvoluntary_ctxt_switches:"))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// A running child; killed (by its own pid) and reaped if dropped before
+/// [`ChildProc::finish`].
+#[derive(Debug)]
+pub(crate) struct ChildProc {
+    child: Option<Child>,
+}
+
+impl ChildProc {
+    /// Starts this binary as the child described by `args`.
+    pub(crate) fn spawn(args: &ChildArgs) -> Result<Self> {
+        let exe = std::env::current_exe().context("locate own executable")?;
+        let mut cmd = Command::new(exe);
+        cmd.arg("__child")
+            .arg("--role")
+            .arg(
+                args.role
+                    .to_possible_value()
+                    .expect("no skipped variants")
+                    .get_name(),
+            )
+            .args(["--core", &args.core.to_string()])
+            .args(["--count", &args.count.to_string()])
+            .args(["--size", &args.size.to_string()])
+            .args(["--seconds", &args.seconds.to_string()])
+            .args(["--batch", &args.batch.to_string()])
+            .args(["--poll-limit", &args.poll_limit.to_string()]);
+        for r in &args.rings {
+            cmd.arg("--ring").arg(r);
+        }
+        if args.timestamps {
+            cmd.arg("--timestamps");
+        }
+        if args.spin_hint {
+            cmd.arg("--spin-hint");
+        }
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped());
+        let child = cmd.spawn().context("start child process")?;
+        Ok(ChildProc { child: Some(child) })
+    }
+
+    /// Fails if the child has already exited (for loops that wait for it).
+    pub(crate) fn check_alive(&mut self) -> Result<()> {
+        if let Some(c) = self.child.as_mut() {
+            if let Some(status) = c.try_wait().context("poll child")? {
+                bail!("child process exited early: {status}");
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits for the child; fails unless it exited 0. Returns its stdout.
+    pub(crate) fn finish(mut self) -> Result<String> {
+        let child = self.child.take().expect("finish is called once");
+        let out = child.wait_with_output().context("wait for child")?;
+        if !out.status.success() {
+            bail!("child process failed: {}", out.status);
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+impl Drop for ChildProc {
+    fn drop(&mut self) {
+        if let Some(c) = self.child.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Checks that `cores` are two different cores this process may run on
+/// (call before pinning: the list is the current affinity mask).
+pub(crate) fn check_cores(cores: &[usize]) -> Result<()> {
+    if cores.len() != 2 || cores[0] == cores[1] {
+        bail!("--cores takes two different cores, got {cores:?}");
+    }
+    let ids = core_affinity::get_core_ids().context("list cores")?;
+    for c in cores {
+        if !ids.iter().any(|id| id.id == *c) {
+            bail!(
+                "core {c} is not available to this process (have {:?})",
+                ids.iter().map(|i| i.id).collect::<Vec<_>>()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Pins the calling thread to `core`.
+pub(crate) fn pin(core: usize) -> Result<()> {
+    if !core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
+        bail!("could not pin to core {core}");
+    }
+    Ok(())
+}
+
+/// Turns a spin loop that makes no progress for too long into an error
+/// (a peer that died, or a bug), without reading the clock on every spin.
+#[derive(Debug)]
+pub(crate) struct Stall {
+    spins: u32,
+    since: Option<Instant>,
+    timeout: Duration,
+    spin_hint: bool,
+}
+
+impl Stall {
+    /// Spins between checks of the clock.
+    const CHECK_EVERY: u32 = 1 << 16;
+
+    pub(crate) fn new(timeout: Duration, spin_hint: bool) -> Self {
+        Stall {
+            spins: 0,
+            since: None,
+            timeout,
+            spin_hint,
+        }
+    }
+
+    /// Called after an attempt that found nothing to do.
+    #[inline]
+    pub(crate) fn idle(&mut self) -> Result<()> {
+        if self.spin_hint {
+            std::hint::spin_loop();
+        }
+        self.spins = self.spins.wrapping_add(1);
+        if self.spins.is_multiple_of(Self::CHECK_EVERY) {
+            self.check()?;
+        }
+        Ok(())
+    }
+
+    #[cold]
+    fn check(&mut self) -> Result<()> {
+        let now = Instant::now();
+        match self.since {
+            None => self.since = Some(now),
+            Some(s) if now - s > self.timeout => bail!("no progress for {:?}", self.timeout),
+            Some(_) => {}
+        }
+        Ok(())
+    }
+
+    /// Like [`Stall::idle`], but yields the CPU first: for waiting until a
+    /// peer has started. The peer inherits this process's pinning (and,
+    /// under `chrt`, its real-time priority) until it pins itself, so a
+    /// pure spin here could keep it from ever running.
+    pub(crate) fn idle_yield(&mut self) -> Result<()> {
+        std::thread::yield_now();
+        self.idle()
+    }
+
+    /// Called after an attempt that did something.
+    #[inline]
+    pub(crate) fn progress(&mut self) {
+        self.spins = 0;
+        self.since = None;
+    }
+}

@@ -1,0 +1,268 @@
+//! Result lines: latency percentiles and rates, as text tables or as one
+//! JSON object per line (hand-written: flat objects of numbers and plain
+//! strings need no serializer).
+
+use hdrhistogram::Histogram;
+use std::fmt::Write as _;
+use std::time::Instant;
+
+/// A new histogram for round-trip times in ns (1 ns to 60 s, 3 digits).
+pub(crate) fn latency_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("valid histogram bounds")
+}
+
+/// Percentiles of one transport's round trips.
+#[derive(Debug, Clone)]
+pub(crate) struct Latency {
+    pub(crate) transport: String,
+    pub(crate) size: usize,
+    pub(crate) count: u64,
+    pub(crate) pages: &'static str,
+    pub(crate) p50_ns: u64,
+    pub(crate) p90_ns: u64,
+    pub(crate) p99_ns: u64,
+    pub(crate) p999_ns: u64,
+    pub(crate) p9999_ns: u64,
+    pub(crate) max_ns: u64,
+    pub(crate) mean_ns: f64,
+    /// Involuntary context switches of both sides while measuring.
+    pub(crate) preempted: u64,
+}
+
+impl Latency {
+    pub(crate) fn new(
+        transport: &str,
+        size: usize,
+        pages: &'static str,
+        h: &Histogram<u64>,
+        preempted: u64,
+    ) -> Self {
+        Latency {
+            transport: transport.to_owned(),
+            size,
+            count: h.len(),
+            pages,
+            p50_ns: h.value_at_quantile(0.50),
+            p90_ns: h.value_at_quantile(0.90),
+            p99_ns: h.value_at_quantile(0.99),
+            p999_ns: h.value_at_quantile(0.999),
+            p9999_ns: h.value_at_quantile(0.9999),
+            max_ns: h.max(),
+            mean_ns: h.mean(),
+            preempted,
+        }
+    }
+}
+
+/// Prints pingpong results, with ratios of each non-floor line to the
+/// `floor` line and to the `floor-store` line when present.
+pub(crate) fn print_latency(results: &[Latency], clock_ns: u64, json: bool) {
+    let floor = |name: &str| results.iter().find(|r| r.transport == name);
+    let ratio = |r: &Latency, f: Option<&Latency>| {
+        f.filter(|_| !r.transport.starts_with("floor")).map(|f| {
+            (
+                r.p50_ns as f64 / f.p50_ns.max(1) as f64,
+                r.p99_ns as f64 / f.p99_ns.max(1) as f64,
+            )
+        })
+    };
+    let ratios = |r: &Latency| ratio(r, floor("floor"));
+    let store_ratios = |r: &Latency| ratio(r, floor("floor-store"));
+    if json {
+        for r in results {
+            let mut s = format!(
+                "{{\"bench\":\"pingpong\",\"transport\":\"{}\",\"size\":{},\"count\":{},\"pages\":\"{}\",\
+                 \"p50_ns\":{},\"p90_ns\":{},\"p99_ns\":{},\"p999_ns\":{},\"p9999_ns\":{},\"max_ns\":{},\
+                 \"mean_ns\":{:.1},\"clock_ns\":{},\"preempted\":{}",
+                r.transport, r.size, r.count, r.pages, r.p50_ns, r.p90_ns, r.p99_ns, r.p999_ns, r.p9999_ns,
+                r.max_ns, r.mean_ns, clock_ns, r.preempted
+            );
+            if let Some((p50, p99)) = ratios(r) {
+                let _ = write!(s, ",\"p50_vs_floor\":{p50:.3},\"p99_vs_floor\":{p99:.3}");
+            }
+            if let Some((p50, p99)) = store_ratios(r) {
+                let _ = write!(
+                    s,
+                    ",\"p50_vs_floor_store\":{p50:.3},\"p99_vs_floor_store\":{p99:.3}"
+                );
+            }
+            println!("{s}}}");
+        }
+        return;
+    }
+    println!("round-trip latency, ns (each includes about one clock read, ~{clock_ns} ns)");
+    println!(
+        "{:<11} {:>5} {:>9} {:>5} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>8} {:>9}",
+        "transport",
+        "size",
+        "count",
+        "pages",
+        "p50",
+        "p90",
+        "p99",
+        "p99.9",
+        "p99.99",
+        "max",
+        "mean",
+        "preempted"
+    );
+    for r in results {
+        println!(
+            "{:<11} {:>5} {:>9} {:>5} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>8.1} {:>9}",
+            r.transport,
+            r.size,
+            r.count,
+            r.pages,
+            r.p50_ns,
+            r.p90_ns,
+            r.p99_ns,
+            r.p999_ns,
+            r.p9999_ns,
+            r.max_ns,
+            r.mean_ns,
+            r.preempted
+        );
+    }
+    for r in results {
+        if let Some((p50, p99)) = ratios(r) {
+            println!(
+                "{:<10} / floor:       p50 {p50:.2}x, p99 {p99:.2}x",
+                r.transport
+            );
+        }
+        if let Some((p50, p99)) = store_ratios(r) {
+            println!(
+                "{:<10} / floor-store: p50 {p50:.2}x, p99 {p99:.2}x",
+                r.transport
+            );
+        }
+    }
+}
+
+/// One throughput measurement, taken at the subscriber.
+#[derive(Debug, Clone)]
+pub(crate) struct Rate {
+    pub(crate) transport: String,
+    pub(crate) mode: String,
+    pub(crate) size: usize,
+    pub(crate) pages: &'static str,
+    /// Messages counted between the first and the last timestamp.
+    pub(crate) msgs: u64,
+    pub(crate) seconds: f64,
+    /// Times the publisher found the ring full.
+    pub(crate) back_pressured: u64,
+    /// Polls the subscriber made while measuring.
+    pub(crate) polls: u64,
+    /// Of those, polls that found nothing.
+    pub(crate) empty_polls: u64,
+    /// Involuntary context switches of both sides while measuring.
+    pub(crate) preempted: u64,
+}
+
+impl Rate {
+    /// Adds another round of the same transport and mode.
+    pub(crate) fn merge(&mut self, other: &Rate) {
+        self.msgs += other.msgs;
+        self.seconds += other.seconds;
+        self.back_pressured += other.back_pressured;
+        self.polls += other.polls;
+        self.empty_polls += other.empty_polls;
+        self.preempted += other.preempted;
+    }
+
+    pub(crate) fn msgs_per_s(&self) -> f64 {
+        self.msgs as f64 / self.seconds
+    }
+
+    /// Payload bytes per second.
+    pub(crate) fn bytes_per_s(&self) -> f64 {
+        self.msgs_per_s() * self.size as f64
+    }
+}
+
+/// Prints throughput results, each ring line with its ratio to the
+/// `floor-store` line.
+pub(crate) fn print_rates(results: &[Rate], json: bool) {
+    let floor = results
+        .iter()
+        .find(|r| r.transport == "floor-store")
+        .map(Rate::msgs_per_s);
+    let vs_floor = |r: &Rate| {
+        floor
+            .filter(|_| r.transport != "floor-store")
+            .map(|f| r.msgs_per_s() / f)
+    };
+    if json {
+        for r in results {
+            let ratio =
+                vs_floor(r).map_or(String::new(), |x| format!(",\"vs_floor_store\":{x:.3}"));
+            println!(
+                "{{\"bench\":\"throughput\",\"transport\":\"{}\",\"mode\":\"{}\",\"size\":{},\"pages\":\"{}\",\
+                 \"count\":{},\"seconds\":{:.6},\"msgs_per_s\":{:.0},\"bytes_per_s\":{:.0},\"back_pressured\":{},\"polls\":{},\"empty_polls\":{},\"preempted\":{}{}}}",
+                r.transport,
+                r.mode,
+                r.size,
+                r.pages,
+                r.msgs,
+                r.seconds,
+                r.msgs_per_s(),
+                r.bytes_per_s(),
+                r.back_pressured,
+                r.polls,
+                r.empty_polls,
+                r.preempted,
+                ratio
+            );
+        }
+        return;
+    }
+    println!("throughput, one publisher process to one subscriber process (payload bytes)");
+    println!(
+        "{:<11} {:<9} {:>5} {:>5} {:>12} {:>8} {:>10} {:>9} {:>8} {:>12} {:>11} {:>9} {:>9}",
+        "transport",
+        "mode",
+        "size",
+        "pages",
+        "messages",
+        "seconds",
+        "Mmsg/s",
+        "MB/s",
+        "vs floor",
+        "pub-blocked",
+        "sub-empty",
+        "msg/poll",
+        "preempted"
+    );
+    for r in results {
+        println!(
+            "{:<11} {:<9} {:>5} {:>5} {:>12} {:>8.3} {:>10.2} {:>9.1} {:>8} {:>12} {:>11} {:>9.1} {:>9}",
+            r.transport,
+            r.mode,
+            r.size,
+            r.pages,
+            r.msgs,
+            r.seconds,
+            r.msgs_per_s() / 1e6,
+            r.bytes_per_s() / 1e6,
+            vs_floor(r).map_or("-".to_owned(), |x| format!("{x:.2}x")),
+            r.back_pressured,
+            r.empty_polls,
+            r.msgs as f64 / (r.polls - r.empty_polls).max(1) as f64,
+            r.preempted
+        );
+    }
+}
+
+/// Median cost of one `Instant::now()` in ns (what every timed round trip
+/// carries on top of the transport).
+pub(crate) fn clock_overhead_ns() -> u64 {
+    let mut d: Vec<u64> = (0..10_001)
+        .map(|_| {
+            let a = Instant::now();
+            let b = Instant::now();
+            (b - a).as_nanos() as u64
+        })
+        .collect();
+    d.sort_unstable();
+    d[d.len() / 2]
+}

@@ -1,0 +1,269 @@
+//! Throughput: one publisher process, one subscriber process, each pinned
+//! to its own core, as fast as they go.
+//!
+//! The publisher (the child) numbers its messages in their first 8 bytes,
+//! publishes for `seconds` with `offer` (or with `try_claim_batch` + `push`
+//! batches), then sends a stop message. The subscriber (this process) polls
+//! with a large limit, checks every sequence number and length, and
+//! measures the rate between the first poll that returned data and the
+//! stop message: the rate at which messages arrive, not at which they were
+//! written. The first line is the floor measured in the same run (see
+//! `stream_floor`); each ring line says how it compares.
+
+use crate::child::{
+    check_cores, pin, preemptions, report_field, ChildArgs, ChildProc, Role, Stall,
+};
+use crate::pingpong::{offer, sequence};
+use crate::report::{self, Rate};
+use crate::rings::{pages_name, RingDir};
+use crate::stream_floor;
+use anyhow::{bail, ensure, Context, Result};
+use clap::Args;
+use rill_shm::frame::message_span;
+use rill_shm::ring::{ClaimError, Start};
+use rill_shm::{Access, Ring};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// Sequence number of the stop message.
+const STOP: u64 = u64::MAX;
+/// Longest a side spins without progress before it gives up.
+const STALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Publish attempts between two looks at the clock.
+const CLOCK_EVERY: usize = 1024;
+
+/// Arguments of `rill-bench throughput`.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct ThroughputArgs {
+    /// Payload bytes per message (the first 8 carry a sequence number).
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(8..=65536))]
+    size: u32,
+    /// How long each mode publishes, in total over all rounds.
+    #[arg(long, default_value_t = 5.0)]
+    seconds: f64,
+    /// Rounds: `seconds` is split over this many, and each round measures
+    /// the floor and every mode once, with fresh processes and rings.
+    #[arg(long, default_value_t = 5)]
+    rounds: u64,
+    /// Also measure batches of this many messages (`try_claim_batch` +
+    /// `push`), besides one `offer` per message.
+    #[arg(long)]
+    batch: Option<usize>,
+    /// Ring data capacity in bytes (a power of two).
+    #[arg(long, default_value_t = 4 << 20)]
+    capacity: u64,
+    /// Most messages one poll may hand out.
+    #[arg(long, default_value_t = 4096)]
+    poll_limit: usize,
+    /// The two cores: the subscriber (this process) on the first, the
+    /// publisher on the second.
+    #[arg(long, value_delimiter = ',', num_args = 1.., default_value = "0,1")]
+    cores: Vec<usize>,
+    /// Spin without the CPU's pause hint between polls (both sides, every
+    /// transport). By default each empty poll is followed by one pause, as
+    /// in `rill_shm::idle::BusySpin`: a reader hammering the line a writer
+    /// is filling steals it back mid-write.
+    #[arg(long)]
+    tight_spin: bool,
+    /// Directory to create ring files in (default: /dev/hugepages if it has
+    /// free huge pages, else /dev/shm).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// One JSON object per result line.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Runs `rill-bench throughput`.
+pub(crate) fn run(args: &ThroughputArgs) -> Result<()> {
+    check_cores(&args.cores)?;
+    ensure!(
+        args.seconds > 0.0 && args.rounds > 0,
+        "--seconds and --rounds must be positive"
+    );
+    ensure!(args.poll_limit > 0, "--poll-limit must be positive");
+    if let Some(b) = args.batch {
+        let bytes = b as u64 * message_span(args.size as usize) as u64;
+        ensure!(
+            b > 0 && bytes <= args.capacity / 4,
+            "--batch {b} must fill 1..=capacity/4 bytes"
+        );
+    }
+    pin(args.cores[0])?;
+    // Each round measures the floor and every mode once, so a change in the
+    // machine during the run affects all of them alike.
+    let round = ThroughputArgs {
+        seconds: args.seconds / args.rounds as f64,
+        ..args.clone()
+    };
+    let mut results: Vec<Rate> = Vec::new();
+    for _ in 0..args.rounds {
+        let mut got = vec![stream_floor::measure(stream_floor::Shape {
+            size: round.size as usize,
+            capacity: round.capacity,
+            seconds: round.seconds,
+            cores: [round.cores[0], round.cores[1]],
+            spin_hint: !round.tight_spin,
+        })?];
+        for batch in std::iter::once(0).chain(round.batch) {
+            for timestamps in [false, true] {
+                got.push(measure(&round, batch, timestamps)?);
+            }
+        }
+        for g in got {
+            match results
+                .iter_mut()
+                .find(|r| r.transport == g.transport && r.mode == g.mode)
+            {
+                Some(r) => r.merge(&g),
+                None => results.push(g),
+            }
+        }
+    }
+    report::print_rates(&results, args.json);
+    Ok(())
+}
+
+/// What the subscriber has seen.
+#[derive(Debug, Default)]
+struct Tally {
+    expected: u64,
+    stopped: bool,
+    bad: Option<(u64, u64, usize)>,
+}
+
+impl Tally {
+    #[inline]
+    fn on(&mut self, payload: &[u8], size: usize) {
+        let seq = sequence(payload);
+        if seq == STOP {
+            self.stopped = true;
+            return;
+        }
+        if seq != self.expected || payload.len() != size {
+            self.bad.get_or_insert((self.expected, seq, payload.len()));
+        }
+        self.expected = seq.wrapping_add(1);
+    }
+}
+
+/// One measurement: a fresh ring, a fresh publisher process.
+fn measure(args: &ThroughputArgs, batch: usize, timestamps: bool) -> Result<Rate> {
+    let size = args.size as usize;
+    let mut dir = RingDir::new(args.dir.as_deref())?;
+    let (ring, path) = dir.create("stream", args.capacity, args.size.max(64))?;
+    let mut sub = ring.subscribe(Start::Latest)?;
+    let mut child = ChildProc::spawn(&ChildArgs {
+        role: Role::Publisher,
+        rings: vec![path],
+        core: args.cores[1],
+        count: 0,
+        size,
+        timestamps,
+        seconds: args.seconds,
+        batch,
+        poll_limit: 0,
+        spin_hint: !args.tight_spin,
+    })?;
+    let mut stall = Stall::new(STALL_TIMEOUT, !args.tight_spin);
+    let mut tally = Tally::default();
+    let limit = args.poll_limit;
+    while sub.poll(limit, |m| tally.on(m.payload, size))? == 0 {
+        child
+            .check_alive()
+            .context("waiting for the publisher process")?;
+        stall
+            .idle_yield()
+            .context("waiting for the publisher process")?;
+    }
+    let first = Instant::now();
+    let before = tally.expected;
+    let preempted_before = preemptions();
+    let (mut polls, mut empty_polls) = (0u64, 0u64);
+    while !tally.stopped {
+        polls += 1;
+        if sub.poll(limit, |m| tally.on(m.payload, size))? == 0 {
+            empty_polls += 1;
+            stall.idle()?;
+        } else {
+            stall.progress();
+        }
+    }
+    let last = Instant::now();
+    let preempted = preemptions() - preempted_before;
+    let out = child.finish()?;
+    if let Some((expected, got, len)) = tally.bad {
+        bail!("expected message {expected} of {size} bytes, got {got} of {len} bytes");
+    }
+    let published = report_field(&out, "published")?;
+    ensure!(
+        published == tally.expected,
+        "publisher sent {published} messages, subscriber got {}",
+        tally.expected
+    );
+    Ok(Rate {
+        transport: if timestamps { "ring+ts" } else { "ring" }.to_owned(),
+        mode: if batch == 0 {
+            "offer".to_owned()
+        } else {
+            format!("batch{batch}")
+        },
+        size,
+        pages: pages_name(ring.pages()),
+        msgs: tally.expected - before,
+        seconds: (last - first).as_secs_f64(),
+        back_pressured: report_field(&out, "back_pressured")?,
+        polls,
+        empty_polls,
+        preempted: preempted + report_field(&out, "preempted")?,
+    })
+}
+
+/// The publisher process: numbered messages for `seconds`, then the stop
+/// message; prints `published N back_pressured M`.
+pub(crate) fn publish(args: &ChildArgs) -> Result<()> {
+    let ring = Ring::open(&args.rings[0], Access::ReadWrite).context("open ring")?;
+    let mut publ = ring.exclusive_publication()?;
+    publ.set_timestamps(args.timestamps);
+    let mut payload = vec![0u8; args.size];
+    let deadline = Instant::now() + Duration::from_secs_f64(args.seconds);
+    let span = message_span(args.size);
+    let (mut seq, mut back_pressured) = (0u64, 0u64);
+    while Instant::now() < deadline {
+        if args.batch == 0 {
+            for _ in 0..CLOCK_EVERY {
+                payload[..8].copy_from_slice(&seq.to_le_bytes());
+                match publ.offer(&payload) {
+                    Ok(_) => seq += 1,
+                    Err(ClaimError::BackPressured) => back_pressured += 1,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        } else {
+            for _ in 0..CLOCK_EVERY.div_ceil(args.batch) {
+                let mut b = match publ.try_claim_batch(args.batch * span) {
+                    Ok(b) => b,
+                    Err(ClaimError::BackPressured) => {
+                        back_pressured += 1;
+                        continue;
+                    }
+                    Err(e) => return Err(e.into()),
+                };
+                for _ in 0..args.batch {
+                    payload[..8].copy_from_slice(&seq.to_le_bytes());
+                    ensure!(b.push(&payload), "batch too small for its messages");
+                    seq += 1;
+                }
+                b.commit();
+            }
+        }
+    }
+    payload[..8].copy_from_slice(&STOP.to_le_bytes());
+    offer(
+        &mut publ,
+        &payload,
+        &mut Stall::new(STALL_TIMEOUT, args.spin_hint),
+    )?;
+    println!("published {seq} back_pressured {back_pressured}");
+    Ok(())
+}
