@@ -1,13 +1,9 @@
-//! Reproductions of defects found while model-checking and property-testing
-//! the ring, not yet fixed. Each test states the contract and fails on the
-//! current code; they are `#[ignore]`d so the suite stays green until the
-//! fix lands. Run them with:
-//!
-//! ```text
-//! cargo test -p rill-shm --test open_bugs -- --ignored
-//! ```
-//!
-//! When a fix lands, drop the `#[ignore]` (the test then guards the fix).
+//! Regression tests for defects found while model-checking and
+//! property-testing the ring (each was a failing reproduction before its
+//! fix in a4e0f20): a shared publication's clean-ahead suppressed by stale
+//! payload that looked like a commit, and overwrite-policy slots missing
+//! from `Ring::subscribers()`. Each defect comes with a twin that always
+//! passed, pinning down where the defect was.
 
 #![cfg(not(loom))]
 #![forbid(unsafe_code)]
@@ -20,20 +16,19 @@ fn ring(policy: Policy) -> Ring {
     Ring::private(&cfg).expect("private ring")
 }
 
-/// Shared publication: clean-ahead is skipped when the stale word from the
-/// previous lap *looks like* a commit of the next position, so a reader
-/// takes old payload bytes for a committed frame.
+/// Shared publication: clean-ahead must not be skipped because the stale
+/// word from the previous lap *looks like* a commit of the next position.
 ///
-/// `Publication::clean_ahead` (shared mode) loads the commit word at `end`
-/// and skips the CAS when it already equals `end`, `CLAIMED(end)` or
-/// `CLEAN(end)`, assuming only the next claimer can have written those. But
-/// the word still holds whatever the previous lap left there, which may be
-/// payload bytes; payload that happens to contain the little-endian `u64`
+/// `Publication::clean_ahead` (shared mode) used to load the commit word at
+/// `end` and skip the CAS when it already equalled `end`, `CLAIMED(end)` or
+/// `CLEAN(end)`, assuming only the next claimer could have written those.
+/// But the word still holds whatever the previous lap left there, which
+/// may be payload bytes; payload that contains the little-endian `u64`
 /// `end` at that offset (a frame or position embedded in a message, as a
-/// relay or replicator would carry) suppresses the clean. A subscriber that
-/// reaches `end` then sees "committed", reads the rest of the old payload as
-/// a header, delivers a message nobody published, and moves past the tail.
-/// An exclusive publication cleans unconditionally and is not affected.
+/// relay or replicator would carry) suppressed the clean. A subscriber
+/// reaching `end` then saw "committed", read the rest of the old payload as
+/// a header, delivered a message nobody published, and moved past the
+/// tail. An exclusive publication cleans unconditionally.
 #[test]
 fn shared_clean_ahead_skipped_by_stale_payload_delivers_a_ghost_message() {
     let ring = ring(Policy::BackPressure);
@@ -68,8 +63,8 @@ fn shared_clean_ahead_skipped_by_stale_payload_delivers_a_ghost_message() {
 }
 
 /// The same stale payload does nothing to an exclusive publication, which
-/// cleans ahead unconditionally (this one passes; it pins down that the
-/// defect above is in the shared path only).
+/// cleans ahead unconditionally (this one always passed: the defect above
+/// was in the shared path only).
 #[test]
 fn exclusive_clean_ahead_ignores_stale_payload() {
     let ring = ring(Policy::BackPressure);
@@ -92,16 +87,16 @@ fn exclusive_clean_ahead_ignores_stale_payload() {
     assert_eq!(sub.position(), ring.tail());
 }
 
-/// Overwrite policy: a subscriber's slot is taken (state ACTIVE) but never
-/// counted in `slot_hwm`, so `Ring::subscribers()` does not list it.
+/// Overwrite policy: a subscriber's slot must be counted in `slot_hwm`, so
+/// that `Ring::subscribers()` lists it.
 ///
-/// `Subscriber::attach` returns early for non-back-pressure rings, before
-/// the `slot_hwm.fetch_max` that the back-pressure join loop does.
+/// `Subscriber::attach` used to return early for non-back-pressure rings,
+/// before the `slot_hwm.fetch_max` that the back-pressure join loop does.
 /// `subscribers()` scans only `slots[..slot_hwm]`, so on an overwrite ring
-/// the daemon and CLI never see subscribers (positions, heartbeats,
-/// overrun counts), `reap_dead_subscribers` never frees the slot of a dead
-/// one (slots leak until `NoFreeSlot`), and the reclaimer does not look
-/// where they wait.
+/// the daemon and CLI never saw subscribers (positions, heartbeats, overrun
+/// counts), `reap_dead_subscribers` never freed the slot of a dead one
+/// (slots leaked until `NoFreeSlot`), and the reclaimer did not look where
+/// they waited.
 #[test]
 fn overwrite_subscribers_are_listed() {
     let ring = ring(Policy::Overwrite);
@@ -111,7 +106,7 @@ fn overwrite_subscribers_are_listed() {
     assert_eq!(Some(listed[0].index), sub.slot());
 }
 
-/// The back-pressure twin of the test above (passes).
+/// The back-pressure twin of the test above (always passed).
 #[test]
 fn back_pressure_subscribers_are_listed() {
     let ring = ring(Policy::BackPressure);

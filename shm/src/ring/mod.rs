@@ -145,6 +145,7 @@ impl Policy {
         }
     }
 
+    #[cfg_attr(loom, allow(dead_code))]
     fn from_u32(v: u32) -> Option<Self> {
         match v {
             0 => Some(Policy::BackPressure),

@@ -1,0 +1,510 @@
+//! Model checks of the ring's claim/commit/poll and join protocols under
+//! loom: every interleaving (up to a preemption bound) of a few threads on a
+//! tiny ring built on loom atomics by `Ring::loom`.
+//!
+//! Run with:
+//! ```text
+//! RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom \
+//!     cargo test -p rill-shm --test loom --release
+//! ```
+//!
+//! The rings are 256 bytes with 40-byte payloads at most: a payload of up
+//! to 32 bytes takes a 64-byte frame, a 33..=40-byte one a 96-byte frame, so
+//! a ring holds four small frames and a mix of sizes forces a padding frame
+//! at the wrap. Every payload is one byte value repeated (the message's
+//! tag), so a torn read shows as a payload with two different bytes.
+//!
+//! # Waiting
+//! A thread with nothing to do (a subscriber that found nothing, a
+//! publisher that was back-pressured) blocks on a `loom::sync::Notify` that
+//! the other side rings after it made progress, instead of spinning with
+//! `yield_now`. Loom does not schedule yielding threads fairly: with two
+//! threads spinning, it explores schedules in which they take turns forever
+//! while a third, preempted in the middle of a claim, never runs again (a
+//! yield is a free scheduling choice, not a preemption, so the bound does
+//! not stop it). The notification is also a release/acquire edge, so a
+//! reader that was woken sees the commit that woke it; the races that
+//! matter are still explored, because every poll may also run while a
+//! publisher is between its claim and its commit.
+//!
+//! # Bounds and limits
+//! Each model sets a preemption bound (loom's `preemption_bound`, which
+//! `LOOM_MAX_PREEMPTIONS` overrides): 2 for every model. Loom treats `SeqCst`
+//! loads and stores as `AcqRel` (a documented limitation), so the join
+//! protocol's Dekker handshake is checked more weakly than the hardware
+//! runs it. Plain atomic stores are modelled as swaps (see `rill_shm`'s
+//! `sync` module) to work around loom ordering a CAS wrongly against them.
+
+#![cfg(loom)]
+#![forbid(unsafe_code)]
+
+use loom::sync::atomic::{AtomicBool, Ordering};
+use loom::sync::{Arc, Notify};
+use loom::thread;
+use rill_shm::frame::message_span;
+use rill_shm::ring::{ClaimError, Message, Policy, Ring, Start, Subscriber};
+use std::sync::atomic::{AtomicUsize, Ordering as StdOrdering};
+
+const CAPACITY: u64 = 256;
+const MAX_LEN: u32 = 40;
+/// Waits one thread may make before the model calls it a livelock (each
+/// wait ends only after another thread made progress, so real runs need a
+/// handful).
+const MAX_WAITS: usize = 100;
+
+/// One message as a subscriber got it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Got {
+    tag: u8,
+    len: usize,
+    position: u64,
+    publisher_id: u32,
+}
+
+/// One message as a publisher sent it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Sent {
+    tag: u8,
+    len: usize,
+    position: u64,
+}
+
+/// Checks the payload is untorn and records the message.
+fn record(m: Message<'_>) -> Got {
+    let tag = *m.payload.first().expect("test payloads are never empty");
+    assert!(
+        m.payload.iter().all(|&b| b == tag),
+        "torn payload at position {}: {:?}",
+        m.position,
+        m.payload
+    );
+    Got { tag, len: m.payload.len(), position: m.position, publisher_id: m.publisher_id }
+}
+
+/// A notification ringing every waiter in `bells`.
+fn ring_all(bells: &[Arc<Notify>]) {
+    for b in bells {
+        b.notify();
+    }
+}
+
+/// Sends each `(tag, len)` of `plan`. While back-pressured, waits on `wake`
+/// (rung by subscribers when they move). After each message, rings `bells`.
+fn send_all(
+    mut offer: impl FnMut(&[u8]) -> Result<u64, ClaimError>,
+    plan: &[(u8, usize)],
+    wake: &Notify,
+    bells: &[Arc<Notify>],
+) -> Vec<Sent> {
+    plan.iter()
+        .map(|&(tag, len)| {
+            let payload = vec![tag; len];
+            let mut waits = 0;
+            let position = loop {
+                match offer(&payload) {
+                    Ok(p) => break p,
+                    Err(ClaimError::BackPressured) => {
+                        waits += 1;
+                        assert!(waits < MAX_WAITS, "publisher back-pressured {waits} times: livelock");
+                        wake.wait();
+                    }
+                    Err(e) => panic!("offer failed: {e}"),
+                }
+            };
+            ring_all(bells);
+            Sent { tag, len, position }
+        })
+        .collect()
+}
+
+/// One poll; rings `bells` if the subscriber moved (a publisher may be
+/// waiting for room). Returns how many messages it delivered.
+fn poll_into(sub: &mut Subscriber, out: &mut Vec<Got>, bells: &[Arc<Notify>]) -> usize {
+    let before = sub.position();
+    let n = sub.poll(8, |m| out.push(record(m))).expect("no corrupt frames");
+    if sub.position() != before {
+        ring_all(bells);
+    }
+    n
+}
+
+/// Polls until `out` holds `total` messages, waiting on `wake` (rung by
+/// publishers) when there is nothing to read.
+fn poll_until(sub: &mut Subscriber, out: &mut Vec<Got>, total: usize, wake: &Notify, bells: &[Arc<Notify>]) {
+    let mut waits = 0;
+    while out.len() < total {
+        if poll_into(sub, out, bells) == 0 {
+            waits += 1;
+            assert!(
+                waits < MAX_WAITS,
+                "subscriber stuck at {} (tail {}) with {out:?}: livelock",
+                sub.position(),
+                sub.ring().tail()
+            );
+            wake.wait();
+        }
+    }
+    assert_eq!(out.len(), total, "more messages than were published");
+}
+
+/// Checks `model` under loom with `preemptions` as the default bound, and
+/// reports how many executions that took.
+fn check(name: &'static str, preemptions: usize, model: impl Fn() + Sync + Send + 'static) {
+    let mut b = loom::model::Builder::new();
+    if b.preemption_bound.is_none() {
+        b.preemption_bound = Some(preemptions);
+    }
+    // Every atomic access is a branch; an execution here makes a few
+    // hundred to a few thousand.
+    b.max_branches = 20_000;
+    let executions = std::sync::Arc::new(AtomicUsize::new(0));
+    let counter = executions.clone();
+    let started = std::time::Instant::now();
+    b.check(move || {
+        let n = counter.fetch_add(1, StdOrdering::Relaxed) + 1;
+        if n.is_multiple_of(100_000) {
+            eprintln!("{name}: {n} executions, {:?}", started.elapsed());
+        }
+        model();
+    });
+    eprintln!(
+        "{name}: {} executions (preemption bound {:?}) in {:?}",
+        executions.load(StdOrdering::Relaxed),
+        b.preemption_bound,
+        started.elapsed()
+    );
+}
+
+/// `position - start == delivered spans + padding + overrun`.
+fn assert_accounting(sub: &Subscriber, start: u64, got: &[Got]) {
+    let spans: u64 = got.iter().map(|g| message_span(g.len) as u64).sum();
+    assert_eq!(
+        sub.position() - start,
+        spans + sub.padding_bytes() + sub.overrun_bytes(),
+        "accounting: delivered {spans}, padding {}, overrun {}",
+        sub.padding_bytes(),
+        sub.overrun_bytes()
+    );
+}
+
+/// Whether `got` is exactly `sent`, in order, with the right lengths and
+/// positions.
+fn assert_same(got: &[Got], sent: &[Sent]) {
+    let got: Vec<_> = got.iter().map(|g| (g.tag, g.len, g.position)).collect();
+    let sent: Vec<_> = sent.iter().map(|s| (s.tag, s.len, s.position)).collect();
+    assert_eq!(got, sent);
+}
+
+fn bell() -> Arc<Notify> {
+    Arc::new(Notify::new())
+}
+
+/// Publishes 8-, 8- and 40-byte messages (64 + 64 + 96 bytes) from this
+/// thread and drains them, leaving the tail at 224: the next 64-byte claim
+/// pads the last 32 bytes of the ring and wraps.
+fn warm_up(ring: &Ring, sub: &mut Subscriber, got: &mut Vec<Got>) -> Vec<Sent> {
+    let mut publ = ring.shared_publication().unwrap();
+    publ.set_timestamps(false);
+    let idle = Notify::new();
+    let sent = send_all(|m| publ.offer(m), &[(0xA1, 8), (0xA2, 8), (0xA3, 40)], &idle, &[]);
+    while poll_into(sub, got, &[]) > 0 {}
+    assert_same(got, &sent);
+    assert_eq!(ring.tail(), 224);
+    sent
+}
+
+/// (a) Two shared publishers and one subscriber, across the wrap (a
+/// padding frame at the end of the ring), back-pressure policy.
+#[test]
+fn shared_publishers_across_wrap() {
+    check("shared_publishers_across_wrap", 2, || {
+        let ring = Ring::loom(CAPACITY, MAX_LEN, Policy::BackPressure, 2);
+        let mut sub = ring.subscribe(Start::Latest).unwrap();
+        let start = sub.position();
+        let mut got = Vec::new();
+        let mut sent = warm_up(&ring, &mut sub, &mut got);
+        // Four 64-byte frames from 224: padding to 256, then 256..512; the
+        // claim at 448 needs the subscriber past 256 (back-pressure).
+        let plans: [&[(u8, usize)]; 2] = [&[(0x11, 8), (0x12, 16)], &[(0x21, 16), (0x22, 8)]];
+        let sub_bell = bell();
+        let pub_bells = [bell(), bell()];
+        let mut ids = Vec::new();
+        let handles: Vec<_> = plans
+            .iter()
+            .zip(&pub_bells)
+            .map(|(&plan, wake)| {
+                let mut publ = ring.shared_publication().unwrap();
+                publ.set_timestamps(false);
+                ids.push(publ.id());
+                let (wake, bells) = (wake.clone(), [sub_bell.clone()]);
+                thread::spawn(move || send_all(|m| publ.offer(m), plan, &wake, &bells))
+            })
+            .collect();
+        poll_until(&mut sub, &mut got, 3 + 4, &sub_bell, &pub_bells);
+        let per_publisher: Vec<Vec<Sent>> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+
+        let concurrent = &got[3..];
+        for (i, (plan, sent_i)) in plans.iter().zip(&per_publisher).enumerate() {
+            let mine: Vec<Got> = concurrent.iter().filter(|g| g.tag >> 4 == i as u8 + 1).copied().collect();
+            // Exactly once, in this publisher's order, from this publisher.
+            assert_same(&mine, sent_i);
+            assert_eq!(mine.iter().map(|g| (g.tag, g.len)).collect::<Vec<_>>(), plan.to_vec());
+            assert!(mine.iter().all(|g| g.publisher_id == ids[i]), "publisher id of {mine:?}");
+            sent.extend_from_slice(sent_i);
+        }
+        // Stream order is position order.
+        assert!(got.windows(2).all(|w| w[0].position < w[1].position), "{got:?}");
+        sent.sort_by_key(|s| s.position);
+        assert_same(&got, &sent);
+        assert_eq!(concurrent[0].position, 256, "the first concurrent claim wraps");
+        assert_eq!(sub.padding_bytes(), 32);
+        assert_eq!(sub.overrun_bytes(), 0);
+        assert_eq!(sub.position(), ring.tail());
+        assert_accounting(&sub, start, &got);
+    });
+}
+
+/// (b) An exclusive publisher and one subscriber from an empty ring across
+/// the wrap: frames at 0, 64, 128 (96 bytes), padding 224..256, then 256
+/// and 320. The claim at 256 waits for the subscriber (back-pressure).
+#[test]
+fn exclusive_publisher_across_wrap() {
+    check("exclusive_publisher_across_wrap", 2, || {
+        let ring = Ring::loom(CAPACITY, MAX_LEN, Policy::BackPressure, 1);
+        let mut sub = ring.subscribe(Start::Latest).unwrap();
+        let start = sub.position();
+        let mut publ = ring.exclusive_publication().unwrap();
+        publ.set_timestamps(false);
+        let id = publ.id();
+        let plan = [(0x11, 8), (0x12, 16), (0x13, 40), (0x14, 8), (0x15, 16)];
+        let (sub_bell, pub_bell) = (bell(), bell());
+        let (wake, bells) = (pub_bell.clone(), [sub_bell.clone()]);
+        let handle = thread::spawn(move || send_all(|m| publ.offer(m), &plan, &wake, &bells));
+        let mut got = Vec::new();
+        poll_until(&mut sub, &mut got, plan.len(), &sub_bell, &[pub_bell]);
+        let sent = handle.join().unwrap();
+        assert_same(&got, &sent);
+        assert_eq!(sent.iter().map(|s| s.position).collect::<Vec<_>>(), [0, 64, 128, 256, 320]);
+        assert!(got.iter().all(|g| g.publisher_id == id));
+        assert_eq!(sub.padding_bytes(), 32);
+        assert_eq!(sub.position(), ring.tail());
+        assert_accounting(&sub, start, &got);
+    });
+}
+
+/// Executions of `overwrite_laps_slow_subscriber` in which the subscriber
+/// was overrun, and in which it got a message while the publisher ran:
+/// both must happen in some execution, or the model checks nothing.
+static OVERRUN_EXECUTIONS: AtomicUsize = AtomicUsize::new(0);
+static CONCURRENT_DELIVERIES: AtomicUsize = AtomicUsize::new(0);
+
+/// (c) Overwrite policy: one publisher laps a slow subscriber. The
+/// subscriber never gets torn content, gets a subsequence of what was sent
+/// in order, ends at the tail with the newest message, and accounts for
+/// every byte it passed.
+#[test]
+fn overwrite_laps_slow_subscriber() {
+    check("overwrite_laps_slow_subscriber", 2, || {
+        let ring = Ring::loom(CAPACITY, MAX_LEN, Policy::Overwrite, 1);
+        let mut sub = ring.subscribe(Start::Latest).unwrap();
+        let start = sub.position();
+        let mut publ = ring.exclusive_publication().unwrap();
+        publ.set_timestamps(false);
+        // 0, 64 (96 bytes), 160, padding 224..256, 256: the last frame
+        // overwrites the start of the first lap. An exclusive publisher is
+        // never back-pressured under overwrite (its own frames are all
+        // committed), so it never waits.
+        let plan = [(1, 16), (2, 40), (3, 16), (4, 16), (5, 16)];
+        let never = Arc::new(Notify::new());
+        let handle = thread::spawn(move || send_all(|m| publ.offer(m), &plan, &never, &[]));
+        let mut got = Vec::new();
+        for _ in 0..3 {
+            poll_into(&mut sub, &mut got, &[]);
+        }
+        if !got.is_empty() {
+            CONCURRENT_DELIVERIES.fetch_add(1, StdOrdering::Relaxed);
+        }
+        let sent = handle.join().unwrap();
+        while poll_into(&mut sub, &mut got, &[]) > 0 {}
+
+        // A subsequence of what was sent, in order, each message intact.
+        let mut rest = sent.iter();
+        for g in &got {
+            assert!(
+                rest.any(|s| (s.tag, s.len, s.position) == (g.tag, g.len, g.position)),
+                "{g:?} is not in order in {sent:?} (got {got:?})"
+            );
+        }
+        assert_eq!(got.last().map(|g| g.tag), Some(5), "the newest message is always delivered: {got:?}");
+        assert_eq!(sub.position(), ring.tail());
+        assert_accounting(&sub, start, &got);
+        if sub.overrun_bytes() > 0 {
+            OVERRUN_EXECUTIONS.fetch_add(1, StdOrdering::Relaxed);
+        }
+    });
+    assert!(OVERRUN_EXECUTIONS.load(StdOrdering::Relaxed) > 0, "no execution overran the subscriber");
+    assert!(CONCURRENT_DELIVERIES.load(StdOrdering::Relaxed) > 0, "no execution read while publishing");
+}
+
+/// Executions of the `Oldest` join model that started behind the tail.
+static JOINED_BEHIND_TAIL: AtomicUsize = AtomicUsize::new(0);
+
+/// (d) A subscriber joins while a publisher sits at the back-pressure limit
+/// of an older, slow subscriber that a third thread drains. From its start
+/// on, the joiner gets every message, in order, untorn: exactly those sent
+/// at or after its start position.
+fn join_near_limit(how: Start) {
+    let name = match how {
+        Start::Latest => "join_latest_near_back_pressure_limit",
+        Start::Oldest => "join_oldest_near_back_pressure_limit",
+    };
+    check(name, 2, move || {
+        let ring = Ring::loom(CAPACITY, MAX_LEN, Policy::BackPressure, 2);
+        let mut slow = ring.subscribe(Start::Latest).unwrap();
+        let mut publ = ring.exclusive_publication().unwrap();
+        publ.set_timestamps(false);
+        let (pub_bell, slow_bell, joiner_bell) = (bell(), bell(), bell());
+        // Three 64-byte frames: the next claim (192..256 and the clean-ahead
+        // word) needs the slow subscriber past 0.
+        let mut sent = send_all(|m| publ.offer(m), &[(0xA1, 16), (0xA2, 16), (0xA3, 16)], &pub_bell, &[]);
+        assert_eq!(publ.offer(&[0xFF; 16]), Err(ClaimError::BackPressured));
+        let done = Arc::new(AtomicBool::new(false));
+        let publisher = {
+            let (done, wake, bells) = (done.clone(), pub_bell.clone(), [slow_bell.clone(), joiner_bell.clone()]);
+            thread::spawn(move || {
+                let sent = send_all(|m| publ.offer(m), &[(0xB1, 16), (0xB2, 16)], &wake, &bells);
+                // SYNC: pairs with the joiner's Acquire load: every commit is
+                // visible to it once it sees `done`.
+                done.store(true, Ordering::Release);
+                ring_all(&bells);
+                sent
+            })
+        };
+        let drainer = {
+            let (wake, bells) = (slow_bell.clone(), [pub_bell.clone()]);
+            thread::spawn(move || {
+                let mut got = Vec::new();
+                poll_until(&mut slow, &mut got, 5, &wake, &bells);
+                got
+            })
+        };
+
+        let mut joiner = ring.subscribe(how).unwrap();
+        let start = joiner.position();
+        if how == Start::Latest {
+            assert!(start >= 192, "Latest starts at the tail or later, not {start}");
+        }
+        let mut got = Vec::new();
+        let mut waits = 0;
+        loop {
+            let finished = done.load(Ordering::Acquire);
+            let n = poll_into(&mut joiner, &mut got, std::slice::from_ref(&pub_bell));
+            if finished && n == 0 {
+                break;
+            }
+            if n == 0 {
+                waits += 1;
+                assert!(waits < MAX_WAITS, "joiner stuck at {} with {got:?}: livelock", joiner.position());
+                joiner_bell.wait();
+            }
+        }
+        sent.extend(publisher.join().unwrap());
+        assert_same(&drainer.join().unwrap(), &sent);
+        let expected: Vec<Sent> = sent.iter().copied().filter(|s| s.position >= start).collect();
+        assert_same(&got, &expected);
+        assert_eq!(joiner.position(), ring.tail());
+        assert_accounting(&joiner, start, &got);
+        if start < 192 {
+            JOINED_BEHIND_TAIL.fetch_add(1, StdOrdering::Relaxed);
+        }
+    });
+}
+
+/// (d) with `Start::Latest`.
+#[test]
+fn join_latest_near_back_pressure_limit() {
+    join_near_limit(Start::Latest);
+}
+
+/// (d) with `Start::Oldest`; some executions must start behind the tail
+/// at join time, or the model does not exercise `Oldest`.
+#[test]
+fn join_oldest_near_back_pressure_limit() {
+    join_near_limit(Start::Oldest);
+    assert!(JOINED_BEHIND_TAIL.load(StdOrdering::Relaxed) > 0, "Oldest never started behind the tail");
+}
+
+/// (e) Two shared publishers claim back to back while the commit word where
+/// the first one's frame ends still holds payload from the previous lap
+/// that equals that position (as a message embedding a frame or a position
+/// would). Clean-ahead must leave no "committed" look-alike for the
+/// subscriber and must not erase the second publisher's commit: the
+/// subscriber gets exactly the two messages sent, never a ghost made of old
+/// payload, never an error, and is never left waiting at a frame whose
+/// publisher has finished.
+///
+/// This failed with the earlier clean-ahead protocol (a CAS could erase
+/// the next frame's commit when stale payload equalled its position); the
+/// salted commit tag replaced clean-ahead, and the model now guards it.
+#[test]
+fn shared_clean_ahead_over_a_stale_commit_lookalike() {
+    check("shared_clean_ahead_over_a_stale_commit_lookalike", 2, || {
+        let ring = Ring::loom(CAPACITY, MAX_LEN, Policy::BackPressure, 1);
+        let mut sub = ring.subscribe(Start::Latest).unwrap();
+        // Lap 0: an empty message at 0 (32 bytes), then a 40-byte one at 32
+        // whose payload covers ring offsets 64..104; its bytes 0..8 (offset
+        // 64) read as the header of a 5-byte data frame and bytes 8..16
+        // (offset 72, the commit word of position 320) as 320. Then two
+        // 64-byte frames take the tail to 256.
+        let mut forged = [0x5Au8; 40];
+        forged[..8].copy_from_slice(&(37u64 | 1 << 32).to_le_bytes());
+        forged[8..16].copy_from_slice(&320u64.to_le_bytes());
+        {
+            let mut warm = ring.shared_publication().unwrap();
+            warm.set_timestamps(false);
+            let mut n = 0;
+            for m in [&[][..], &forged[..], &[0xA1; 16][..], &[0xA2; 16][..]] {
+                warm.offer(m).unwrap();
+                sub.poll(8, |_| n += 1).unwrap();
+            }
+            assert_eq!((n, sub.position(), ring.tail()), (4, 256, 256));
+        }
+        // Lap 1: frames at 256 and 320, by whichever publisher claims first.
+        let sub_bell = bell();
+        let finished = Arc::new(loom::sync::atomic::AtomicUsize::new(0));
+        let handles: Vec<_> = [0x11u8, 0x21]
+            .into_iter()
+            .map(|tag| {
+                let mut publ = ring.shared_publication().unwrap();
+                publ.set_timestamps(false);
+                let (bells, finished) = ([sub_bell.clone()], finished.clone());
+                thread::spawn(move || {
+                    let never = Notify::new();
+                    let sent = send_all(|m| publ.offer(m), &[(tag, 16)], &never, &[]);
+                    // SYNC: pairs with the subscriber's Acquire load below.
+                    finished.fetch_add(1, Ordering::Release);
+                    ring_all(&bells);
+                    sent
+                })
+            })
+            .collect();
+        let mut got = Vec::new();
+        let mut waits = 0;
+        loop {
+            let all_done = finished.load(Ordering::Acquire) == 2;
+            let n = poll_into(&mut sub, &mut got, &[]);
+            if got.len() >= 2 || (all_done && n == 0) {
+                break;
+            }
+            if n == 0 {
+                waits += 1;
+                assert!(waits < MAX_WAITS, "subscriber stuck at {}: livelock", sub.position());
+                sub_bell.wait();
+            }
+        }
+        let mut sent: Vec<Sent> = handles.into_iter().flat_map(|h| h.join().unwrap()).collect();
+        sent.sort_by_key(|s| s.position);
+        assert_same(&got, &sent);
+        assert_eq!(sub.position(), ring.tail(), "both publishers finished, yet the subscriber waits");
+    });
+}
