@@ -23,6 +23,10 @@ pub(crate) enum Role {
     RingEcho,
     /// Publishes numbered messages as fast as it can.
     Publisher,
+    /// `RingEcho` on streams of a `rilld`, through the client library.
+    RillEcho,
+    /// `Publisher` on a stream of a `rilld`, through the client library.
+    RillPublisher,
 }
 
 /// Arguments of the hidden `__child` subcommand (set by the parent only).
@@ -32,8 +36,14 @@ pub(crate) struct ChildArgs {
     #[arg(long, value_enum)]
     pub(crate) role: Role,
     /// Ring files, in the order the role expects.
-    #[arg(long = "ring", required = true)]
+    #[arg(long = "ring")]
     pub(crate) rings: Vec<PathBuf>,
+    /// Socket of the `rilld` to connect to (`Rill*` roles).
+    #[arg(long)]
+    pub(crate) socket: Option<PathBuf>,
+    /// Stream names, in the order the role expects (`Rill*` roles).
+    #[arg(long = "stream")]
+    pub(crate) streams: Vec<String>,
     /// Core to pin to.
     #[arg(long)]
     pub(crate) core: usize,
@@ -70,6 +80,8 @@ pub(crate) fn run(args: &ChildArgs) -> Result<()> {
         Role::FloorEcho => pingpong::floor_echo(args)?,
         Role::RingEcho => pingpong::ring_echo(args)?,
         Role::Publisher => throughput::publish(args)?,
+        Role::RillEcho => pingpong::rill_echo(args)?,
+        Role::RillPublisher => throughput::rill_publish(args)?,
     }
     println!("preempted {}", preemptions() - before);
     Ok(())
@@ -127,6 +139,12 @@ impl ChildProc {
             .args(["--poll-limit", &args.poll_limit.to_string()]);
         for r in &args.rings {
             cmd.arg("--ring").arg(r);
+        }
+        if let Some(s) = &args.socket {
+            cmd.arg("--socket").arg(s);
+        }
+        for s in &args.streams {
+            cmd.arg("--stream").arg(s);
         }
         if args.timestamps {
             cmd.arg("--timestamps");

@@ -4,7 +4,9 @@
 //! * `pingpong`: round-trip latency between two processes pinned to two
 //!   cores, both busy-polling. `floor` moves one cache line each way (the
 //!   cost of the hardware alone); `ring` sends a message on one ring and
-//!   echoes it back on another (the cost of Rill's data path).
+//!   echoes it back on another (the cost of Rill's data path); `rill` does
+//!   the same through streams of a real `rilld` opened with the client
+//!   library (see `daemon`).
 //! * `throughput`: one publisher process, one subscriber process, as fast as
 //!   they go; rate measured at the subscriber, beside the rate of a minimal
 //!   stream between the same two cores (`floor-store`).
@@ -17,6 +19,7 @@
 #![forbid(unsafe_code)]
 
 mod child;
+mod daemon;
 mod pingpong;
 mod report;
 mod rings;
@@ -62,6 +65,10 @@ enum Transport {
     /// Rill's ring, a message each way (reported without and with
     /// publish timestamps).
     Ring,
+    /// The same as `ring`, but the rings come from a real `rilld` and each
+    /// side opens its publisher and subscriber by stream name with the
+    /// client library (`rill`); the publisher is the client's shared one.
+    Rill,
 }
 
 fn main() -> Result<()> {

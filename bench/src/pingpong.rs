@@ -24,6 +24,12 @@
 //!   the pong ring (B publishes from inside its poll handler, zero-copy),
 //!   each ring with one exclusive publication and one subscriber. Measured
 //!   with publish timestamps off (`ring`) and on (`ring+ts`).
+//! * `rill`: the same as `ring` (same ring shape, back-pressure), but the
+//!   rings are two streams of a real `rilld` (started for the run, or the
+//!   one at `--socket`), each side opening its publisher and subscriber by
+//!   name with the client library. The client's publisher is a shared
+//!   publication (a stream may have publishers in several processes), the
+//!   ring transport's an exclusive one. `rill` and `rill+ts` lines.
 //!
 //! Measurements run in rounds, each transport once per round, so that a
 //! change in the machine during the run affects every transport alike. The
@@ -40,7 +46,8 @@ use crate::Transport;
 use anyhow::{bail, ensure, Context, Result};
 use clap::Args;
 use hdrhistogram::Histogram;
-use rill_shm::ring::{ClaimError, ExclusivePublication, Start};
+use crate::daemon::{stream_name, Daemon};
+use rill_shm::ring::{ClaimError, ExclusivePublication, Message, PollError, Start, Subscriber};
 use rill_shm::{Access, Ring};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -62,6 +69,10 @@ pub(crate) struct PingpongArgs {
         default_value = "floor,floor-store,ring"
     )]
     transport: Vec<Transport>,
+    /// Socket of a running `rilld` for the `rill` transport (default: start
+    /// one for the run, the `rilld` next to this executable).
+    #[arg(long)]
+    socket: Option<PathBuf>,
     /// Payload bytes per message (the first 8 carry a sequence number).
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(8..=65536))]
     size: u32,
@@ -114,6 +125,11 @@ pub(crate) fn run(args: &PingpongArgs) -> Result<()> {
         count: args.count.div_ceil(args.rounds),
         ..args.clone()
     };
+    let daemon = if args.transport.contains(&Transport::Rill) {
+        Some(Daemon::for_run(args.socket.as_deref(), args.dir.as_deref())?)
+    } else {
+        None
+    };
     let mut samples: Vec<Sample> = Vec::new();
     for _ in 0..args.rounds {
         for t in &args.transport {
@@ -121,6 +137,10 @@ pub(crate) fn run(args: &PingpongArgs) -> Result<()> {
                 Transport::Floor => vec![floor(&round)?],
                 Transport::FloorStore => vec![floor_store(&round)?],
                 Transport::Ring => vec![ring(&round, false)?, ring(&round, true)?],
+                Transport::Rill => {
+                    let d = daemon.as_ref().expect("started above");
+                    vec![rill(&round, d, false)?, rill(&round, d, true)?]
+                }
             };
             for g in got {
                 match samples.iter_mut().find(|s| s.transport == g.transport) {
@@ -159,6 +179,8 @@ fn child_args(args: &PingpongArgs, role: Role, rings: Vec<PathBuf>, timestamps: 
         count: args.warmup + args.count,
         size: args.size as usize,
         timestamps,
+        socket: None,
+        streams: Vec::new(),
         seconds: 0.0,
         batch: 0,
         poll_limit: args.poll_limit,
@@ -293,7 +315,6 @@ fn floor_store(args: &PingpongArgs) -> Result<Sample> {
 
 /// Side A of the ring pingpong: offer on ping, busy-poll pong for the echo.
 fn ring(args: &PingpongArgs, timestamps: bool) -> Result<Sample> {
-    let size = args.size as usize;
     let mut dir = RingDir::new(args.dir.as_deref())?;
     let max_len = args.size.max(64);
     let (ping, ping_path) = dir.create("ping", RING_CAPACITY, max_len)?;
@@ -302,20 +323,67 @@ fn ring(args: &PingpongArgs, timestamps: bool) -> Result<Sample> {
     publ.set_timestamps(timestamps);
     // Subscribe before B starts, so B's first message (its "ready") is ours.
     let mut sub = pong.subscribe(Start::Latest)?;
-    let mut child = ChildProc::spawn(&child_args(
+    let child = ChildProc::spawn(&child_args(
         args,
         Role::RingEcho,
         vec![ping_path, pong_path],
         timestamps,
     ))?;
+    let name = if timestamps { "ring+ts" } else { "ring" };
+    round_trips(args, name, pages_name(ping.pages()), &mut publ, &mut sub, child)
+}
+
+/// Side A of the pingpong through a `rilld`: the same as [`ring`], on two
+/// streams opened by name with the client library.
+fn rill(args: &PingpongArgs, daemon: &Daemon, timestamps: bool) -> Result<Sample> {
+    let client = rill::Client::connect_to(daemon.socket()).context("connect to rilld")?;
+    let options = stream_options(RING_CAPACITY, args.size);
+    let (ping, pong) = (stream_name("ping"), stream_name("pong"));
+    let mut publ = client
+        .publisher_with(&ping, options.clone())
+        .context("open ping publisher")?;
+    publ.publication().set_timestamps(timestamps);
+    // Subscribe before B starts, so B's first message (its "ready") is ours.
+    let mut sub = client
+        .subscriber_with(&pong, rill::Start::Latest, options)
+        .context("open pong subscriber")?;
+    let mut cargs = child_args(args, Role::RillEcho, Vec::new(), timestamps);
+    cargs.socket = Some(daemon.socket().to_path_buf());
+    cargs.streams = vec![ping, pong];
+    let child = ChildProc::spawn(&cargs)?;
+    let name = if timestamps { "rill+ts" } else { "rill" };
+    let pages = pages_name(publ.ring().pages());
+    round_trips(args, name, pages, &mut publ, &mut sub, child)
+}
+
+/// The options the `rill` transport creates its streams with: the `ring`
+/// transport's ring shape.
+pub(crate) fn stream_options(capacity: u64, size: u32) -> rill::StreamOptions {
+    rill::StreamOptions::new()
+        .with_capacity(capacity)
+        .with_max_message_len(size.max(64))
+        .with_policy(rill::Policy::BackPressure)
+}
+
+/// The measured part of side A, once B (`child`) has started: waits for
+/// B's ready message, then times each round trip.
+fn round_trips(
+    args: &PingpongArgs,
+    transport: &'static str,
+    pages: &'static str,
+    publ: &mut impl Offer,
+    sub: &mut impl Poll,
+    mut child: ChildProc,
+) -> Result<Sample> {
+    let size = args.size as usize;
     let mut stall = Stall::new(STALL_TIMEOUT, !args.tight_spin);
-    while sub.poll(1, |_| ())? == 0 {
+    while sub.poll_msgs(1, |_| ())? == 0 {
         child
             .check_alive()
-            .context("waiting for the ring echo process")?;
+            .context("waiting for the echo process")?;
         stall
             .idle_yield()
-            .context("waiting for the ring echo process")?;
+            .context("waiting for the echo process")?;
     }
     let mut payload = vec![0u8; size];
     let mut hist = report::latency_histogram();
@@ -325,8 +393,8 @@ fn ring(args: &PingpongArgs, timestamps: bool) -> Result<Sample> {
         payload[..8].copy_from_slice(&i.to_le_bytes());
         let mut echoed = u64::MAX;
         let t0 = Instant::now();
-        offer(&mut publ, &payload, &mut stall)?;
-        while sub.poll(limit, |m| echoed = sequence(m.payload))? == 0 {
+        offer(publ, &payload, &mut stall)?;
+        while sub.poll_msgs(limit, |m| echoed = sequence(m.payload))? == 0 {
             stall.idle()?;
         }
         let rtt = t0.elapsed();
@@ -341,9 +409,8 @@ fn ring(args: &PingpongArgs, timestamps: bool) -> Result<Sample> {
     let preempted = preemptions() - preempted_before;
     let out = child.finish()?;
     let preempted = preempted + report_field(&out, "preempted")?;
-    let pages = pages_name(ping.pages());
     Ok(Sample {
-        transport: if timestamps { "ring+ts" } else { "ring" },
+        transport,
         size,
         pages,
         hist,
@@ -359,13 +426,35 @@ pub(crate) fn ring_echo(args: &ChildArgs) -> Result<()> {
     let mut sub = ping.subscribe(Start::Latest)?;
     let mut publ = pong.exclusive_publication()?;
     publ.set_timestamps(args.timestamps);
+    echo(args, &mut publ, &mut sub)
+}
+
+/// Side B of the pingpong through a `rilld`.
+pub(crate) fn rill_echo(args: &ChildArgs) -> Result<()> {
+    let socket = args.socket.as_deref().context("rill echo needs --socket")?;
+    let [ping, pong] = args.streams.as_slice() else {
+        bail!("rill echo needs two --stream names");
+    };
+    let client = rill::Client::connect_to(socket).context("connect to rilld")?;
+    let mut sub = client
+        .open_subscriber(ping, rill::Start::Latest, None)
+        .context("open ping subscriber")?;
+    let mut publ = client
+        .open_publisher(pong, None)
+        .context("open pong publisher")?;
+    publ.publication().set_timestamps(args.timestamps);
+    echo(args, &mut publ, &mut sub)
+}
+
+/// Announces B with one message, then echoes `count` messages.
+fn echo(args: &ChildArgs, publ: &mut impl Offer, sub: &mut impl Poll) -> Result<()> {
     let mut stall = Stall::new(STALL_TIMEOUT, args.spin_hint);
-    offer(&mut publ, &vec![0u8; args.size], &mut stall)?; // ready
+    offer(publ, &vec![0u8; args.size], &mut stall)?; // ready
     let mut echoed = 0u64;
     while echoed < args.count {
         let mut failed = None;
-        let n = sub.poll(args.poll_limit, |m| {
-            if let Err(e) = offer(&mut publ, m.payload, &mut stall) {
+        let n = sub.poll_msgs(args.poll_limit, |m| {
+            if let Err(e) = offer(publ, m.payload, &mut stall) {
                 failed.get_or_insert(e);
             }
         })?;
@@ -382,15 +471,61 @@ pub(crate) fn ring_echo(args: &ChildArgs) -> Result<()> {
     Ok(())
 }
 
+/// A publication to offer messages on: the bare ring's exclusive one, or
+/// the client library's (a shared publication on the daemon's ring).
+pub(crate) trait Offer {
+    /// Writes `payload` as one message, or fails (at once when full).
+    fn offer_msg(&mut self, payload: &[u8]) -> Result<u64, ClaimError>;
+}
+
+impl Offer for ExclusivePublication {
+    #[inline]
+    fn offer_msg(&mut self, payload: &[u8]) -> Result<u64, ClaimError> {
+        self.offer(payload)
+    }
+}
+
+impl Offer for rill::Publisher {
+    #[inline]
+    fn offer_msg(&mut self, payload: &[u8]) -> Result<u64, ClaimError> {
+        self.offer(payload)
+    }
+}
+
+/// A subscriber to poll: the bare ring's, or the client library's.
+pub(crate) trait Poll {
+    /// Hands up to `limit` messages to `handler`; returns how many.
+    fn poll_msgs<F: FnMut(Message<'_>)>(&mut self, limit: usize, handler: F)
+        -> Result<usize, PollError>;
+}
+
+impl Poll for Subscriber {
+    #[inline]
+    fn poll_msgs<F: FnMut(Message<'_>)>(
+        &mut self,
+        limit: usize,
+        handler: F,
+    ) -> Result<usize, PollError> {
+        self.poll(limit, handler)
+    }
+}
+
+impl Poll for rill::Subscriber {
+    #[inline]
+    fn poll_msgs<F: FnMut(Message<'_>)>(
+        &mut self,
+        limit: usize,
+        handler: F,
+    ) -> Result<usize, PollError> {
+        self.poll(limit, handler)
+    }
+}
+
 /// Offers `payload`, spinning while back-pressured.
 #[inline]
-pub(crate) fn offer(
-    publ: &mut ExclusivePublication,
-    payload: &[u8],
-    stall: &mut Stall,
-) -> Result<u64> {
+pub(crate) fn offer(publ: &mut impl Offer, payload: &[u8], stall: &mut Stall) -> Result<u64> {
     loop {
-        match publ.offer(payload) {
+        match publ.offer_msg(payload) {
             Ok(p) => return Ok(p),
             Err(ClaimError::BackPressured) => stall.idle()?,
             Err(e) => return Err(e.into()),

@@ -68,6 +68,12 @@ pub(crate) fn print_latency(results: &[Latency], clock_ns: u64, json: bool) {
     };
     let ratios = |r: &Latency| ratio(r, floor("floor"));
     let store_ratios = |r: &Latency| ratio(r, floor("floor-store"));
+    // `rill` against `ring`, `rill+ts` against `ring+ts`.
+    let ring_ratios = |r: &Latency| {
+        r.transport
+            .strip_prefix("rill")
+            .and_then(|rest| ratio(r, floor(&format!("ring{rest}"))))
+    };
     if json {
         for r in results {
             let mut s = format!(
@@ -85,6 +91,9 @@ pub(crate) fn print_latency(results: &[Latency], clock_ns: u64, json: bool) {
                     s,
                     ",\"p50_vs_floor_store\":{p50:.3},\"p99_vs_floor_store\":{p99:.3}"
                 );
+            }
+            if let Some((p50, p99)) = ring_ratios(r) {
+                let _ = write!(s, ",\"p50_vs_ring\":{p50:.3},\"p99_vs_ring\":{p99:.3}");
             }
             println!("{s}}}");
         }
@@ -136,6 +145,13 @@ pub(crate) fn print_latency(results: &[Latency], clock_ns: u64, json: bool) {
                 r.transport
             );
         }
+        if let Some((p50, p99)) = ring_ratios(r) {
+            let ring = format!("{}:", r.transport.replacen("rill", "ring", 1));
+            println!(
+                "{:<10} / {ring:<12} p50 {p50:.2}x, p99 {p99:.2}x",
+                r.transport
+            );
+        }
     }
 }
 
@@ -181,7 +197,7 @@ impl Rate {
 }
 
 /// Prints throughput results, each ring line with its ratio to the
-/// `floor-store` line.
+/// `floor-store` line, and each `rill` line with its ratio to `ring`.
 pub(crate) fn print_rates(results: &[Rate], json: bool) {
     let floor = results
         .iter()
@@ -192,10 +208,22 @@ pub(crate) fn print_rates(results: &[Rate], json: bool) {
             .filter(|_| r.transport != "floor-store")
             .map(|f| r.msgs_per_s() / f)
     };
+    // `rill` against `ring` (same mode), `rill+ts` against `ring+ts`.
+    let vs_ring = |r: &Rate| {
+        let rest = r.transport.strip_prefix("rill")?;
+        let ring = format!("ring{rest}");
+        results
+            .iter()
+            .find(|o| o.transport == ring && o.mode == r.mode)
+            .map(|o| (ring, r.msgs_per_s() / o.msgs_per_s()))
+    };
     if json {
         for r in results {
-            let ratio =
+            let mut ratio =
                 vs_floor(r).map_or(String::new(), |x| format!(",\"vs_floor_store\":{x:.3}"));
+            if let Some((_, x)) = vs_ring(r) {
+                let _ = write!(ratio, ",\"vs_ring\":{x:.3}");
+            }
             println!(
                 "{{\"bench\":\"throughput\",\"transport\":\"{}\",\"mode\":\"{}\",\"size\":{},\"pages\":\"{}\",\
                  \"count\":{},\"seconds\":{:.6},\"msgs_per_s\":{:.0},\"bytes_per_s\":{:.0},\"back_pressured\":{},\"polls\":{},\"empty_polls\":{},\"preempted\":{}{}}}",
@@ -250,6 +278,20 @@ pub(crate) fn print_rates(results: &[Rate], json: bool) {
             r.msgs as f64 / (r.polls - r.empty_polls).max(1) as f64,
             r.preempted
         );
+    }
+    for r in results {
+        if let Some((ring, x)) = vs_ring(r) {
+            println!(
+                "{:<10} / {ring:<11} {:<9} {x:.2}x msg/s",
+                r.transport, r.mode
+            );
+        }
+        if let Some(x) = vs_floor(r).filter(|_| r.transport.starts_with("rill")) {
+            println!(
+                "{:<10} / {:<11} {:<9} {x:.2}x msg/s",
+                r.transport, "floor-store", r.mode
+            );
+        }
     }
 }
 

@@ -71,7 +71,7 @@ impl Drop for RingDir {
 }
 
 /// Creates a new, uniquely named directory under `parent`.
-fn fresh_dir(parent: &Path) -> Result<PathBuf> {
+pub(crate) fn fresh_dir(parent: &Path) -> Result<PathBuf> {
     static SEQ: AtomicU32 = AtomicU32::new(0);
     let name = format!(
         "rill-bench-{}-{}",
@@ -84,7 +84,7 @@ fn fresh_dir(parent: &Path) -> Result<PathBuf> {
 }
 
 /// `/dev/hugepages` if it is hugetlbfs with free pages, else `/dev/shm`.
-fn default_parent() -> PathBuf {
+pub(crate) fn default_parent() -> PathBuf {
     let huge = Path::new(HUGETLBFS_DIR);
     if rill_shm::os::mapping::dir_is_hugetlbfs(huge) && free_huge_pages() > 0 {
         huge.to_path_buf()

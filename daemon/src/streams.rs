@@ -74,6 +74,9 @@ pub struct Stream {
     pub idle_since: Option<Instant>,
     /// Subscriber slots freed because their owner died or vanished.
     pub reaped: u64,
+    /// Adopted after a restart: not removed for lack of users before this
+    /// (its publishers may still come back and resume).
+    pub resume_until: Option<Instant>,
 }
 
 impl Stream {
@@ -144,8 +147,17 @@ fn open_fd(path: &Path, write: bool) -> std::io::Result<OwnedFd> {
     std::fs::OpenOptions::new().read(true).write(write).open(path).map(OwnedFd::from)
 }
 
+/// Creates a directory only the daemon's uid may enter: clients get rings
+/// as fds, never by path, so [[allow]] rules cannot be bypassed.
 fn create_dir(dir: &Path) -> anyhow::Result<()> {
-    std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("creating {}: {e}", dir.display()))
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| anyhow::anyhow!("creating {}: {e}", dir.display()))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| anyhow::anyhow!("restricting {}: {e}", dir.display()))
 }
 
 impl Streams {
@@ -208,7 +220,10 @@ impl Streams {
                             .collect();
                         let keep = self.page_dir.join(format!("{name}.keep")).exists();
                         tracing::info!(stream = %name, tail = ring.tail(), pages = %ring.pages(), "adopted ring");
-                        self.insert(name, ring, dir.clone(), keep, owners);
+                        self.insert(name.clone(), ring, dir.clone(), keep, owners);
+                        if let Some(s) = self.streams.get_mut(&name) {
+                            s.resume_until = Some(deadline);
+                        }
                     }
                     Err(e) => tracing::error!(stream = %name, dir = %dir.display(), error = %e, "cannot adopt ring; left as is"),
                 }
@@ -230,6 +245,7 @@ impl Streams {
             reclaimer,
             idle_since: Some(Instant::now()),
             reaped: 0,
+            resume_until: None,
         };
         self.streams.insert(name, stream);
     }
@@ -357,7 +373,8 @@ impl Streams {
                     }
                 }
             }
-            if s.in_use() || s.keep {
+            let resuming = s.resume_until.is_some_and(|t| now < t);
+            if s.in_use() || s.keep || resuming {
                 s.idle_since = None;
             } else {
                 let since = *s.idle_since.get_or_insert(now);

@@ -18,20 +18,20 @@ pub(crate) use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 /// Loom 0.7 does not order a plain store after a concurrent read-modify-write
 /// on the same atomic (tokio-rs/loom#254 and #389, fix proposed in #391): a
 /// compare-and-swap can read an old value and still end up *after* another
-/// thread's store in the modification order, which C++ forbids. The ring
-/// mixes the two on commit words (a shared publisher's clean-ahead CAS
-/// against the next claimer's CLAIMED and commit stores), so under plain
-/// loom a subscriber can wait forever for a commit that the model has
-/// placed before a CAS that read an older value — a false alarm. A `swap`
-/// is an RMW, which loom does order correctly.
+/// thread's store in the modification order, which C++ forbids, so a
+/// model can report a lost store that no hardware loses (a false alarm).
+/// The ring mixes the two on one atomic in several places (the sleeper's
+/// `waiters` store against the waker's swap; a slot's FREE store against
+/// a joiner's CAS; earlier, a CAS on commit words). A `swap` is an RMW,
+/// which loom does order correctly.
 ///
 /// The model is slightly stronger than C++ in one way: an RMW continues a
 /// release sequence and a plain store does not, so an acquire load that
 /// reads a value stored with `Relaxed` may synchronise with an earlier
 /// `Release` store to the same word in the model but not on hardware. No
 /// part of the ring's protocol relies on synchronising through such a
-/// value: readers only trust a commit word equal to its position, and that
-/// value is always stored with `Release` itself.
+/// value: readers trust a frame only through its commit tag word, which is
+/// always stored with `Release` itself.
 #[cfg(loom)]
 mod model {
     use loom::sync::atomic::Ordering;

@@ -364,8 +364,8 @@ fn join_near_limit(how: Start) {
         let mut publ = ring.exclusive_publication().unwrap();
         publ.set_timestamps(false);
         let (pub_bell, slow_bell, joiner_bell) = (bell(), bell(), bell());
-        // Three 64-byte frames: the next claim (192..256 and the clean-ahead
-        // word) needs the slow subscriber past 0.
+        // Three 64-byte frames: the next claim (192..256, plus the 32 bytes
+        // a claim keeps free after itself) needs the slow subscriber past 0.
         let mut sent = send_all(|m| publ.offer(m), &[(0xA1, 16), (0xA2, 16), (0xA3, 16)], &pub_bell, &[]);
         assert_eq!(publ.offer(&[0xFF; 16]), Err(ClaimError::BackPressured));
         let done = Arc::new(AtomicBool::new(false));
@@ -434,21 +434,24 @@ fn join_oldest_near_back_pressure_limit() {
     assert!(JOINED_BEHIND_TAIL.load(StdOrdering::Relaxed) > 0, "Oldest never started behind the tail");
 }
 
-/// (e) Two shared publishers claim back to back while the commit word where
-/// the first one's frame ends still holds payload from the previous lap
-/// that equals that position (as a message embedding a frame or a position
-/// would). Clean-ahead must leave no "committed" look-alike for the
-/// subscriber and must not erase the second publisher's commit: the
-/// subscriber gets exactly the two messages sent, never a ghost made of old
-/// payload, never an error, and is never left waiting at a frame whose
-/// publisher has finished.
+/// (e) Two shared publishers claim back to back while the header where the
+/// first one's frame ends still holds payload from the previous lap with
+/// that position in the position word and a plausible length word (as a
+/// message embedding a frame or a position would; it cannot hold the
+/// salted commit tag). The subscriber gets exactly the two messages sent:
+/// never a ghost made of old payload, never an error, and it is never left
+/// waiting at a frame whose publisher has finished.
 ///
-/// This failed with the earlier clean-ahead protocol (a CAS could erase
-/// the next frame's commit when stale payload equalled its position); the
-/// salted commit tag replaced clean-ahead, and the model now guards it.
+/// A regression model: with the commit protocol before the salted tag
+/// (CLEAN written ahead into the next frame's position word, by CAS in
+/// shared mode) it failed. The first publisher loaded the word (stale 320)
+/// and the tail (still 320, its own), decided to clean, and was preempted
+/// before its CAS; the second claimed 320, wrote CLAIMED and committed 320;
+/// the first one's CAS(320 -> CLEAN(320)) then succeeded on the commit
+/// value and erased it, and the subscriber waited at 320 forever.
 #[test]
-fn shared_clean_ahead_over_a_stale_commit_lookalike() {
-    check("shared_clean_ahead_over_a_stale_commit_lookalike", 2, || {
+fn shared_publishers_over_a_stale_commit_lookalike() {
+    check("shared_publishers_over_a_stale_commit_lookalike", 2, || {
         let ring = Ring::loom(CAPACITY, MAX_LEN, Policy::BackPressure, 1);
         let mut sub = ring.subscribe(Start::Latest).unwrap();
         // Lap 0: an empty message at 0 (32 bytes), then a 40-byte one at 32

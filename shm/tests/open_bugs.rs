@@ -1,9 +1,11 @@
 //! Regression tests for defects found while model-checking and
 //! property-testing the ring (each was a failing reproduction before its
 //! fix in a4e0f20): a shared publication's clean-ahead suppressed by stale
-//! payload that looked like a commit, and overwrite-policy slots missing
-//! from `Ring::subscribers()`. Each defect comes with a twin that always
-//! passed, pinning down where the defect was.
+//! payload that looked like a commit (since 5c39a53 there is no clean-ahead:
+//! a salted commit tag makes stale payload unable to pass for a commit; the
+//! test still pins the behaviour), and overwrite-policy slots missing from
+//! `Ring::subscribers()`. Each defect comes with a twin that always passed,
+//! pinning down where the defect was.
 
 #![cfg(not(loom))]
 #![forbid(unsafe_code)]

@@ -5,6 +5,9 @@
 //!   `k` must be sequence number `next[k]`, nothing else.
 //! * Lossy mode (overwrite rings, detached readers): per publisher, sequence
 //!   numbers strictly increase (gaps are counted as lost, never an error).
+//! * Follow mode (a subscriber that joined mid-stream): per publisher, the
+//!   first message handed out may have any sequence number; from there on,
+//!   exactly once and in order, as in exact mode.
 //!
 //! In both modes every payload is verified byte for byte
 //! ([`crate::payload::verify`]): nothing torn or half-written may ever be
@@ -29,6 +32,12 @@ pub enum Mode {
     },
     /// Messages may be lost to overruns; order must still hold.
     Lossy {
+        /// Number of publishers.
+        publishers: usize,
+    },
+    /// Joined mid-stream: no gap and no duplicate after each publisher's
+    /// first message seen.
+    Follow {
         /// Number of publishers.
         publishers: usize,
     },
@@ -70,7 +79,7 @@ impl Checker {
     pub fn new(seed: u64, max_len: usize, mode: Mode) -> Self {
         let n = match &mode {
             Mode::Exact { expect } => expect.len(),
-            Mode::Lossy { publishers } => *publishers,
+            Mode::Lossy { publishers } | Mode::Follow { publishers } => *publishers,
         };
         Checker {
             seed,
@@ -109,7 +118,7 @@ impl Checker {
     pub fn complete(&self) -> bool {
         match &self.mode {
             Mode::Exact { expect } => self.next == *expect,
-            Mode::Lossy { .. } => false,
+            Mode::Lossy { .. } | Mode::Follow { .. } => false,
         }
     }
 
@@ -155,6 +164,14 @@ impl Checker {
                     self.note(|| format!("publisher {k}: got seq {seq}, expected {next} (of {n}) at position {pos}"));
                 }
                 self.next[k] = self.next[k].max(seq + 1);
+            }
+            Mode::Follow { .. } => {
+                let first = self.counts[k] == 1;
+                if !first && seq != next {
+                    self.order_errors += 1;
+                    self.note(|| format!("publisher {k}: got seq {seq}, expected {next} at position {pos}"));
+                }
+                self.next[k] = if first { seq + 1 } else { next.max(seq + 1) };
             }
             Mode::Lossy { .. } => {
                 if seq < next {
@@ -251,6 +268,22 @@ mod tests {
         sub.poll(10, |m| c.on_message(&m)).unwrap();
         assert_eq!(c.lost, 5);
         assert_eq!(c.order_errors, 1);
+    }
+
+    #[test]
+    fn follow_mode_accepts_any_first_seq_then_flags_gaps() {
+        let ring = ring(Policy::BackPressure);
+        let mut sub = ring.subscribe(Start::Latest).unwrap();
+        let mut a = ring.shared_publication().unwrap();
+        let mut b = ring.shared_publication().unwrap();
+        for (k, seq) in [(0, 40), (1, 7), (0, 41), (1, 8), (0, 43)] {
+            send(if k == 0 { &mut a } else { &mut b }, k, seq);
+        }
+        let mut c = Checker::new(9, 512, Mode::Follow { publishers: 2 });
+        sub.poll(10, |m| c.on_message(&m)).unwrap();
+        assert_eq!(c.counts(), &[3, 2]);
+        assert_eq!(c.order_errors, 1, "{:?}", c.first_error());
+        assert!(c.first_error().unwrap().contains("got seq 43, expected 42"));
     }
 
     #[test]

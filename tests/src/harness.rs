@@ -75,13 +75,20 @@ pub struct Worker {
 impl Worker {
     /// Starts `exe` with `args`; `name` labels it in messages.
     pub fn spawn(exe: &str, name: &str, args: &[String]) -> Result<Self> {
-        let mut child = Command::new(exe)
-            .args(args)
+        let mut cmd = Command::new(exe);
+        cmd.args(args);
+        Self::spawn_command(cmd, name)
+    }
+
+    /// Starts a prepared command (for a uid, gid or environment of its
+    /// own); stdin, stdout and stderr are set here.
+    pub fn spawn_command(mut cmd: Command, name: &str) -> Result<Self> {
+        let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .with_context(|| format!("spawn {name}: {exe} {}", args.join(" ")))?;
+            .with_context(|| format!("spawn {name}: {cmd:?}"))?;
         let (tx, lines) = mpsc::channel();
         let out = child.stdout.take().expect("stdout is piped");
         std::thread::spawn(move || {
@@ -131,24 +138,39 @@ impl Worker {
 
     /// Waits for a stdout line starting with `prefix`; returns it.
     pub fn wait_line(&mut self, prefix: &str, deadline: Instant) -> Result<String> {
-        if let Some(l) = self.seen.iter().find(|l| l.starts_with(prefix)) {
-            return Ok(l.clone());
+        let what = format!("a line starting with {prefix:?}");
+        self.wait_line_after(0, &what, deadline, |l| l.starts_with(prefix)).map(|(_, l)| l)
+    }
+
+    /// Waits for a stdout line, at index `from` or later among all lines
+    /// received, for which `pred` holds; returns its index and the line.
+    /// `what` describes it in the watchdog's message.
+    pub fn wait_line_after(
+        &mut self,
+        from: usize,
+        what: &str,
+        deadline: Instant,
+        mut pred: impl FnMut(&str) -> bool,
+    ) -> Result<(usize, String)> {
+        if let Some(i) = (from..self.seen.len()).find(|&i| pred(&self.seen[i])) {
+            return Ok((i, self.seen[i].clone()));
         }
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.lines.recv_timeout(left) {
                 Ok(line) => {
                     self.seen.push(line.clone());
-                    if line.starts_with(prefix) {
-                        return Ok(line);
+                    let i = self.seen.len() - 1;
+                    if i >= from && pred(&line) {
+                        return Ok((i, line));
                     }
                 }
                 Err(RecvTimeoutError::Timeout) => {
-                    bail!("watchdog: no line starting with {prefix:?} from {}", self.describe())
+                    bail!("watchdog: no {what} from {}", self.describe())
                 }
                 Err(RecvTimeoutError::Disconnected) => {
                     let status = self.child.wait().ok();
-                    bail!("{} exited ({status:?}) before printing {prefix:?}: {}", self.name, self.describe())
+                    bail!("{} exited ({status:?}) before printing {what}: {}", self.name, self.describe())
                 }
             }
         }

@@ -1,16 +1,20 @@
 //! `rill-tests`: workspace-level integration tests that run real processes
-//! against real shared-memory rings.
+//! against real shared-memory rings and real daemons.
 //!
 //! * [`payload`]: the self-checking message format every publisher writes.
 //! * [`check`]: what every subscriber verifies about what it is handed.
 //! * [`harness`]: the parent side: temporary ring directories, worker
 //!   processes with watchdogs, summaries, huge-page discovery.
+//! * [`daemon`]: running `rilld` in tests (building it, starting,
+//!   restarting, killing, its log).
 //!
-//! The worker binary is `ring-worker` (src/bin/ring-worker.rs); the tests
-//! are in `tests/`.
+//! The worker binaries are `ring-worker` (src/bin/ring-worker.rs: maps ring
+//! files itself) and `rill-worker` (src/bin/rill-worker.rs: a client of
+//! `rilld` through `rill::Client`); the tests are in `tests/`.
 
 #![forbid(unsafe_code)]
 
 pub mod check;
+pub mod daemon;
 pub mod harness;
 pub mod payload;

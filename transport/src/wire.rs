@@ -13,6 +13,9 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
 use thiserror::Error;
 
+/// Most fds Linux passes in one SCM_RIGHTS message.
+const SCM_MAX_FD: usize = 253;
+
 /// Why a socket operation failed.
 #[derive(Debug, Error)]
 pub enum WireError {
@@ -104,7 +107,11 @@ pub fn send(fd: BorrowedFd<'_>, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> Result<
 /// on a non-blocking socket with nothing to read.
 pub fn recv(fd: BorrowedFd<'_>, buf: &mut Vec<u8>) -> Result<Received, WireError> {
     buf.resize(MAX_MESSAGE_LEN + 1, 0);
-    let mut cmsg = nix::cmsg_space!([RawFd; MAX_FDS]);
+    // Room for the most fds the kernel passes in one message (SCM_MAX_FD),
+    // so it never truncates them: every fd sent arrives, becomes an
+    // OwnedFd, and is closed if unexpected (a truncated control message
+    // would leave them open in our table with no way to close them).
+    let mut cmsg = nix::cmsg_space!([RawFd; SCM_MAX_FD]);
     let mut iov = [IoSliceMut::new(buf.as_mut_slice())];
     let msg = match socket::recvmsg::<()>(fd.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC) {
         Ok(m) => m,
@@ -119,7 +126,7 @@ pub fn recv(fd: BorrowedFd<'_>, buf: &mut Vec<u8>) -> Result<Received, WireError
         }
     }
     let n = msg.bytes;
-    let truncated = msg.flags.intersects(MsgFlags::MSG_TRUNC | MsgFlags::MSG_CTRUNC);
+    let truncated = msg.flags.intersects(MsgFlags::MSG_TRUNC | MsgFlags::MSG_CTRUNC) || fds.len() > MAX_FDS;
     if n == 0 && fds.is_empty() && !truncated {
         return Err(WireError::Closed);
     }

@@ -65,6 +65,8 @@ use crate::os::mapping::{self, Region};
 #[cfg(not(loom))]
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 #[cfg(not(loom))]
+use std::os::unix::fs::OpenOptionsExt;
+#[cfg(not(loom))]
 use std::path::{Path, PathBuf};
 
 /// 64 random bits from the OS (through std's hasher keys: no unsafe, and
@@ -501,7 +503,8 @@ impl Ring {
 
 #[cfg(not(loom))]
 impl Ring {
-    /// Creates a ring as a new file `name` in `dir`. On hugetlbfs it gets
+    /// Creates a ring as a new file `name` in `dir` (mode 0600: others get
+    /// it as an fd, never by path). On hugetlbfs it gets
     /// 2 MiB pages; elsewhere (tmpfs, /dev/shm) normal pages. Fails if the
     /// file exists.
     pub fn create_in(dir: &Path, name: &str, config: &RingConfig) -> Result<Ring, CreateError> {
@@ -530,6 +533,7 @@ impl Ring {
             .read(true)
             .write(true)
             .create_new(true)
+            .mode(0o600)
             .open(&path)
             .map_err(io("create"))?;
         let pages = if huge { PageKind::Huge2M } else { PageKind::Normal4K };
@@ -590,6 +594,7 @@ impl Ring {
                     .read(true)
                     .write(true)
                     .create_new(true)
+                    .mode(0o600)
                     .open(&path)
                     .map_err(io(format!("create {}", path.display())))?;
                 made.push(path.clone());

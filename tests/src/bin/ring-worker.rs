@@ -191,7 +191,7 @@ impl Sender {
     /// the end (which the ring turns into padding). Returns how many.
     fn batch(&mut self, rng: &mut Prng, seq: u64, left: u64) -> Result<u64> {
         let mut k = (rng.range(1, 4) as u64).min(left);
-        let extra = if rng.next_u64() % 4 == 0 { 32 * rng.range(1, 3) } else { 0 };
+        let extra = if rng.next_u64().is_multiple_of(4) { 32 * rng.range(1, 3) } else { 0 };
         let lens = |k: u64| -> Vec<usize> {
             (seq..seq + k).map(|s| payload::message_len(self.seed, self.publisher, s, self.max_len)).collect()
         };

@@ -1,0 +1,119 @@
+//! The `rilld` behind the `rill` transport: one started for the run (the
+//! `rilld` binary next to this executable, with a fresh socket and page
+//! directory under /dev/shm and a fresh ring directory chosen like the
+//! `ring` transport's), or a running one named by `--socket`.
+//!
+//! A daemon started here is killed (by its own pid) and its directories
+//! removed when the [`Daemon`] drops.
+
+use crate::rings::{default_parent, fresh_dir};
+use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long a started daemon may take to accept a client.
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A daemon to connect to.
+#[derive(Debug)]
+pub(crate) struct Daemon {
+    socket: PathBuf,
+    child: Option<Child>,
+    dirs: Vec<PathBuf>,
+}
+
+impl Daemon {
+    /// The daemon at `socket` if given (it must be running), else a new one
+    /// whose rings go in a fresh directory under `ring_parent` (default:
+    /// /dev/hugepages with free huge pages, else /dev/shm).
+    pub(crate) fn for_run(socket: Option<&Path>, ring_parent: Option<&Path>) -> Result<Daemon> {
+        if let Some(s) = socket {
+            rill::Client::connect_to(s)
+                .with_context(|| format!("connect to rilld at {}", s.display()))?;
+            return Ok(Daemon {
+                socket: s.to_path_buf(),
+                child: None,
+                dirs: Vec::new(),
+            });
+        }
+        let exe = std::env::current_exe().context("locate own executable")?;
+        let rilld = exe.with_file_name("rilld");
+        if !rilld.is_file() {
+            bail!(
+                "the rill transport starts a rilld, but there is none at {} \
+                 (build it with `cargo build --release -p rill-daemon`, or pass \
+                 --socket PATH of a running rilld)",
+                rilld.display()
+            );
+        }
+        let mut d = Daemon {
+            socket: PathBuf::new(),
+            child: None,
+            dirs: Vec::new(),
+        };
+        let base = fresh_dir(Path::new("/dev/shm"))?;
+        d.dirs.push(base.clone());
+        let rings = fresh_dir(&ring_parent.map_or_else(default_parent, Path::to_path_buf))?;
+        d.dirs.push(rings.clone());
+        d.socket = base.join("rilld.sock");
+        let child = Command::new(&rilld)
+            .arg("--socket")
+            .arg(&d.socket)
+            .arg("--ring-dir")
+            .arg(&rings)
+            .arg("--page-dir")
+            .arg(base.join("pages"))
+            .env("RILL_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .with_context(|| format!("start {}", rilld.display()))?;
+        d.child = Some(child);
+        let since = Instant::now();
+        loop {
+            match rill::Client::connect_to(&d.socket) {
+                Ok(_) => return Ok(d),
+                Err(e) => {
+                    let c = d.child.as_mut().expect("started");
+                    if let Some(status) = c.try_wait().context("poll rilld")? {
+                        bail!("rilld exited before accepting clients: {status}");
+                    }
+                    if since.elapsed() > START_TIMEOUT {
+                        return Err(e).context("rilld did not accept a client in time");
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
+        }
+    }
+
+    /// Its socket.
+    pub(crate) fn socket(&self) -> &Path {
+        &self.socket
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(c) = self.child.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for p in &self.dirs {
+            let _ = std::fs::remove_dir_all(p);
+        }
+    }
+}
+
+/// A stream name not used before in this run (nor, with `--socket`, by
+/// another run: it carries the pid).
+pub(crate) fn stream_name(what: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static SEQ: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "rill-bench-{}-{}-{what}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    )
+}

@@ -1,0 +1,206 @@
+//! Running `rilld` in tests: finding (building) the binary, starting it in
+//! a fresh directory with short timeouts, restarting, killing, and its log.
+//!
+//! # Which rilld
+//! Cargo builds only the binaries of the package under test, and
+//! `CARGO_BIN_EXE_rilld` exists only inside the daemon crate (a
+//! dev-dependency on `rill-daemon` would build its library, not its
+//! binary). So [`rilld_bin`] runs `cargo build -p rill-daemon --bin rilld`
+//! once per test process, with the test binary's profile and target
+//! directory (a no-op when up to date; cargo's lock is free while tests
+//! run), and takes `rilld` next to the test binary's `deps/` directory:
+//! target/<profile>/rilld. `RILLD=/path/to/rilld` skips the build and uses
+//! that binary.
+
+#![forbid(unsafe_code)]
+
+use crate::harness::{wait_until, TempRingDir, Worker};
+use anyhow::{bail, ensure, Context, Result};
+use rill::Client;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// Short daemon timeouts, so that fault tests do not wait for seconds.
+pub const DAEMON_FLAGS: [&str; 8] = [
+    "--unblock-timeout-ms",
+    "2000",
+    "--client-timeout-ms",
+    "5000",
+    "--resume-grace-ms",
+    "3000",
+    "--linger-ms",
+    "1000",
+];
+
+/// The rilld binary (see "Which rilld" in the module docs), built once
+/// per test process.
+pub fn rilld_bin() -> Result<PathBuf> {
+    static BIN: OnceLock<std::result::Result<PathBuf, String>> = OnceLock::new();
+    BIN.get_or_init(|| build_rilld().map_err(|e| format!("{e:#}"))).clone().map_err(anyhow::Error::msg)
+}
+
+fn build_rilld() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("RILLD") {
+        let p = PathBuf::from(p);
+        ensure!(p.is_file(), "RILLD={} is not a file", p.display());
+        return Ok(p);
+    }
+    let exe = std::env::current_exe().context("current_exe")?;
+    // target/[<triple>/]<profile>/deps/<this test binary>
+    let profile_dir = exe.parent().and_then(Path::parent).context("test binary outside target/<profile>/deps")?;
+    let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
+        Some("debug") => "dev",
+        Some(other) => other,
+        None => bail!("cannot tell the profile from {}", profile_dir.display()),
+    };
+    let above = profile_dir.parent().context("no target directory")?;
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| option_env!("CARGO").unwrap_or("cargo").into()));
+    cmd.args(["build", "--quiet", "-p", "rill-daemon", "--bin", "rilld", "--profile", profile]);
+    cmd.arg("--manifest-path").arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml"));
+    if above.join("CACHEDIR.TAG").exists() {
+        cmd.arg("--target-dir").arg(above);
+    } else {
+        // Cross layout: target/<triple>/<profile>.
+        let triple = above.file_name().and_then(|n| n.to_str()).context("target triple")?;
+        cmd.args(["--target", triple]).arg("--target-dir").arg(above.parent().context("no target directory")?);
+    }
+    let out = cmd.output().with_context(|| format!("run {cmd:?}"))?;
+    ensure!(
+        out.status.success(),
+        "{cmd:?} failed ({}):\n{}\n(or build rilld yourself and set RILLD=/path/to/rilld)",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bin = profile_dir.join("rilld");
+    ensure!(bin.is_file(), "{cmd:?} succeeded but {} does not exist", bin.display());
+    Ok(bin)
+}
+
+/// A rilld process and the directory it works in.
+#[derive(Debug)]
+pub struct Rilld {
+    // First: the process is killed (on drop) before its directory goes.
+    process: Option<Worker>,
+    /// The directory holding the socket, rings/ and pages/ (removed on
+    /// drop); tests put their own files here too.
+    pub dir: TempRingDir,
+    /// The listening socket.
+    pub socket: PathBuf,
+    extra: Vec<String>,
+    starts: u32,
+    /// Logs of earlier processes (before a restart).
+    old_logs: String,
+}
+
+impl Rilld {
+    /// Starts rilld in a fresh directory, with [`DAEMON_FLAGS`] and
+    /// `extra`, and waits until it accepts connections.
+    pub fn start(tag: &str, extra: &[String], deadline: Instant) -> Result<Rilld> {
+        let dir = TempRingDir::in_dev_shm(tag)?;
+        // Traversable by other uids (the denied-client test), whatever the umask.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))?;
+        let socket = dir.join("rilld.sock");
+        let mut d = Rilld { dir, socket, extra: extra.to_vec(), process: None, starts: 0, old_logs: String::new() };
+        d.spawn(deadline)?;
+        Ok(d)
+    }
+
+    /// Starts (or restarts) the process with the same flags.
+    pub fn spawn(&mut self, deadline: Instant) -> Result<()> {
+        ensure!(self.process.as_mut().is_none_or(|p| p.try_exited().ok().flatten().is_some()), "rilld still runs");
+        if let Some(old) = self.process.take() {
+            self.old_logs += &format!("--- rilld#{} ---\n{}", self.starts, strip_ansi(&old.stderr()));
+        }
+        let mut cmd = Command::new(rilld_bin()?);
+        cmd.arg("--socket").arg(&self.socket);
+        cmd.arg("--ring-dir").arg(self.ring_dir()).arg("--page-dir").arg(self.dir.join("pages"));
+        cmd.args(DAEMON_FLAGS).args(&self.extra).env("NO_COLOR", "1");
+        self.starts += 1;
+        let mut p = Worker::spawn_command(cmd, &format!("rilld#{}", self.starts))?;
+        wait_until(deadline, "rilld accepts connections", || {
+            if let Some(status) = p.try_exited()? {
+                bail!("rilld exited ({status}) at start: {}", p.stderr());
+            }
+            Ok(rill::wire::connect(&self.socket).is_ok())
+        })?;
+        self.process = Some(p);
+        Ok(())
+    }
+
+    /// Where rilld keeps ring files (`--ring-dir`).
+    pub fn ring_dir(&self) -> PathBuf {
+        self.dir.join("rings")
+    }
+
+    /// The running process.
+    pub fn process(&mut self) -> &mut Worker {
+        self.process.as_mut().expect("rilld was started")
+    }
+
+    /// Its pid.
+    pub fn pid(&self) -> u32 {
+        self.process.as_ref().expect("rilld was started").pid()
+    }
+
+    /// SIGKILL, and reap.
+    pub fn kill9(&mut self) {
+        self.process().kill();
+    }
+
+    /// Everything rilld logged so far (every process, if restarted),
+    /// without colour codes.
+    pub fn log(&self) -> String {
+        let current = strip_ansi(&self.process.as_ref().map(Worker::stderr).unwrap_or_default());
+        format!("{}--- rilld#{} ---\n{current}", self.old_logs, self.starts)
+    }
+
+    /// Fails (with the daemon's log) if rilld is no longer running.
+    pub fn ensure_alive(&mut self) -> Result<()> {
+        if let Some(status) = self.process().try_exited()? {
+            bail!("rilld died ({status}); its log:\n{}", self.log());
+        }
+        Ok(())
+    }
+
+    /// A client of this daemon in the test process (for stream info).
+    pub fn client(&self) -> Result<Client> {
+        Ok(Client::builder().socket(&self.socket).name("rilld-test").request_timeout(Duration::from_secs(10)).connect()?)
+    }
+}
+
+/// rilld's warnings and errors go to the test's output, which cargo shows
+/// for failing tests only.
+impl Drop for Rilld {
+    fn drop(&mut self) {
+        if let Some(p) = self.process.as_mut() {
+            p.kill();
+        }
+        let log = self.log();
+        let notable: Vec<&str> = log
+            .lines()
+            .filter(|l| l.starts_with("--- ") || l.contains(" WARN ") || l.contains(" ERROR ") || l.contains("client gone"))
+            .collect();
+        let shown = &notable[notable.len().saturating_sub(40)..];
+        eprintln!("rilld warnings, errors, clients gone (last {} of {} lines):\n{}", shown.len(), notable.len(), shown.join("\n"));
+    }
+}
+
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
