@@ -672,17 +672,9 @@ fn killed_subscriber_no_longer_holds_the_publisher_back() -> Result<()> {
 /// either it gets every message (rilld takes it back) or its poll reports
 /// an error. It must never be handed a damaged message.
 ///
-/// Ignored while it fails: after SIGCONT the client reconnects and sends
-/// Resume, which rilld refuses for this slot (daemon/src/server.rs:372-377
-/// re-binds only slots adopted after a restart), the client logs "restarted
-/// rilld no longer knows this handle; it keeps working on its ring,
-/// unregistered" (transport/src/client.rs, `Shared::resume`), and the
-/// subscriber polls on a freed slot the publisher has lapped: poll returns
-/// 0 forever and the worker's stall watchdog ends it. The same happened,
-/// without SIGSTOP, in 1 of ~150 runs of the 3x3 test on a host loaded
-/// with benchmarks: rilld dropped two live subscribers as hung.
+/// (This failed before the fix: the subscriber polled on a freed slot,
+/// silently; now its poll reports `PollError::Revoked`.)
 #[test]
-#[ignore = "a subscriber rilld dropped as hung stalls silently on its freed slot; see the doc comment"]
 fn subscriber_paused_past_the_client_timeout_is_told_or_taken_back() -> Result<()> {
     let name = "rilld_paused_subscriber";
     let (_serial, seed, deadline) = setup(name)?;

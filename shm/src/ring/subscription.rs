@@ -54,6 +54,14 @@ pub enum SubscribeError {
 /// Why a poll stopped.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum PollError {
+    /// Our slot was freed by someone else (the daemon, which judged this
+    /// process dead or hung): our position no longer holds publishers back,
+    /// so reading on could hand out overwritten data. Open a new subscriber.
+    #[error("subscriber slot {slot} was taken back (owner judged dead or hung); resubscribe")]
+    Revoked {
+        /// The slot.
+        slot: u32,
+    },
     /// The frame at `position` is committed but its header is impossible.
     #[error("corrupt frame at position {position}: {reason}")]
     Corrupt {
@@ -93,6 +101,8 @@ pub struct Subscriber {
     overrun_bytes: u64,
     padding_bytes: u64,
     salt: u64,
+    /// The owner pid written in our slot when we got it.
+    slot_pid: u32,
 }
 
 impl Subscriber {
@@ -150,6 +160,7 @@ impl Subscriber {
     /// daemon) at `position`.
     pub(crate) fn with_slot(ring: Ring, slot: u32, position: u64) -> Self {
         let mut sub = Self::detached(ring, Start::Latest);
+        sub.slot_pid = sub.ring.inner.mem.slot(slot).map_or(0, |s| s.pid.load(Ordering::Relaxed));
         sub.slot = Some(slot);
         sub.position = position;
         sub.zero_copy = sub.ring.inner.info.policy == Policy::BackPressure;
@@ -170,6 +181,7 @@ impl Subscriber {
             overrun_bytes: 0,
             padding_bytes: 0,
             salt: ring.inner.salt,
+            slot_pid: 0,
             ring,
         };
         if start == Start::Oldest {
@@ -244,9 +256,24 @@ impl Subscriber {
         F: FnMut(Message<'_>),
     {
         if self.zero_copy {
+            self.check_slot()?;
             self.poll_in_place(limit, handler)
         } else {
             self.poll_validated(limit, handler)
+        }
+    }
+
+    /// Fails if our slot is no longer ours (freed, or given to another).
+    #[inline]
+    fn check_slot(&self) -> Result<(), PollError> {
+        let Some(i) = self.slot else { return Ok(()) };
+        let ours = self.ring.inner.mem.slot(i).is_some_and(|s| {
+            s.state.load(Ordering::Relaxed) == SLOT_ACTIVE && s.pid.load(Ordering::Relaxed) == self.slot_pid
+        });
+        if ours {
+            Ok(())
+        } else {
+            Err(PollError::Revoked { slot: i })
         }
     }
 
@@ -490,7 +517,9 @@ impl Subscriber {
 
 impl Drop for Subscriber {
     fn drop(&mut self) {
-        if let Some(i) = self.slot {
+        // Free our slot, unless it was taken back (and perhaps given to
+        // another subscriber since).
+        if let (Some(i), Ok(())) = (self.slot, self.check_slot()) {
             self.ring.release_slot(i);
         }
     }
