@@ -14,6 +14,16 @@
 //! at the wrap. Every payload is one byte value repeated (the message's
 //! tag), so a torn read shows as a payload with two different bytes.
 //!
+//! Models: (a) two shared publishers and a subscriber across the wrap;
+//! (b) an exclusive publisher and a subscriber across the wrap; (c) the
+//! overwrite policy lapping a slow subscriber; (d) joins at `Latest` and
+//! `Oldest` next to a back-pressured publisher; (e) stale payload that
+//! looks like a commit; (f) a join racing a publisher's limit refresh.
+//! They were seen to fail on deliberately broken rings: a `Relaxed` commit
+//! store (b), a publisher that skips its second look at the slots (f), a
+//! joiner that ignores the granted limit (d, f), and the old clean-ahead
+//! commit protocol (e).
+//!
 //! # Waiting
 //! A thread with nothing to do (a subscriber that found nothing, a
 //! publisher that was back-pressured) blocks on a `loom::sync::Notify` that
@@ -390,6 +400,9 @@ fn join_near_limit(how: Start) {
         };
 
         let mut joiner = ring.subscribe(how).unwrap();
+        // The publisher may have seen our half-made slot (taken, at a stale
+        // position) and be waiting: tell it to look again.
+        pub_bell.notify();
         let start = joiner.position();
         if how == Start::Latest {
             assert!(start >= 192, "Latest starts at the tail or later, not {start}");
@@ -509,5 +522,69 @@ fn shared_publishers_over_a_stale_commit_lookalike() {
         sent.sort_by_key(|s| s.position);
         assert_same(&got, &sent);
         assert_eq!(sub.position(), ring.tail(), "both publishers finished, yet the subscriber waits");
+    });
+}
+
+/// (f) The join handshake itself: a subscriber joins at `Oldest` while a
+/// publisher refreshes its limit, with an older subscriber already far
+/// ahead (so the granted limit lags it). The publisher's first look at the
+/// slots may miss the joiner, and the joiner may read the granted limit
+/// before the publisher raises it; the publisher's second look must then
+/// see the joiner and hold back, so the joiner still gets every message
+/// from its start, untorn. (The joiner runs in the spawned thread and the
+/// publisher in the model's main thread, which lets loom reach that
+/// interleaving within two preemptions.)
+#[test]
+fn join_oldest_races_limit_refresh() {
+    check("join_oldest_races_limit_refresh", 2, || {
+        let ring = Ring::loom(CAPACITY, MAX_LEN, Policy::BackPressure, 2);
+        let mut ahead = ring.subscribe(Start::Latest).unwrap();
+        let mut publ = ring.exclusive_publication().unwrap();
+        publ.set_timestamps(false);
+        let idle = Notify::new();
+        // Frames at 0, 64, 128, read by `ahead`: it sits at 192 while the
+        // granted limit is still 256 (from when it was at 0).
+        let mut sent = send_all(|m| publ.offer(m), &[(0xA1, 16), (0xA2, 16), (0xA3, 16)], &idle, &[]);
+        let mut seen = Vec::new();
+        while poll_into(&mut ahead, &mut seen, &[]) > 0 {}
+        assert_eq!(ahead.position(), 192);
+        let (pub_bell, joiner_bell) = (bell(), bell());
+        let done = Arc::new(AtomicBool::new(false));
+        let joiner = {
+            let (ring, done, wake, bells) = (ring.clone(), done.clone(), joiner_bell.clone(), [pub_bell.clone()]);
+            thread::spawn(move || {
+                let mut joiner = ring.subscribe(Start::Oldest).unwrap();
+                // A publisher may have seen our half-made slot (taken, at a
+                // stale position) and be waiting: tell it to look again.
+                ring_all(&bells);
+                let start = joiner.position();
+                let mut got = Vec::new();
+                let mut waits = 0;
+                loop {
+                    let finished = done.load(Ordering::Acquire);
+                    let n = poll_into(&mut joiner, &mut got, &bells);
+                    if finished && n == 0 {
+                        break;
+                    }
+                    if n == 0 {
+                        waits += 1;
+                        assert!(waits < MAX_WAITS, "joiner stuck at {} with {got:?}: livelock", joiner.position());
+                        wake.wait();
+                    }
+                }
+                assert_eq!(joiner.position(), ring.tail());
+                (start, got)
+            })
+        };
+        // 192..256 needs a new limit; 256..320 overwrites 0..64.
+        let bells = [joiner_bell.clone()];
+        sent.extend(send_all(|m| publ.offer(m), &[(0xB1, 16), (0xB2, 16)], &pub_bell, &bells));
+        // SYNC: pairs with the joiner's Acquire load.
+        done.store(true, Ordering::Release);
+        ring_all(&bells);
+        let (start, got) = joiner.join().unwrap();
+        let expected: Vec<Sent> = sent.iter().copied().filter(|s| s.position >= start).collect();
+        assert_same(&got, &expected);
+        drop(ahead);
     });
 }
