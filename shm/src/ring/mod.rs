@@ -140,6 +140,7 @@ pub enum Policy {
 }
 
 impl Policy {
+    #[cfg_attr(loom, allow(dead_code))]
     fn to_u32(self) -> u32 {
         match self {
             Policy::BackPressure => 0,
@@ -497,7 +498,7 @@ impl Ring {
             access: Access::ReadWrite,
         };
         let mem = RingMemory::new_loom(slot_count, capacity as usize);
-        Ring::from_parts(mem, info, 0x5EED_0F_4C0_u64)
+        Ring::from_parts(mem, info, 0x5EED_F4C0_u64)
     }
 }
 

@@ -246,7 +246,9 @@ impl<M: ClaimMode> Publication<M> {
             let off = t & self.mask;
             let pad = if off + span > self.capacity { self.capacity - off } else { 0 };
             let p = t + pad;
-            // Room for the frame and the clean-ahead word after it.
+            // Room for the frame plus one header of slack: readers that
+            // validate against the tail treat claims as reaching a header
+            // past it (`lapped_at`), and the join protocol uses the same bound.
             if p + span + HEADER_LEN as u64 > self.limit {
                 self.refresh_limit(t);
                 if p + span + HEADER_LEN as u64 > self.limit {
