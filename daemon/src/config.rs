@@ -25,8 +25,8 @@
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
-/// The default socket path (the client library uses the same).
-pub const DEFAULT_SOCKET: &str = "/run/rill/rilld.sock";
+/// The default socket path: the client library's, so both always agree.
+pub use rill::DEFAULT_SOCKET;
 
 /// One access rule.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]

@@ -13,7 +13,7 @@
 //! and the reclaimer pads any claim it abandoned.
 
 use crate::config::{Action, Config};
-use crate::streams::{default_options, Refusal, SlotOwner, Streams};
+use crate::streams::{Refusal, SlotOwner, Streams};
 use rill::protocol::{self, ErrorCode, HandleKind, Request, Response, StartAt};
 use rill::wire::{self, WireError};
 use nix::poll::{PollFd, PollFlags, PollTimeout};
@@ -492,9 +492,4 @@ fn bind(path: &std::path::Path) -> anyhow::Result<OwnedFd> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))?;
     Ok(fd)
-}
-
-/// Default create options, for tools that open without any.
-pub fn defaults() -> protocol::StreamOptions {
-    default_options()
 }

@@ -9,7 +9,7 @@
 //! a restarted daemon adopts every live ring with its positions.
 
 use crate::config::Config;
-use rill::protocol::{ErrorCode, Policy, StreamInfo, StreamOptions, SubscriberInfo};
+use rill::protocol::{ErrorCode, StreamInfo, StreamOptions, SubscriberInfo};
 use rill_shm::ring::{slot_page_path, wake_page_path, CreateError, PagePreference, Reclaimer, Ring, RingConfig, Start};
 use rill_shm::Access;
 use std::collections::BTreeMap;
@@ -400,9 +400,4 @@ impl Streams {
         }
         tracing::info!(stream = name, "removed unused stream");
     }
-}
-
-/// The default options for a stream created without any.
-pub fn default_options() -> StreamOptions {
-    StreamOptions { capacity: 4 << 20, max_message_len: 64 << 10, policy: Policy::BackPressure, keep: false }
 }
