@@ -67,7 +67,7 @@ enum Transport {
     Ring,
     /// The same as `ring`, but the rings come from a real `rilld` and each
     /// side opens its publisher and subscriber by stream name with the
-    /// client library (`rill`); the publisher is the client's shared one.
+    /// client library (`rill`); each publisher is the stream's exclusive one.
     Rill,
 }
 

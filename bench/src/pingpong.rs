@@ -27,9 +27,9 @@
 //! * `rill`: the same as `ring` (same ring shape, back-pressure), but the
 //!   rings are two streams of a real `rilld` (started for the run, or the
 //!   one at `--socket`), each side opening its publisher and subscriber by
-//!   name with the client library. The client's publisher is a shared
-//!   publication (a stream may have publishers in several processes), the
-//!   ring transport's an exclusive one. `rill` and `rill+ts` lines.
+//!   name with the client library; each publisher is the stream's
+//!   exclusive one (`Client::exclusive_publisher`), as on the bare ring.
+//!   `rill` and `rill+ts` lines.
 //!
 //! Measurements run in rounds, each transport once per round, so that a
 //! change in the machine during the run affects every transport alike. The
@@ -340,7 +340,7 @@ fn rill(args: &PingpongArgs, daemon: &Daemon, timestamps: bool) -> Result<Sample
     let options = stream_options(RING_CAPACITY, args.size);
     let (ping, pong) = (stream_name("ping"), stream_name("pong"));
     let mut publ = client
-        .publisher_with(&ping, options.clone())
+        .open_exclusive_publisher(&ping, Some(options.clone()))
         .context("open ping publisher")?;
     publ.publication().set_timestamps(timestamps);
     // Subscribe before B starts, so B's first message (its "ready") is ours.
@@ -440,7 +440,7 @@ pub(crate) fn rill_echo(args: &ChildArgs) -> Result<()> {
         .open_subscriber(ping, rill::Start::Latest, None)
         .context("open ping subscriber")?;
     let mut publ = client
-        .open_publisher(pong, None)
+        .open_exclusive_publisher(pong, None)
         .context("open pong publisher")?;
     publ.publication().set_timestamps(args.timestamps);
     echo(args, &mut publ, &mut sub)
@@ -471,8 +471,8 @@ fn echo(args: &ChildArgs, publ: &mut impl Offer, sub: &mut impl Poll) -> Result<
     Ok(())
 }
 
-/// A publication to offer messages on: the bare ring's exclusive one, or
-/// the client library's (a shared publication on the daemon's ring).
+/// A publication to offer messages on: the bare ring's, or the client
+/// library's on the daemon's ring.
 pub(crate) trait Offer {
     /// Writes `payload` as one message, or fails (at once when full).
     fn offer_msg(&mut self, payload: &[u8]) -> Result<u64, ClaimError>;
@@ -485,7 +485,7 @@ impl Offer for ExclusivePublication {
     }
 }
 
-impl Offer for rill::Publisher {
+impl<M: rill_shm::ring::ClaimMode> Offer for rill::Publisher<M> {
     #[inline]
     fn offer_msg(&mut self, payload: &[u8]) -> Result<u64, ClaimError> {
         self.offer(payload)

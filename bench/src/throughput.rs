@@ -12,8 +12,9 @@
 //!
 //! `--transport rill` measures the same through a stream of a real `rilld`
 //! (started for the run, or the one at `--socket`), opened by name with the
-//! client library on both sides; the publisher publishes on the client's
-//! shared publication. Each `rill` line is also compared with `ring`.
+//! client library on both sides; the publisher is the stream's exclusive
+//! one (`Client::exclusive_publisher`), as on the bare ring. Each `rill`
+//! line is also compared with `ring`.
 
 use crate::child::{
     check_cores, pin, preemptions, report_field, ChildArgs, ChildProc, Role, Stall,
@@ -321,7 +322,7 @@ pub(crate) fn rill_publish(args: &ChildArgs) -> Result<()> {
     };
     let client = rill::Client::connect_to(socket).context("connect to rilld")?;
     let mut publ = client
-        .open_publisher(stream, None)
+        .open_exclusive_publisher(stream, None)
         .context("open publisher")?;
     let publication = publ.publication();
     publication.set_timestamps(args.timestamps);

@@ -13,7 +13,7 @@
 //! and the reclaimer pads any claim it abandoned.
 
 use crate::config::{Action, Config};
-use crate::streams::{Refusal, SlotOwner, Streams};
+use crate::streams::{ExclusiveHolder, Refusal, SlotOwner, Streams};
 use rill::protocol::{self, ErrorCode, HandleKind, Request, Response, StartAt};
 use rill::wire::{self, WireError};
 use nix::poll::{PollFd, PollFlags, PollTimeout};
@@ -33,6 +33,8 @@ struct Handle {
     stream: String,
     kind: HandleKind,
     slot: u32,
+    /// An exclusive publisher.
+    exclusive: bool,
 }
 
 #[derive(Debug)]
@@ -263,7 +265,7 @@ impl Server {
                 .check(i, Action::Publish, &stream)
                 .and_then(|()| self.streams.create(&stream, &options))
                 .map(|s| (Response::Created { info: s.info() }, Vec::new())),
-            Request::OpenPublisher { stream, create } => self.open_publisher(i, &stream, create),
+            Request::OpenPublisher { stream, create, exclusive } => self.open_publisher(i, &stream, create, exclusive),
             Request::OpenSubscriber { stream, start, create } => self.open_subscriber(i, &stream, start, create),
             Request::Close { handle } => self.close(i, handle).map(|()| (Response::Closed, Vec::new())),
             Request::Resume { handles } => Ok((self.resume(i, handles), Vec::new())),
@@ -297,14 +299,20 @@ impl Server {
         i: usize,
         stream: &str,
         create: Option<protocol::StreamOptions>,
+        exclusive: bool,
     ) -> Result<(Response, Vec<OwnedFd>), Refusal> {
         rill::protocol::check_stream_name(stream).map_err(|m| Refusal::new(ErrorCode::Invalid, m))?;
         self.check(i, Action::Publish, stream)?;
         self.get_or_create(i, stream, create)?;
+        self.streams.require(stream)?.admit_publisher(exclusive, Instant::now())?;
         let fds = self.streams.publisher_fds(stream).map_err(|e| internal(stream, e))?;
-        let handle = self.new_handle(i, stream, HandleKind::Publisher, 0);
+        let handle = self.new_handle(i, stream, HandleKind::Publisher, 0, exclusive);
+        let (conn, pid) = (self.conns[i].id, self.conns[i].pid);
         let s = self.streams.require(stream)?;
         s.publishers += 1;
+        if exclusive {
+            s.set_exclusive(Some(ExclusiveHolder::Client { conn, handle, pid }));
+        }
         Ok((Response::Publisher { handle, info: s.info() }, fds))
     }
 
@@ -331,17 +339,17 @@ impl Server {
                 return Err(internal(stream, e));
             }
         };
-        let handle = self.new_handle(i, stream, HandleKind::Subscriber, slot);
+        let handle = self.new_handle(i, stream, HandleKind::Subscriber, slot, false);
         let conn = self.conns[i].id;
         let s = self.streams.require(stream)?;
         s.owners[slot as usize] = SlotOwner::Client { conn, handle };
         Ok((Response::Subscriber { handle, slot, position, info: s.info() }, fds))
     }
 
-    fn new_handle(&mut self, i: usize, stream: &str, kind: HandleKind, slot: u32) -> u64 {
+    fn new_handle(&mut self, i: usize, stream: &str, kind: HandleKind, slot: u32, exclusive: bool) -> u64 {
         let h = self.next_id;
         self.next_id += 1;
-        self.conns[i].handles.insert(h, Handle { stream: stream.into(), kind, slot });
+        self.conns[i].handles.insert(h, Handle { stream: stream.into(), kind, slot, exclusive });
         h
     }
 
@@ -365,8 +373,23 @@ impl Server {
             let bound = ok
                 && match self.streams.get_mut(&h.stream) {
                     Some(s) if h.kind == HandleKind::Publisher => {
-                        s.publishers += 1;
-                        true
+                        // Its own detached exclusivity comes back to it;
+                        // otherwise the usual admission rules apply.
+                        let own = matches!(s.exclusive, Some(ExclusiveHolder::Detached { pid: p }) if p == pid);
+                        let admitted = if own {
+                            true
+                        } else {
+                            // An exclusive publisher's grace rule is for new
+                            // ones; a resuming one only needs nobody else.
+                            s.admit_publisher(false, Instant::now()).is_ok() && !(h.exclusive && s.publishers > 0)
+                        };
+                        if admitted {
+                            s.publishers += 1;
+                            if h.exclusive {
+                                s.set_exclusive(Some(ExclusiveHolder::Client { conn, handle: id, pid }));
+                            }
+                        }
+                        admitted
                     }
                     Some(s) => {
                         let owned_by_pid = s.ring.subscribers().iter().any(|x| x.index == h.slot && x.pid == pid);
@@ -380,7 +403,7 @@ impl Server {
                 };
             if bound {
                 self.next_id += 1;
-                self.conns[i].handles.insert(id, Handle { stream: h.stream.clone(), kind: h.kind, slot: h.slot });
+                self.conns[i].handles.insert(id, Handle { stream: h.stream.clone(), kind: h.kind, slot: h.slot, exclusive: h.exclusive });
                 out.push(id);
             } else {
                 tracing::warn!(conn, stream = %h.stream, kind = ?h.kind, slot = h.slot, "cannot resume handle");
@@ -434,6 +457,17 @@ impl Server {
                 Some(s) if keep_for_resume && h.kind == HandleKind::Subscriber && s.owners.get(h.slot as usize) == Some(&owned) => {
                     s.owners[h.slot as usize] = SlotOwner::Adopted { deadline };
                 }
+                // A live process may still write with its exclusive
+                // publication (hung or not): nobody else may publish
+                // until it resumes or exits.
+                Some(s) if h.exclusive && s.exclusive == Some(ExclusiveHolder::Client { conn: c.id, handle: *handle, pid: c.pid }) => {
+                    s.publishers = s.publishers.saturating_sub(1);
+                    if rill_shm::os::pid_alive(c.pid) {
+                        s.set_exclusive(Some(ExclusiveHolder::Detached { pid: c.pid }));
+                    } else {
+                        s.set_exclusive(None);
+                    }
+                }
                 _ => release(&mut self.streams, c.id, *handle, h, true),
             }
         }
@@ -471,7 +505,12 @@ fn internal(stream: &str, e: std::io::Error) -> Refusal {
 fn release(streams: &mut Streams, conn: u64, handle: u64, h: &Handle, died: bool) {
     let Some(s) = streams.get_mut(&h.stream) else { return };
     match h.kind {
-        HandleKind::Publisher => s.publishers = s.publishers.saturating_sub(1),
+        HandleKind::Publisher => {
+            s.publishers = s.publishers.saturating_sub(1);
+            if matches!(s.exclusive, Some(ExclusiveHolder::Client { conn: c, handle: hd, .. }) if c == conn && hd == handle) {
+                s.set_exclusive(None);
+            }
+        }
         HandleKind::Subscriber => {
             if s.owners.get(h.slot as usize) == Some(&SlotOwner::Client { conn, handle }) {
                 s.free_slot(h.slot, died);

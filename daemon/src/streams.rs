@@ -53,6 +53,38 @@ pub enum SlotOwner {
     },
 }
 
+/// Who holds a stream's exclusive publication, in the daemon's books
+/// (mirrored in the ring's `exclusive_pid` word, so a restarted daemon
+/// knows too).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExclusiveHolder {
+    /// A connected client's handle.
+    Client {
+        /// Connection id.
+        conn: u64,
+        /// Handle id.
+        handle: u64,
+        /// Its process.
+        pid: u32,
+    },
+    /// A process that held it and still lives, but has no connection now
+    /// (it lost the socket, or the daemon restarted): it may still write,
+    /// so nobody else may publish until it resumes or exits.
+    Detached {
+        /// Its process.
+        pid: u32,
+    },
+}
+
+impl ExclusiveHolder {
+    /// The holding process.
+    pub fn pid(&self) -> u32 {
+        match *self {
+            ExclusiveHolder::Client { pid, .. } | ExclusiveHolder::Detached { pid } => pid,
+        }
+    }
+}
+
 /// One stream.
 #[derive(Debug)]
 pub struct Stream {
@@ -66,6 +98,12 @@ pub struct Stream {
     pub keep: bool,
     /// Open publishers.
     pub publishers: u32,
+    /// The exclusive publisher, if one holds the stream.
+    pub exclusive: Option<ExclusiveHolder>,
+    /// Adopted after a restart without an exclusive holder: shared
+    /// publishers the daemon does not know yet may still write (and
+    /// resume) until then, so no exclusive publisher before it.
+    pub shared_may_resume_until: Option<Instant>,
     /// Slot owners, by slot index.
     pub owners: Vec<SlotOwner>,
     /// Pads abandoned claims.
@@ -87,12 +125,62 @@ impl Stream {
 
     /// Whether anyone uses the stream.
     pub fn in_use(&self) -> bool {
-        self.publishers > 0 || self.owners.iter().any(|o| *o != SlotOwner::Free)
+        self.publishers > 0 || self.exclusive.is_some() || self.owners.iter().any(|o| *o != SlotOwner::Free)
     }
 
-    /// Frees slot `slot` in the ring and the books.
+    /// Records (or clears) the exclusive holder, in the books and the ring.
+    pub fn set_exclusive(&mut self, holder: Option<ExclusiveHolder>) {
+        self.ring.set_exclusive_holder(holder.map_or(0, |h| h.pid()));
+        self.exclusive = holder;
+    }
+
+    /// Refuses a publisher if an exclusive one holds the stream (a detached
+    /// holder whose process has exited is let go first), or, when
+    /// `exclusive` is asked for, if the stream has any publisher, or may
+    /// have unannounced ones (adopted after a restart, within the resume
+    /// grace).
+    pub fn admit_publisher(&mut self, exclusive: bool, now: Instant) -> Result<(), Refusal> {
+        if let Some(ExclusiveHolder::Detached { pid }) = self.exclusive {
+            if !rill_shm::os::pid_alive(pid) {
+                tracing::info!(stream = %self.name, pid, "exclusive publisher's process is gone; stream open to publishers again");
+                self.set_exclusive(None);
+            }
+        }
+        if let Some(h) = self.exclusive {
+            let msg = format!("stream {:?} is held by an exclusive publisher (pid {}); no other publisher until it closes or exits", self.name, h.pid());
+            return Err(Refusal::new(ErrorCode::Busy, msg));
+        }
+        if exclusive && self.publishers > 0 {
+            let msg = format!(
+                "stream {:?} has {} publisher(s); an exclusive publisher must be the only one",
+                self.name, self.publishers
+            );
+            return Err(Refusal::new(ErrorCode::Busy, msg));
+        }
+        if exclusive && self.shared_may_resume_until.is_some_and(|t| now < t) {
+            let msg = format!(
+                "stream {:?} was adopted after a daemon restart and its publishers may still resume; \
+                 an exclusive publisher can open once the resume grace has passed",
+                self.name
+            );
+            return Err(Refusal::new(ErrorCode::Busy, msg));
+        }
+        Ok(())
+    }
+
+    /// Frees slot `slot` in the books and the ring. A slot taken from its
+    /// owner (`reaped`: dead, hung, or gone past the resume grace) whose
+    /// process still lives is revoked rather than freed: publishers stop
+    /// heeding it, but it is not reused while that process might still
+    /// write its position into it (the janitor frees it once it exits).
     pub fn free_slot(&mut self, slot: u32, reaped: bool) {
-        self.ring.release_slot(slot);
+        let pid = self.ring.slot_pid(slot);
+        if reaped && rill_shm::os::pid_alive(pid) {
+            tracing::info!(stream = %self.name, slot, pid, "slot revoked from a live owner; reused once it exits");
+            self.ring.revoke_slot(slot);
+        } else {
+            self.ring.release_slot(slot);
+        }
         self.owners[slot as usize] = SlotOwner::Free;
         if reaped {
             self.reaped += 1;
@@ -126,6 +214,7 @@ impl Stream {
             padded_bytes: self.reclaimer.padded_bytes(),
             reaped_subscribers: self.reaped,
             keep: self.keep,
+            exclusive: self.exclusive.is_some(),
         }
     }
 }
@@ -219,10 +308,20 @@ impl Streams {
                             })
                             .collect();
                         let keep = self.page_dir.join(format!("{name}.keep")).exists();
-                        tracing::info!(stream = %name, tail = ring.tail(), pages = %ring.pages(), "adopted ring");
+                        let holder = match ring.exclusive_holder() {
+                            0 => None,
+                            pid if rill_shm::os::pid_alive(pid) => Some(ExclusiveHolder::Detached { pid }),
+                            pid => {
+                                tracing::info!(stream = %name, pid, "exclusive publisher of the adopted ring is gone");
+                                None
+                            }
+                        };
+                        tracing::info!(stream = %name, tail = ring.tail(), pages = %ring.pages(), exclusive_pid = holder.map(|h| h.pid()), "adopted ring");
                         self.insert(name.clone(), ring, dir.clone(), keep, owners);
                         if let Some(s) = self.streams.get_mut(&name) {
                             s.resume_until = Some(deadline);
+                            s.shared_may_resume_until = holder.is_none().then_some(deadline);
+                            s.set_exclusive(holder);
                         }
                     }
                     Err(e) => tracing::error!(stream = %name, dir = %dir.display(), error = %e, "cannot adopt ring; left as is"),
@@ -241,6 +340,8 @@ impl Streams {
             ring_dir,
             keep,
             publishers: 0,
+            exclusive: None,
+            shared_may_resume_until: None,
             owners,
             reclaimer,
             idle_since: Some(Instant::now()),
@@ -361,6 +462,7 @@ impl Streams {
             if s.reclaimer.do_work(now_ns) > 0 {
                 work += 1;
             }
+            work += s.ring.free_revoked_slots();
             let subscribers = s.ring.subscribers();
             for i in 0..s.owners.len() {
                 if let SlotOwner::Adopted { deadline } = s.owners[i] {
@@ -371,6 +473,13 @@ impl Streams {
                         s.free_slot(i as u32, true);
                         work += 1;
                     }
+                }
+            }
+            if let Some(ExclusiveHolder::Detached { pid }) = s.exclusive {
+                if !rill_shm::os::pid_alive(pid) {
+                    tracing::info!(stream = %s.name, pid, "exclusive publisher's process is gone; stream open to publishers again");
+                    s.set_exclusive(None);
+                    work += 1;
                 }
             }
             let resuming = s.resume_until.is_some_and(|t| now < t);

@@ -81,7 +81,7 @@ fn options() -> StreamOptions {
 }
 
 fn open_pub(c: &mut Conn, name: &str) -> Ring {
-    let (resp, mut fds) = c.call(&Request::OpenPublisher { stream: name.into(), create: Some(options()) });
+    let (resp, mut fds) = c.call(&Request::OpenPublisher { stream: name.into(), create: Some(options()), exclusive: false });
     let Response::Publisher { info, .. } = resp else { panic!("{resp:?}") };
     assert_eq!(fds.len(), 2 + info.slot_count as usize);
     let slots: Vec<_> = fds.drain(2..).map(|f| Some((f, Access::ReadOnly))).collect();
@@ -155,12 +155,12 @@ fn malformed_requests_get_errors_and_the_daemon_serves_on() {
     let (resp, _) = c.raw(&good, &[f.as_fd()]);
     assert!(matches!(resp, Response::Error { code: ErrorCode::Malformed, .. }), "{resp:?}");
     // opens before hello
-    let (resp, _) = c.call(&Request::OpenPublisher { stream: "x".into(), create: Some(options()) });
+    let (resp, _) = c.call(&Request::OpenPublisher { stream: "x".into(), create: Some(options()), exclusive: false });
     assert!(matches!(resp, Response::Error { code: ErrorCode::NoHello, .. }));
     // bad names, unknown streams and handles
     let mut c = Conn::hello(&d.socket);
     for name in ["", "../etc", "a/b", ".x"] {
-        let (resp, _) = c.call(&Request::OpenPublisher { stream: name.into(), create: Some(options()) });
+        let (resp, _) = c.call(&Request::OpenPublisher { stream: name.into(), create: Some(options()), exclusive: false });
         assert!(matches!(resp, Response::Error { code: ErrorCode::Invalid, .. }), "{name:?} {resp:?}");
     }
     let (resp, _) = c.call(&Request::OpenSubscriber { stream: "nope".into(), start: StartAt::Latest, create: None });

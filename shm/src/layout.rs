@@ -59,6 +59,10 @@ pub const MAX_SLOTS: u32 = 4096;
 pub const SLOT_FREE: u32 = 0;
 /// `Slot::state`: held by a live subscriber whose position bounds publishers.
 pub const SLOT_ACTIVE: u32 = 1;
+/// `Slot::state`: taken back from an owner that still lives (judged hung):
+/// publishers ignore it, but it is not handed out again until that owner
+/// has exited, because the owner may still store its position into it.
+pub const SLOT_REVOKED: u32 = 2;
 
 /// The ring's fixed metadata. Written once by the creator, then read-only.
 #[repr(C)]
@@ -146,6 +150,10 @@ pub struct PublisherWords {
     /// One more than the highest slot index ever activated: publishers scan
     /// only `slots[..slot_hwm]`.
     pub slot_hwm: AtomicU32,
+    /// Pid of the process holding the ring's exclusive publication, 0 if
+    /// none. Written by whoever arbitrates publishers (rilld), so that a
+    /// restarted arbiter still knows no other writer may join.
+    pub exclusive_pid: AtomicU32,
 }
 
 /// The shared counters.
@@ -176,7 +184,7 @@ pub struct Counters {
 #[repr(C, align(128))]
 #[derive(Debug)]
 pub struct Slot {
-    /// [`SLOT_FREE`] or [`SLOT_ACTIVE`].
+    /// [`SLOT_FREE`], [`SLOT_ACTIVE`] or [`SLOT_REVOKED`].
     pub state: AtomicU32,
     /// Owner's pid (as the creator of the slot saw it).
     pub pid: AtomicU32,

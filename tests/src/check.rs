@@ -65,6 +65,11 @@ pub struct Checker {
     pub lost: u64,
     /// Payloads that failed verification (torn, wrong length, bad checksum).
     pub damaged: u64,
+    /// Damaged messages the subscriber itself reported as unreliable
+    /// afterwards (`PollError::RevokedDuringRead`), not counted in `damaged`.
+    pub retracted: u64,
+    /// Whether the last message checked was damaged.
+    last_damaged: bool,
     /// Sequence errors: duplicates, reordering, and (exact mode) gaps.
     pub order_errors: u64,
     /// Header errors: unknown publisher, id mismatch, position not
@@ -93,6 +98,8 @@ impl Checker {
             span_bytes: 0,
             lost: 0,
             damaged: 0,
+            retracted: 0,
+            last_damaged: false,
             order_errors: 0,
             header_errors: 0,
             first_error: None,
@@ -128,6 +135,21 @@ impl Checker {
         }
     }
 
+    /// The subscriber said the message at `position` may have been
+    /// overwritten while it was read: if it was the last one checked and
+    /// it was damaged, the damage was reported, so it moves from `damaged`
+    /// to `retracted`. Damage to any earlier message still counts.
+    pub fn retract(&mut self, position: u64) {
+        if self.last_damaged && self.last_position == Some(position) {
+            self.damaged -= 1;
+            self.retracted += 1;
+            self.last_damaged = false;
+            if self.damaged == 0 && self.order_errors == 0 && self.header_errors == 0 {
+                self.first_error = None;
+            }
+        }
+    }
+
     /// Checks one message.
     pub fn on_message(&mut self, m: &Message<'_>) {
         self.delivered += 1;
@@ -139,10 +161,12 @@ impl Checker {
             self.note(|| format!("position {pos} after {last:?}"));
         }
         self.last_position = Some(pos);
+        self.last_damaged = false;
         let (publisher, seq) = match payload::verify(m.payload, self.seed, self.max_len) {
             Ok(x) => x,
             Err(d) => {
                 self.damaged += 1;
+                self.last_damaged = true;
                 self.note(|| format!("damaged message at position {pos}: {d}"));
                 return;
             }

@@ -432,7 +432,8 @@ fn malformed(rng: &mut Prng, i: u64) -> (Vec<u8>, usize, Expect) {
         }
         3 => {
             let mut m = good.clone();
-            let v = [0u16, 2, 7, u16::MAX][(i as usize / 12) % 4];
+            let current = protocol::PROTOCOL_VERSION;
+            let v = [0u16, current - 1, current + 1, u16::MAX][(i as usize / 12) % 4];
             m[2..4].copy_from_slice(&v.to_le_bytes());
             (m, 0, Expect::Code(ErrorCode::UnsupportedVersion))
         }
@@ -456,7 +457,7 @@ fn malformed(rng: &mut Prng, i: u64) -> (Vec<u8>, usize, Expect) {
         7 => (vec![0u8; protocol::MAX_MESSAGE_LEN + 1 + (i as usize % 5000)], 0, malformed),
         // As many fds as a reply may carry: still none belong in a request.
         8 => (encode(&Request::Health), protocol::MAX_FDS, malformed),
-        9 => (encode(&Request::OpenPublisher { stream: "never".into(), create: Some(stream_options()) }), 0, Expect::Code(ErrorCode::NoHello)),
+        9 => (encode(&Request::OpenPublisher { stream: "never".into(), create: Some(stream_options()), exclusive: false }), 0, Expect::Code(ErrorCode::NoHello)),
         10 => ([good, random(20)].concat(), 0, malformed),
         _ => (encode(&Request::Close { handle: rng.next_u64() }), 0, Expect::Code(ErrorCode::UnknownHandle)),
     }
@@ -484,7 +485,7 @@ fn barrage(socket: &Path, seed: u64, n: u64) -> Result<u64> {
     let hello = c.call(&encode(&Request::Hello { client_name: "barrage".into() }), &[])?;
     ensure!(matches!(hello, Response::Hello { .. }), "Hello after the barrage: {hello:?}");
     let bogus = (0..3)
-        .map(|i| protocol::ResumeHandle { stream: format!("nope{i}"), kind: protocol::HandleKind::Subscriber, slot: i })
+        .map(|i| protocol::ResumeHandle { stream: format!("nope{i}"), kind: protocol::HandleKind::Subscriber, slot: i, exclusive: false })
         .collect();
     let resumed = c.call(&encode(&Request::Resume { handles: bogus }), &[])?;
     ensure!(resumed == Response::Resumed { handles: vec![0, 0, 0] }, "bogus Resume: {resumed:?}");
@@ -672,8 +673,15 @@ fn killed_subscriber_no_longer_holds_the_publisher_back() -> Result<()> {
 /// either it gets every message (rilld takes it back) or its poll reports
 /// an error. It must never be handed a damaged message.
 ///
-/// (This failed before the fix: the subscriber polled on a freed slot,
-/// silently; now its poll reports `PollError::Revoked`.)
+/// If it was stopped in the middle of reading a message, that message may
+/// be overwritten under it: its poll then says so
+/// (`PollError::RevokedDuringRead`, counted as `retracted`, at most one),
+/// and every message before it must be intact.
+///
+/// (This failed twice before fixes: the subscriber polled on a freed slot,
+/// silently, until its poll reported `PollError::Revoked`; then, 1 run in
+/// 8, the message being read when it was stopped arrived torn without a
+/// word, until the poll checked its slot again after each handler.)
 #[test]
 fn subscriber_paused_past_the_client_timeout_is_told_or_taken_back() -> Result<()> {
     let name = "rilld_paused_subscriber";
@@ -701,6 +709,7 @@ fn subscriber_paused_past_the_client_timeout_is_told_or_taken_back() -> Result<(
     paused.wait_exit(deadline)?;
     let s = paused.summary().context("no summary from the paused subscriber")?;
     ensure!(s.num("damaged")? == 0 && s.num("order")? == 0, "the paused subscriber was handed bad messages: {s:?}");
+    ensure!(s.num("retracted")? <= 1, "more than one message reported as read while revoked: {s:?}");
     let told = s.get("error").is_ok_and(|e| e.starts_with("poll:"));
     ensure!(
         s.get("ok")? == "true" || told,
@@ -798,6 +807,10 @@ fn rilld_killed_and_restarted_under_load_loses_nothing() -> Result<()> {
     }
     eprintln!("{name}: rilld killed at tail >= {tail_before}; every worker went on while it was down");
     d.spawn(deadline)?;
+    // Its shared publishers may not have resumed yet: no exclusive
+    // publisher may slip in before them.
+    let (code, msg) = refusal(d.client()?.open_exclusive_publisher(env.stream, None))?;
+    ensure!(code == ErrorCode::Busy, "exclusive publisher on a just-adopted shared stream: {code:?} {msg}");
     for w in pubs.iter_mut().chain(subs.iter_mut()) {
         let from = w.lines().len();
         wait_progress(w, from, "reconnected and resumed", deadline, |l| {
@@ -840,16 +853,9 @@ fn rilld_killed_and_restarted_under_load_loses_nothing() -> Result<()> {
 /// SIGSTOP while rilld restarts, continued two seconds later, well within
 /// `--resume-grace-ms 3000`) is taken back: the adopted stream is still
 /// there, Resume binds its handle, and a subscriber that opens the stream
-/// afterwards receives its messages.
-///
-/// Ignored while it fails: an adopted stream with no subscriber slots is
-/// "not in use" at once (`Streams::adopt_existing` and `insert` set
-/// `publishers: 0` and `idle_since: now`, daemon/src/streams.rs:220-235), so
-/// the janitor removes it, ring file and all, after `--linger-ms` (1000 ms
-/// here), before its publishers had `resume_grace_ms` to come back. The
-/// late publisher's Resume then gets handle 0 and it goes on publishing
-/// into the unlinked ring; a new subscriber gets a new, empty ring of the
-/// same name. The loss is silent on both sides.
+/// afterwards receives its messages. (It failed once: an adopted stream
+/// without subscribers was removed after `--linger-ms`, before its
+/// publishers had `--resume-grace-ms` to come back.)
 #[test]
 fn late_publisher_is_taken_back_after_a_restart() -> Result<()> {
     let name = "rilld_late_publisher";
@@ -883,6 +889,108 @@ fn late_publisher_is_taken_back_after_a_restart() -> Result<()> {
         ensure!(s.get("ok")? == "true", "{n}: {s:?}");
         check_accounting(n, s)
     })?;
+    Ok(())
+}
+
+/// The daemon's refusal code of `r`, or why it is not a refusal.
+fn refusal<T>(r: std::result::Result<T, rill::ClientError>) -> Result<(ErrorCode, String)> {
+    match r {
+        Err(rill::ClientError::Daemon { code, message }) => Ok((code, message)),
+        Err(e) => bail!("expected a refusal from rilld, got error {e}"),
+        Ok(_) => bail!("expected a refusal from rilld, got the handle"),
+    }
+}
+
+/// An exclusive publisher is the stream's only publisher, and stays so: a
+/// worker process publishes with `--exclusive` to a subscriber process;
+/// while it lives, rilld refuses every other publisher (shared or
+/// exclusive) with `Busy` naming its pid, also right after rilld is killed
+/// and restarted (the ring's record of the holder survives, and the holder
+/// resumes by itself). The subscriber gets every message exactly once.
+/// Once the holder exits, the stream takes publishers again; and a stream
+/// with a shared publisher refuses an exclusive one.
+#[test]
+fn exclusive_publisher_is_alone_across_a_restart() -> Result<()> {
+    let name = "rilld_exclusive";
+    let (_serial, seed, deadline) = setup(name)?;
+    let mut d = Rilld::start(name, &[], deadline)?;
+    let stop = d.dir.join("stop");
+    let done = d.dir.join("done");
+    let socket = d.socket.clone();
+    let env = Env { socket: &socket, stream: "load.exclusive", seed };
+    let sub_args = opts(&[("publishers", "1".into()), ("done-file", done.display().to_string())]);
+    let mut sub = env.subscriber("subscriber", &sub_args, deadline)?;
+    let pub_args = opts(&[("until-file", stop.display().to_string()), ("pause-every", "500".into()), ("pause-us", "500".into())]);
+    let mut publ = env.publisher(0, &[pub_args, vec!["--exclusive".into()]].concat())?;
+    let open = publ.wait_line("OPEN", deadline)?;
+    ensure!(field(&open, "exclusive")? == "true", "the worker did not get an exclusive publisher: {open}");
+    wait_progress(&mut publ, 0, "2,000 messages", deadline, |l| Ok(num_field(l, "n")? >= 2_000))?;
+    let holder = publ.pid().to_string();
+    let probe = |client: &Client, when: &str| -> Result<()> {
+        let i = info(client, env.stream)?;
+        // (Right after the restart, the holder may not have resumed yet.)
+        ensure!(i.exclusive && i.publishers <= 1, "{when}: stream info does not show the exclusive publisher: {i:?}");
+        for (kind, r) in [
+            ("shared", refusal(client.open_publisher(env.stream, None))?),
+            ("exclusive", refusal(client.open_exclusive_publisher(env.stream, None))?),
+        ] {
+            ensure!(r.0 == ErrorCode::Busy && r.1.contains(&holder), "{when}: {kind} publisher refused with {r:?}, not Busy naming pid {holder}");
+        }
+        Ok(())
+    };
+    probe(&d.client()?, "before the restart")?;
+    d.kill9();
+    d.spawn(deadline)?;
+    // Refused even before the holder has resumed: the ring remembers it.
+    probe(&d.client()?, "right after the restart")?;
+    let from = publ.lines().len();
+    wait_progress(&mut publ, from, "resumed", deadline, |l| Ok(num_field(l, "reconnects")? >= 1 && num_field(l, "handle")? != 0))?;
+    probe(&d.client()?, "after the holder resumed")?;
+    let n = num_field(publ.lines().iter().rev().find(|l| l.starts_with("PROGRESS")).context("no progress")?, "n")?;
+    wait_progress(&mut publ, 0, "progress after the resume", deadline, |l| Ok(num_field(l, "n")? >= n + 2_000))?;
+    std::fs::write(&stop, b"")?;
+    let sent = summary_after_exit(&mut publ, deadline)?.num("sent")?;
+    let client = d.client()?;
+    wait_until(deadline, "rilld releases the exclusive publisher", || {
+        let i = info(&client, env.stream)?;
+        Ok(!i.exclusive && i.publishers == 0)
+    })?;
+    std::fs::write(&done, b"")?;
+    check_all(std::slice::from_mut(&mut sub), deadline, |n, s| check_exact(n, s, &[sent]))?;
+    // Free again: a shared publisher opens, and keeps an exclusive one out.
+    let shared = client.open_publisher(env.stream, None).context("shared publisher after the holder exited")?;
+    let (code, msg) = refusal(client.open_exclusive_publisher(env.stream, None))?;
+    ensure!(code == ErrorCode::Busy && msg.contains("1 publisher"), "exclusive beside a shared publisher: {code:?} {msg}");
+    drop(shared);
+    client.open_exclusive_publisher(env.stream, None).context("exclusive publisher once the shared one closed")?;
+    eprintln!("{name}: {sent} messages from the exclusive publisher, exactly once across a restart");
+    Ok(())
+}
+
+/// An exclusive publisher killed with SIGKILL (inside its run, not at a
+/// clean close) frees the stream for other publishers as soon as rilld
+/// sees its socket close; until then others are refused.
+#[test]
+fn killed_exclusive_publisher_frees_the_stream() -> Result<()> {
+    let name = "rilld_exclusive_killed";
+    let (_serial, seed, deadline) = setup(name)?;
+    let d = Rilld::start(name, &[], deadline)?;
+    let env = Env { socket: &d.socket, stream: "load.exclusive-kill", seed };
+    let stop = d.dir.join("stop");
+    let mut publ = env.publisher(0, &[opts(&[("until-file", stop.display().to_string())]), vec!["--exclusive".into()]].concat())?;
+    publ.wait_line("OPEN", deadline)?;
+    let client = d.client()?;
+    let (code, _) = refusal(client.open_publisher(env.stream, None))?;
+    ensure!(code == ErrorCode::Busy, "a second publisher beside a live exclusive one: {code:?}");
+    publ.kill();
+    wait_until(deadline, "rilld lets another publisher in after the holder's SIGKILL", || {
+        match client.open_publisher(env.stream, None) {
+            Ok(_) => Ok(true),
+            Err(rill::ClientError::Daemon { code: ErrorCode::Busy, .. }) => Ok(false),
+            Err(e) => bail!("unexpected error while the holder dies: {e}"),
+        }
+    })?;
+    ensure!(!info(&client, env.stream)?.exclusive, "stream still marked exclusive");
     Ok(())
 }
 

@@ -54,7 +54,7 @@ pub(crate) fn streams_table(streams: &[StreamInfo]) -> String {
             bytes(s.capacity),
             bytes(u64::from(s.page_size)),
             s.tail.to_string(),
-            s.publishers.to_string(),
+            if s.exclusive { format!("{} (exclusive)", s.publishers) } else { s.publishers.to_string() },
             subs.next().unwrap_or_else(|| "-".into()),
         ]);
         for more in subs {
@@ -130,6 +130,7 @@ mod tests {
             padded_bytes: 0,
             reaped_subscribers: 0,
             keep: false,
+            exclusive: false,
         };
         let sub = |slot, lag| SubscriberInfo { slot, pid: 42, position: 8192 - lag, lag_bytes: lag };
         let t = streams_table(&[info("orders", vec![sub(0, 0), sub(3, 2048)]), info("idle", vec![])]);

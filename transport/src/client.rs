@@ -47,7 +47,8 @@
 use crate::connection::{CallError, Conn, HelloInfo, Reply};
 use crate::error::ClientError;
 use crate::protocol::{check_stream_name, HandleKind, Request, ResumeHandle, Response, StartAt, StreamInfo, StreamOptions};
-use crate::publisher::Publisher;
+use crate::publisher::{ExclusivePublisher, Publisher};
+use rill_shm::ring::ClaimMode;
 use crate::subscriber::Subscriber;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -246,6 +247,35 @@ impl Client {
         open::publisher(&self.token, stream, create)
     }
 
+    /// The only publisher of `stream` (creating it with
+    /// [`StreamOptions::default`] if it does not exist): claims are plain
+    /// stores instead of compare-and-swap. rilld refuses it with
+    /// [`ErrorCode::Busy`](crate::ErrorCode::Busy) while the stream has
+    /// other publishers, and refuses other publishers while it lives (until
+    /// it is dropped or its process exits).
+    pub fn exclusive_publisher(&self, stream: &str) -> Result<ExclusivePublisher, ClientError> {
+        self.open_exclusive_publisher(stream, Some(StreamOptions::default()))
+    }
+
+    /// [`exclusive_publisher`](Self::exclusive_publisher) on `stream` if it
+    /// exists (else error `UnknownStream`), or created with `create` if given.
+    pub fn open_exclusive_publisher(
+        &self,
+        stream: &str,
+        create: Option<StreamOptions>,
+    ) -> Result<ExclusivePublisher, ClientError> {
+        check_stream_name(stream).map_err(ClientError::Invalid)?;
+        open::publisher(&self.token, stream, create)
+    }
+
+    /// [`open_publisher`](Self::open_publisher) or
+    /// [`open_exclusive_publisher`](Self::open_exclusive_publisher) by type,
+    /// for code generic over the claim mode (`Shared` or `Exclusive`).
+    pub fn open_publisher_as<M: ClaimMode>(&self, stream: &str, create: Option<StreamOptions>) -> Result<Publisher<M>, ClientError> {
+        check_stream_name(stream).map_err(ClientError::Invalid)?;
+        open::publisher(&self.token, stream, create)
+    }
+
     /// A subscriber on `stream` starting at `start`, creating the stream
     /// with [`StreamOptions::default`] if it does not exist.
     pub fn subscriber(&self, stream: &str, start: StartAt) -> Result<Subscriber, ClientError> {
@@ -392,6 +422,8 @@ struct Entry {
     stream: String,
     kind: HandleKind,
     slot: u32,
+    /// An exclusive publisher.
+    exclusive: bool,
     /// The daemon's id for it on the current connection; 0 if none.
     daemon_handle: u64,
 }
@@ -508,7 +540,7 @@ impl Shared {
         }
         let list: Vec<ResumeHandle> = handles
             .values()
-            .map(|e| ResumeHandle { stream: e.stream.clone(), kind: e.kind, slot: e.slot })
+            .map(|e| ResumeHandle { stream: e.stream.clone(), kind: e.kind, slot: e.slot, exclusive: e.exclusive })
             .collect();
         let mut reply = conn.call(&Request::Resume { handles: list }).map_err(CallError::into_inner)?;
         reply.take_fds(0)?;

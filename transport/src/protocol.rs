@@ -28,7 +28,7 @@ use thiserror::Error;
 /// `b"RL"` little-endian.
 pub const MAGIC: u16 = u16::from_le_bytes(*b"RL");
 /// Version of this protocol.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 /// Header bytes before the body.
 pub const HEADER_LEN: usize = 8;
 /// Largest message (header + body) either side sends or accepts.
@@ -108,6 +108,8 @@ pub struct ResumeHandle {
     pub kind: HandleKind,
     /// The subscriber's slot (0 for publishers).
     pub slot: u32,
+    /// An exclusive publisher (see `Request::OpenPublisher`).
+    pub exclusive: bool,
 }
 
 /// A request from a client.
@@ -133,6 +135,11 @@ pub enum Request {
         stream: String,
         /// Options to create it with, if missing.
         create: Option<StreamOptions>,
+        /// Be the stream's only publisher, which lets it claim space with
+        /// plain stores instead of compare-and-swap. Refused (`Busy`) while
+        /// the stream has other publishers; while granted, other publishers
+        /// are refused, until this one closes or its process is gone.
+        exclusive: bool,
     },
     /// Open a subscriber; create the stream first if `create` is given.
     OpenSubscriber {
@@ -206,6 +213,8 @@ pub struct StreamInfo {
     pub reaped_subscribers: u64,
     /// Kept when unused.
     pub keep: bool,
+    /// Its publisher holds it exclusively (others are refused).
+    pub exclusive: bool,
 }
 
 /// Why a request failed.
@@ -233,6 +242,9 @@ pub enum ErrorCode {
     ShuttingDown,
     /// Something failed inside the daemon (see message).
     Internal,
+    /// Another publisher holds what was asked for (an exclusive
+    /// publisher, or publishers when exclusivity was asked for).
+    Busy,
 }
 
 /// A reply from the daemon.

@@ -1,9 +1,18 @@
 //! [`Publisher`]: writes messages into a stream's ring.
 //!
-//! A publisher is a [`SharedPublication`] on the daemon's ring (a stream
-//! may have publishers in several processes) plus the handle that keeps the
-//! daemon informed. It is owned by one thread (`&mut self` methods) and may
-//! be moved between threads.
+//! A publisher is a publication on the daemon's ring plus the handle that
+//! keeps the daemon informed. It is owned by one thread (`&mut self`
+//! methods) and may be moved between threads. Two kinds:
+//!
+//! * [`Publisher`] (`Publisher<Shared>`, from [`Client::publisher`](crate::Client::publisher)): one of
+//!   any number of publishers on the stream, in any processes; each claim
+//!   is a compare-and-swap on the ring's tail.
+//! * [`ExclusivePublisher`] (`Publisher<Exclusive>`, from
+//!   [`Client::exclusive_publisher`](crate::Client::exclusive_publisher)): the stream's only publisher, granted
+//!   by rilld, which refuses other publishers meanwhile. Claims are plain
+//!   stores, the fastest path the ring has (about 1.6x the shared one's
+//!   throughput for small messages). Use it for the usual single-writer
+//!   stream of a pipeline stage.
 //!
 //! Every method here works on shared memory only: no system call, lock or
 //! allocation per message (a `FUTEX_WAKE` when a subscriber sleeps, and
@@ -17,14 +26,24 @@ use crate::client::HandleGuard;
 use crate::protocol::StreamInfo;
 use crate::typed::{self, Encode, SendError};
 use rill_shm::idle::Backoff;
-use rill_shm::ring::{ClaimError, Ring, Shared, SharedPublication};
+use rill_shm::ring::{ClaimError, ClaimMode, Exclusive, Publication, Ring, Shared};
 use rkyv::util::AlignedVec;
 use std::time::{Duration, Instant};
 
 /// Space claimed in the ring for one message, to be written in place and
 /// then committed ([`Claim::commit`](rill_shm::ring::Claim::commit));
 /// dropping it uncommitted turns it into padding.
-pub type Claim<'a> = rill_shm::ring::Claim<'a, Shared>;
+pub type Claim<'a, M = Shared> = rill_shm::ring::Claim<'a, M>;
+
+/// The stream's only publisher: see the [module docs](self).
+///
+/// ```no_run
+/// let client = rill::Client::connect()?;
+/// let mut publisher = client.exclusive_publisher("ticks")?; // Busy if others publish
+/// publisher.offer(b"tick")?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub type ExclusivePublisher = Publisher<Exclusive>;
 
 /// Publishes messages on one stream. See the [module docs](self).
 ///
@@ -42,8 +61,8 @@ pub type Claim<'a> = rill_shm::ring::Claim<'a, Shared>;
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Debug)]
-pub struct Publisher {
-    publication: SharedPublication,
+pub struct Publisher<M: ClaimMode = Shared> {
+    publication: Publication<M>,
     /// Reused serialization buffer of `send`.
     buf: AlignedVec,
     idle: Backoff,
@@ -52,8 +71,8 @@ pub struct Publisher {
     guard: HandleGuard,
 }
 
-impl Publisher {
-    pub(crate) fn new(publication: SharedPublication, info: StreamInfo, guard: HandleGuard) -> Self {
+impl<M: ClaimMode> Publisher<M> {
+    pub(crate) fn new(publication: Publication<M>, info: StreamInfo, guard: HandleGuard) -> Self {
         Publisher { publication, buf: AlignedVec::new(), idle: Backoff::default(), info, guard }
     }
 
@@ -73,7 +92,7 @@ impl Publisher {
 
     /// Claims `len` bytes to be written in place. Never blocks.
     #[inline]
-    pub fn try_claim(&mut self, len: usize) -> Result<Claim<'_>, ClaimError> {
+    pub fn try_claim(&mut self, len: usize) -> Result<Claim<'_, M>, ClaimError> {
         self.publication.try_claim(len)
     }
 
@@ -90,6 +109,11 @@ impl Publisher {
         let deadline = Instant::now() + timeout;
         let bytes = typed::encode(value, &mut self.buf).map_err(SendError::Encode)?;
         Ok(self.publication.offer_blocking(bytes, deadline, &mut self.idle)?)
+    }
+
+    /// Whether this is the stream's exclusive publisher.
+    pub fn is_exclusive(&self) -> bool {
+        !M::SHARED
     }
 
     /// The stream's tail: the end of the newest message claimed by any
@@ -128,7 +152,7 @@ impl Publisher {
     /// The underlying publication, for batches
     /// ([`try_claim_batch`](rill_shm::ring::Publication::try_claim_batch))
     /// and timestamp control.
-    pub fn publication(&mut self) -> &mut SharedPublication {
+    pub fn publication(&mut self) -> &mut Publication<M> {
         &mut self.publication
     }
 

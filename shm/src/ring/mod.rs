@@ -48,7 +48,7 @@ mod reclaim;
 mod subscription;
 
 pub use publication::{
-    Batch, Claim, ClaimError, Exclusive, ExclusivePublication, OfferError, Publication, Shared,
+    Batch, Claim, ClaimError, ClaimMode, Exclusive, ExclusivePublication, OfferError, Publication, Shared,
     SharedPublication,
 };
 pub use reclaim::Reclaimer;
@@ -359,6 +359,22 @@ impl Ring {
         self.inner.mem.counters().tail.value.load(Ordering::Acquire)
     }
 
+    /// Pid recorded as holding the ring's exclusive publication (0: none).
+    /// The ring does not enforce it: an [`ExclusivePublication`] trusts that
+    /// it is the only writer, and the arbiter (rilld) records here whom it
+    /// granted that to, so the record survives the arbiter's restart.
+    pub fn exclusive_holder(&self) -> u32 {
+        self.inner.mem.counters().publishers.value.exclusive_pid.load(Ordering::Acquire)
+    }
+
+    /// Records `pid` (0: nobody) as holding the exclusive publication.
+    /// Panics on a read-only mapping.
+    pub fn set_exclusive_holder(&self, pid: u32) {
+        #[cfg(not(loom))]
+        assert!(!self.is_read_only(), "set_exclusive_holder on a read-only ring");
+        self.inner.mem.counters().publishers.value.exclusive_pid.store(pid, Ordering::Release);
+    }
+
     /// Position up to which the stream is durable (set by the archiver).
     pub fn durable_position(&self) -> u64 {
         self.inner.mem.counters().durable.value.load(Ordering::Acquire)
@@ -414,6 +430,37 @@ impl Ring {
         slot.state.store(SLOT_FREE, Ordering::Release);
     }
 
+    /// Takes slot `index` back from an owner that still lives: publishers
+    /// stop heeding its position at once, its owner's next poll fails with
+    /// [`PollError::Revoked`], and the slot stays out of use (see
+    /// [`SLOT_REVOKED`]) until [`Ring::free_revoked_slots`] finds the owner
+    /// gone. Use [`Ring::release_slot`] for an owner known to be dead.
+    pub fn revoke_slot(&self, index: u32) {
+        assert!(index < self.inner.mem.slot_count(), "slot {index} out of range");
+        let Some(slot) = self.inner.mem.slot(index) else { return };
+        // SYNC(slot-state): as in release_slot.
+        slot.state.store(SLOT_REVOKED, Ordering::Release);
+    }
+
+    /// Frees the revoked slots whose owner has exited. Returns how many.
+    #[cfg(not(loom))]
+    pub fn free_revoked_slots(&self) -> usize {
+        let mut freed = 0;
+        for i in 0..self.inner.mem.slot_count() {
+            let Some(slot) = self.inner.mem.slot(i) else { continue };
+            if slot.state.load(Ordering::Acquire) == SLOT_REVOKED && !crate::os::pid_alive(slot.pid.load(Ordering::Relaxed)) {
+                self.release_slot(i);
+                freed += 1;
+            }
+        }
+        freed
+    }
+
+    /// The owner pid recorded in slot `index` (0 if none or out of range).
+    pub fn slot_pid(&self, index: u32) -> u32 {
+        self.inner.mem.slot(index).map_or(0, |s| s.pid.load(Ordering::Relaxed))
+    }
+
     /// Frees the slots of subscribers whose process no longer exists (by
     /// pid, in this pid namespace). Returns how many were freed.
     #[cfg(not(loom))]
@@ -440,6 +487,12 @@ impl Ring {
     /// A publication that may run beside any number of others, in any
     /// number of processes (claims with compare-and-swap).
     pub fn shared_publication(&self) -> Result<SharedPublication, ClaimError> {
+        Publication::new(self.clone())
+    }
+
+    /// A publication of mode `M`, for code generic over the mode (the
+    /// exclusive-only rule of [`Ring::exclusive_publication`] applies).
+    pub fn publication<M: ClaimMode>(&self) -> Result<Publication<M>, ClaimError> {
         Publication::new(self.clone())
     }
 

@@ -62,6 +62,19 @@ pub enum PollError {
         /// The slot.
         slot: u32,
     },
+    /// Our slot was taken back while the handler was reading the message
+    /// at `position` (the process was stopped or starved past the daemon's
+    /// timeout in the middle of it): a publisher may have overwritten it
+    /// as it was read, so whatever the handler made of that one message
+    /// must be discarded. Every message handed before it was intact.
+    /// Open a new subscriber.
+    #[error("subscriber slot {slot} was taken back while the message at position {position} was being read; discard it and resubscribe")]
+    RevokedDuringRead {
+        /// The slot.
+        slot: u32,
+        /// The message that may have been overwritten while read.
+        position: u64,
+    },
     /// The frame at `position` is committed but its header is impossible.
     #[error("corrupt frame at position {position}: {reason}")]
     Corrupt {
@@ -391,6 +404,21 @@ impl Subscriber {
                     flags,
                 });
                 delivered += 1;
+                // Was the slot still ours once the handler had read the
+                // payload? If so, no publisher could have passed it.
+                // SYNC(slot-state): the Acquire fence orders the handler's
+                // reads before the state load; a publisher that overwrote
+                // the payload read the slot as not active (SeqCst) after
+                // it was revoked (Release), then wrote behind a release
+                // fence, so we would see the revocation here.
+                if let Some(slot) = self.slot {
+                    fence(Ordering::Acquire);
+                    if self.check_slot().is_err() {
+                        result = Err(PollError::RevokedDuringRead { slot, position: pos });
+                        pos += frame_span(len as usize) as u64;
+                        break;
+                    }
+                }
             } else {
                 self.padding_bytes += frame_span(len as usize) as u64;
             }

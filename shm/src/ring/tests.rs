@@ -169,3 +169,37 @@ fn corrupt_header_is_an_error_not_a_crash() {
     let err = sub.poll(10, |_| panic!("must not deliver")).unwrap_err();
     assert!(matches!(err, PollError::Corrupt { position: 0, .. }), "{err}");
 }
+
+#[test]
+fn slot_revoked_mid_read_is_reported_and_quarantined() {
+    let ring = Ring::private(&cfg(4096, 512, Policy::BackPressure)).unwrap();
+    let mut sub = ring.subscribe(Start::Latest).unwrap();
+    let slot = sub.slot().unwrap();
+    let mut publ = ring.exclusive_publication().unwrap();
+    for i in 0..3u8 {
+        publ.offer(&[i; 40]).unwrap();
+    }
+    // Taken back while the handler reads the second message: the poll says
+    // which one, and hands nothing after it.
+    let mut seen = Vec::new();
+    let err = sub
+        .poll(16, |m| {
+            seen.push(m.position);
+            if seen.len() == 2 {
+                ring.revoke_slot(slot);
+            }
+        })
+        .unwrap_err();
+    assert_eq!(seen.len(), 2);
+    assert_eq!(err, PollError::RevokedDuringRead { slot, position: seen[1] });
+    assert_eq!(sub.poll(16, |_| panic!("handed a message after revocation")).unwrap_err(), PollError::Revoked { slot });
+    // Publishers no longer heed it...
+    assert!(ring.subscribers().is_empty());
+    // ...but its owner (this process) lives: not free for a new subscriber.
+    #[cfg(not(miri))] // kill(pid, 0) is beyond Miri
+    assert_eq!(ring.free_revoked_slots(), 0);
+    let other = ring.subscribe(Start::Latest).unwrap();
+    assert_ne!(other.slot(), Some(slot));
+    drop(sub); // a revoked subscriber's drop leaves the slot alone
+    assert_eq!(ring.slot_pid(slot), std::process::id());
+}

@@ -6,7 +6,7 @@
 //!
 //! ```text
 //! rill-worker publish    --socket S --stream NAME --publisher K --seed S (--count N | --until-file PATH)
-//!                        [--api offer|claim] [--pause-every N --pause-us U]
+//!                        [--api offer|claim] [--pause-every N --pause-us U] [--exclusive]
 //! rill-worker subscribe  --socket S --stream NAME --seed S
 //!                        (--expect N0,N1,.. | --publishers P --done-file PATH | --follow P --done-file PATH)
 //!                        [--start latest|oldest] [--wait futex|yield] [--stop-after N] [--ro-checks]
@@ -19,7 +19,8 @@
 //!
 //! * `publish` sends messages `0..N` of publisher `K` (`rill_tests::payload`),
 //!   or as many as it can until the file `--until-file` exists, retrying
-//!   while back-pressured.
+//!   while back-pressured; `--exclusive` as the stream's exclusive
+//!   publisher.
 //! * `subscribe` prints `READY ...` once its subscriber is open and checks
 //!   every message (`rill_tests::check`): `--expect` exactly these counts
 //!   and stop; `--publishers P` exactly once and in order from sequence 0,
@@ -47,6 +48,7 @@
 
 use anyhow::{anyhow, bail, Context, Result};
 use rill::{ClaimError, Client, Start, StreamOptions, Subscriber};
+use rill_shm::ring::{ClaimMode, Exclusive, Shared};
 use rill_shm::idle::{IdleStrategy, SpinYield};
 use rill_tests::check::{Checker, Mode};
 use rill_tests::payload;
@@ -60,7 +62,7 @@ use std::time::{Duration, Instant};
 struct Opts(HashMap<String, String>);
 
 /// Options that take no value.
-const FLAGS: [&str; 1] = ["ro-checks"];
+const FLAGS: [&str; 2] = ["ro-checks", "exclusive"];
 
 impl Opts {
     fn parse(args: &[String]) -> Result<Self> {
@@ -200,8 +202,8 @@ impl Waiter {
 }
 
 /// One publisher's messages, sent through a `rill::Publisher`.
-struct Sender {
-    publ: rill::Publisher,
+struct Sender<M: ClaimMode> {
+    publ: rill::Publisher<M>,
     seed: u64,
     publisher: u32,
     max_len: usize,
@@ -209,10 +211,12 @@ struct Sender {
     wait: Waiter,
 }
 
-impl Sender {
+impl<M: ClaimMode> Sender<M> {
     fn open(client: &Client, o: &Opts) -> Result<Self> {
         let stream = o.req("stream")?;
-        let publ = client.publisher_with(stream, stream_options(o)?).with_context(|| format!("open publisher on {stream:?}"))?;
+        let publ = client
+            .open_publisher_as::<M>(stream, Some(stream_options(o)?))
+            .with_context(|| format!("open publisher on {stream:?}"))?;
         let publisher = u32::try_from(o.num("publisher", None)?).context("--publisher")?;
         let max_len = publ.max_message_len();
         Ok(Sender {
@@ -264,8 +268,16 @@ impl Sender {
 }
 
 fn publish(o: &Opts) -> Result<bool> {
+    if o.get("exclusive").is_some() {
+        publish_as::<Exclusive>(o)
+    } else {
+        publish_as::<Shared>(o)
+    }
+}
+
+fn publish_as<M: ClaimMode>(o: &Opts) -> Result<bool> {
     let client = connect(o, "publish")?;
-    let mut s = Sender::open(&client, o)?;
+    let mut s = Sender::<M>::open(&client, o)?;
     let count = o.num("count", Some(u64::MAX))?;
     let until = o.get("until-file").map(PathBuf::from);
     if count == u64::MAX && until.is_none() {
@@ -278,7 +290,8 @@ fn publish(o: &Opts) -> Result<bool> {
     };
     let pause_every = o.num("pause-every", Some(0))?;
     let pause = Duration::from_micros(o.num("pause-us", Some(0))?);
-    println!("OPEN role=publish publisher={} id={} {}", s.publisher, s.publ.id(), connection_fields(&client, s.publ.daemon_handle()));
+    let exclusive = s.publ.is_exclusive();
+    println!("OPEN role=publish publisher={} id={} exclusive={exclusive} {}", s.publisher, s.publ.id(), connection_fields(&client, s.publ.daemon_handle()));
     let mut progress = Progress::new();
     let (mut seq, mut first, mut last) = (0u64, None, 0u64);
     while seq < count {
@@ -309,7 +322,7 @@ fn publish(o: &Opts) -> Result<bool> {
 
 fn claim_hang(o: &Opts) -> Result<bool> {
     let client = connect(o, "claim-hang")?;
-    let mut s = Sender::open(&client, o)?;
+    let mut s = Sender::<Shared>::open(&client, o)?;
     let count = o.num("count", None)?;
     for seq in 0..count {
         s.offer(seq)?;
@@ -418,13 +431,14 @@ fn run_subscriber(o: &Opts, client: &Client, sub: Subscriber) -> Result<bool> {
     let counts: Vec<String> = c.counts().iter().map(u64::to_string).collect();
     println!(
         "SUMMARY role=subscribe ok={ok} delivered={} span={} padding={} overrun={} start={start} end={end} tail={} \
-         damaged={} order={} header={} counts={} {}{}{}",
+         damaged={} retracted={} order={} header={} counts={} {}{}{}",
         c.delivered,
         c.span_bytes,
         r.sub.padding_bytes(),
         r.sub.overrun_bytes(),
         r.sub.ring().tail(),
         c.damaged,
+        c.retracted,
         c.order_errors,
         c.header_errors,
         counts.join(","),
@@ -467,6 +481,9 @@ impl Reader<'_> {
             } else {
                 self.sub.poll(limit, |m| checker.on_message(&m))
             };
+            if let Err(rill::PollError::RevokedDuringRead { position, .. }) = &polled {
+                self.checker.retract(*position);
+            }
             let n = polled.map_err(|e| format!("poll: {e}"))?;
             if self.checker.complete() {
                 return Ok(());

@@ -13,29 +13,34 @@ use crate::error::ClientError;
 use crate::protocol::{HandleKind, Request, Response, StartAt, StreamInfo, StreamOptions, MAX_SLOTS_PER_STREAM};
 use crate::publisher::Publisher;
 use crate::subscriber::Subscriber;
-use rill_shm::ring::{OpenError, Ring};
+use rill_shm::ring::{ClaimMode, OpenError, Ring};
 use rill_shm::Access;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
-pub(super) fn publisher(token: &Arc<Token>, stream: &str, create: Option<StreamOptions>) -> Result<Publisher, ClientError> {
+pub(super) fn publisher<M: ClaimMode>(
+    token: &Arc<Token>,
+    stream: &str,
+    create: Option<StreamOptions>,
+) -> Result<Publisher<M>, ClientError> {
     let shared = &token.shared;
     let mut st = shared.lock_state();
-    let req = Request::OpenPublisher { stream: stream.to_owned(), create };
+    let exclusive = !M::SHARED;
+    let req = Request::OpenPublisher { stream: stream.to_owned(), create, exclusive };
     let Reply { response, fds } = shared.request(&mut st, &req)?;
     let (handle, info) = match response {
         Response::Publisher { handle, info } => (handle, info),
         other => return Err(Reply { response: other, fds }.unexpected("OpenPublisher")),
     };
-    let built = map_publisher(fds, &info).and_then(|ring| Ok(ring.shared_publication()?));
+    let built = map_publisher(fds, &info).and_then(|ring| Ok(ring.publication::<M>()?));
     let publication = match built {
         Ok(p) => p,
         Err(e) => return Err(undo(shared, &mut st, handle, e)),
     };
-    let entry = Entry { stream: stream.to_owned(), kind: HandleKind::Publisher, slot: 0, daemon_handle: handle };
+    let entry = Entry { stream: stream.to_owned(), kind: HandleKind::Publisher, slot: 0, exclusive, daemon_handle: handle };
     let key = st.insert(entry);
     drop(st);
-    tracing::debug!(stream, handle, publisher_id = publication.id(), "publisher open");
+    tracing::debug!(stream, handle, publisher_id = publication.id(), exclusive, "publisher open");
     Ok(Publisher::new(publication, info, HandleGuard { token: token.clone(), key }))
 }
 
@@ -58,7 +63,7 @@ pub(super) fn subscriber(
         Ok(s) => s,
         Err(e) => return Err(undo(shared, &mut st, handle, e)),
     };
-    let entry = Entry { stream: stream.to_owned(), kind: HandleKind::Subscriber, slot, daemon_handle: handle };
+    let entry = Entry { stream: stream.to_owned(), kind: HandleKind::Subscriber, slot, exclusive: false, daemon_handle: handle };
     let key = st.insert(entry);
     drop(st);
     tracing::debug!(stream, handle, slot, position, "subscriber open");

@@ -118,7 +118,7 @@ impl FakeState {
                 let ids = handles.iter().map(|_| self.handle_id()).collect();
                 (Response::Resumed { handles: ids }, none)
             }
-            Request::OpenPublisher { stream, create } => {
+            Request::OpenPublisher { stream, create, .. } => {
                 if let Err(e) = self.ring(&stream, create) {
                     return (e, none);
                 }
@@ -199,6 +199,7 @@ impl FakeState {
             padded_bytes: 0,
             reaped_subscribers: 0,
             keep: false,
+            exclusive: false,
         }
     }
 }
