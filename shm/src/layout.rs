@@ -261,6 +261,7 @@ impl Counters {
                     next_id: AtomicU32::new(1),
                     fenced: AtomicU32::new(0),
                     slot_hwm: AtomicU32::new(0),
+                    exclusive_pid: AtomicU32::new(0),
                 },
             },
         }
