@@ -7,7 +7,7 @@
 //! A child that fails prints the error and exits non-zero; the parent
 //! checks the exit status, and kills the child if the parent fails first.
 
-use crate::{pingpong, throughput};
+use crate::{futex_floor, iceoryx, oneway, pingpong, sockets, throughput};
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use std::path::PathBuf;
@@ -25,8 +25,30 @@ pub(crate) enum Role {
     Publisher,
     /// `RingEcho` on streams of a `rilld`, through the client library.
     RillEcho,
+    /// `RingEcho` on two iceoryx2 publish-subscribe services.
+    Iceoryx2Echo,
     /// `Publisher` on a stream of a `rilld`, through the client library.
     RillPublisher,
+    /// Receives and checks a throughput run's messages (a fan-out
+    /// subscriber besides the parent); prints `received N`.
+    Subscriber,
+    /// `Subscriber` on a stream of a `rilld`, through the client library.
+    RillSubscriber,
+    /// Sends `count` messages over `seconds` at their due times (oneway).
+    PacedPublisher,
+    /// `PacedPublisher` on a stream of a `rilld`.
+    RillPacedPublisher,
+    /// Answers each futex ping on the pong word (`floor-futex`).
+    FloorFutexEcho,
+    /// `RillEcho`, waiting for each message with the subscriber's blocking
+    /// wait instead of busy-polling.
+    RillBlockingEcho,
+    /// Echoes each message over a Unix stream socket.
+    UdsEcho,
+    /// Echoes each message over loopback TCP.
+    TcpEcho,
+    /// Echoes each message of the ping FIFO onto the pong FIFO.
+    PipeEcho,
 }
 
 /// Arguments of the hidden `__child` subcommand (set by the parent only).
@@ -41,7 +63,8 @@ pub(crate) struct ChildArgs {
     /// Socket of the `rilld` to connect to (`Rill*` roles).
     #[arg(long)]
     pub(crate) socket: Option<PathBuf>,
-    /// Stream names, in the order the role expects (`Rill*` roles).
+    /// Stream names, in the order the role expects (`Rill*` roles; the
+    /// iceoryx2 service names for `Iceoryx2Echo`).
     #[arg(long = "stream")]
     pub(crate) streams: Vec<String>,
     /// Core to pin to.
@@ -68,6 +91,19 @@ pub(crate) struct ChildArgs {
     /// Spin with the CPU's pause hint.
     #[arg(long)]
     pub(crate) spin_hint: bool,
+    /// Publishers of the stream (throughput): a publisher numbers its
+    /// messages as publisher `publisher_index` of `publishers` (shared
+    /// publications when more than one); a subscriber expects that many.
+    #[arg(long, default_value_t = 1)]
+    pub(crate) publishers: u16,
+    /// This publisher's index (throughput).
+    #[arg(long, default_value_t = 0)]
+    pub(crate) publisher_index: u16,
+    /// Where the parent is, in the order the role expects: the socket's
+    /// path (`UdsEcho`), its address (`TcpEcho`), or the ping and pong
+    /// FIFOs' paths (`PipeEcho`).
+    #[arg(long = "peer")]
+    pub(crate) peers: Vec<String>,
 }
 
 /// Entry point of the child process.
@@ -81,7 +117,17 @@ pub(crate) fn run(args: &ChildArgs) -> Result<()> {
         Role::RingEcho => pingpong::ring_echo(args)?,
         Role::Publisher => throughput::publish(args)?,
         Role::RillEcho => pingpong::rill_echo(args)?,
+        Role::Iceoryx2Echo => iceoryx::echo(args)?,
         Role::RillPublisher => throughput::rill_publish(args)?,
+        Role::Subscriber => throughput::subscribe(args)?,
+        Role::RillSubscriber => throughput::rill_subscribe(args)?,
+        Role::PacedPublisher => oneway::publish(args)?,
+        Role::RillPacedPublisher => oneway::rill_publish(args)?,
+        Role::FloorFutexEcho => futex_floor::floor_futex_echo(args)?,
+        Role::RillBlockingEcho => pingpong::rill_echo(args)?,
+        Role::UdsEcho => sockets::uds_echo(args)?,
+        Role::TcpEcho => sockets::tcp_echo(args)?,
+        Role::PipeEcho => sockets::pipe_echo(args)?,
     }
     println!("preempted {}", preemptions() - before);
     Ok(())
@@ -136,7 +182,9 @@ impl ChildProc {
             .args(["--size", &args.size.to_string()])
             .args(["--seconds", &args.seconds.to_string()])
             .args(["--batch", &args.batch.to_string()])
-            .args(["--poll-limit", &args.poll_limit.to_string()]);
+            .args(["--poll-limit", &args.poll_limit.to_string()])
+            .args(["--publishers", &args.publishers.to_string()])
+            .args(["--publisher-index", &args.publisher_index.to_string()]);
         for r in &args.rings {
             cmd.arg("--ring").arg(r);
         }
@@ -145,6 +193,9 @@ impl ChildProc {
         }
         for s in &args.streams {
             cmd.arg("--stream").arg(s);
+        }
+        for p in &args.peers {
+            cmd.arg("--peer").arg(p);
         }
         if args.timestamps {
             cmd.arg("--timestamps");
@@ -258,6 +309,13 @@ impl Stall {
             Some(_) => {}
         }
         Ok(())
+    }
+
+    /// Like [`Stall::idle`], for a caller that has just slept (a blocking
+    /// wait that timed out with nothing to do): checks the clock every
+    /// time, as a sleep costs far more than reading it.
+    pub(crate) fn waited(&mut self) -> Result<()> {
+        self.check()
     }
 
     /// Like [`Stall::idle`], but yields the CPU first: for waiting until a

@@ -30,23 +30,49 @@
 //!   name with the client library; each publisher is the stream's
 //!   exclusive one (`Client::exclusive_publisher`), as on the bare ring.
 //!   `rill` and `rill+ts` lines.
+//! * `iceoryx2`: the same round trip over two publish-subscribe services of
+//!   the iceoryx2 crate, zero-copy loans on both sides (see `iceoryx`).
 //!
-//! Measurements run in rounds, each transport once per round, so that a
-//! change in the machine during the run affects every transport alike. The
-//! first `warmup` round trips of each measurement are not recorded. Each
+//! Blocking transports, where neither side owns its core: each receiver
+//! sleeps in the kernel until the message is there.
+//!
+//! * `floor-futex`: their floor, a bare futex wake each way (see
+//!   `futex_floor`).
+//! * `rill-blocking`: the same as `rill`, but both sides wait with the
+//!   client's blocking wait (`rill::Subscriber::poll_blocking`: a ~50 us
+//!   spin, then a sleep on the ring's futex) instead of busy-polling.
+//! * `uds`, `tcp`, `pipe`: a Unix stream socket, loopback TCP and two
+//!   FIFOs, blocking reads and writes (see `sockets`).
+//!
+//! `--transport all` measures every transport (see `Transport::expand`).
+//!
+//! Messages carry `--size` bytes, one size or several (8 B to 1 MiB); the
+//! rings grow with the size so that each holds four of the largest
+//! messages. The floors move a fixed few bytes whatever the size: they are
+//! measured once per round and are the reference at every size. `--plot`
+//! draws the
+//! kept histograms as latency by percentile (see `plot`); a terminal on
+//! stderr shows which measurement is running.
+//!
+//! Measurements run in rounds, each transport once per round at every
+//! size, so that a change in the machine during the run affects every
+//! transport and size alike. The first `warmup` round trips of each
+//! measurement are not recorded. Each
 //! recorded round trip is timed with `Instant` (vDSO `clock_gettime`), whose
 //! cost is printed beside the results; it is the same for every transport.
 
 use crate::child::{
     check_cores, pin, preemptions, report_field, ChildArgs, ChildProc, Role, Stall,
 };
+use crate::plot;
 use crate::report::{self, Latency};
 use crate::rings::{pages_name, RingDir};
 use crate::Transport;
 use anyhow::{bail, ensure, Context, Result};
-use clap::Args;
+use clap::{Args, ValueEnum};
 use hdrhistogram::Histogram;
 use crate::daemon::{stream_name, Daemon};
+use crate::{futex_floor, sockets};
 use rill_shm::ring::{ClaimError, ExclusivePublication, Message, PollError, Start, Subscriber};
 use rill_shm::{Access, Ring};
 use std::path::PathBuf;
@@ -54,9 +80,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// Longest a side spins without progress before it gives up.
-const STALL_TIMEOUT: Duration = Duration::from_secs(10);
-/// Data capacity of the ping and pong rings.
+pub(crate) const STALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Smallest data capacity of the ping and pong rings (larger messages get
+/// larger rings: see [`ring_capacity`]).
 const RING_CAPACITY: u64 = 1 << 20;
+/// Smallest and largest `--size`: a sequence number, and 1 MiB.
+const MIN_SIZE: u64 = 8;
+const MAX_SIZE: u64 = 1 << 20;
 
 /// Arguments of `rill-bench pingpong`.
 #[derive(Debug, Clone, Args)]
@@ -73,15 +103,31 @@ pub(crate) struct PingpongArgs {
     /// one for the run, the `rilld` next to this executable).
     #[arg(long)]
     socket: Option<PathBuf>,
-    /// Payload bytes per message (the first 8 carry a sequence number).
-    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(8..=65536))]
-    size: u32,
+    /// Payload bytes per message (the first 8 carry a sequence number):
+    /// one size or several, comma-separated, from 8B to 1MiB, each a number
+    /// of bytes or with a unit B, KiB or MiB (any case; k and m are short
+    /// for KiB and MiB), e.g. `8,32,1KiB,64KiB,1MiB`. Every transport is
+    /// measured at every size in every round, except the floors (`floor`,
+    /// `floor-store`, `floor-futex`), which carry a fixed few bytes whatever
+    /// the size: they are measured once per round and are the reference at
+    /// every size.
+    #[arg(
+        long = "size",
+        value_delimiter = ',',
+        num_args = 1..,
+        default_value = "32",
+        value_parser = parse_size
+    )]
+    sizes: Vec<u32>,
+    /// The size being measured: one of `sizes`, set for each measurement.
+    #[arg(skip)]
+    pub(crate) size: u32,
     /// Round trips recorded per transport (over all rounds).
     #[arg(long, default_value_t = 2_000_000)]
-    count: u64,
+    pub(crate) count: u64,
     /// Round trips run first and not recorded (in every round).
     #[arg(long, default_value_t = 200_000)]
-    warmup: u64,
+    pub(crate) warmup: u64,
     /// Rounds: `count` is split over this many, and each round measures
     /// every transport once, with fresh processes and rings.
     #[arg(long, default_value_t = 5)]
@@ -103,47 +149,95 @@ pub(crate) struct PingpongArgs {
     /// Directory to create ring files in (default: /dev/hugepages if it has
     /// free huge pages, else /dev/shm).
     #[arg(long)]
-    dir: Option<PathBuf>,
-    /// One JSON object per result line.
+    pub(crate) dir: Option<PathBuf>,
+    /// One JSON object per result line (progress, when stderr is a
+    /// terminal, goes to stderr; stdout carries results only).
     #[arg(long)]
     json: bool,
+    /// Also draw the latency by percentile (HdrHistogram style: percentile
+    /// on a log scale of 1/(1-q)) of every transport at every size into
+    /// this SVG file.
+    #[arg(long, value_name = "FILE.svg")]
+    plot: Option<PathBuf>,
 }
 
 /// Runs `rill-bench pingpong`.
 pub(crate) fn run(args: &PingpongArgs) -> Result<()> {
+    let args = &PingpongArgs {
+        transport: Transport::expand(&args.transport),
+        ..args.clone()
+    };
     check_cores(&args.cores)?;
     ensure!(
         args.count > 0 && args.rounds > 0,
         "--count and --rounds must be positive"
     );
     ensure!(args.poll_limit > 0, "--poll-limit must be positive");
+    if let Some(i) = (1..args.sizes.len()).find(|&i| args.sizes[..i].contains(&args.sizes[i])) {
+        bail!("--size lists {} twice", report::size_name(args.sizes[i] as usize));
+    }
     pin(args.cores[0])?;
     let clock_ns = report::clock_overhead_ns();
-    // Each round measures every transport once, so a change in the machine
-    // (a vCPU moved to a far core, a noisy neighbour) lands on all of them.
-    let round = PingpongArgs {
-        count: args.count.div_ceil(args.rounds),
-        ..args.clone()
-    };
-    let daemon = if args.transport.contains(&Transport::Rill) {
+    // Each round measures every transport once at every size, so a change
+    // in the machine (a vCPU moved to a far core, a noisy neighbour) lands
+    // on all of them.
+    let per_round = args.count.div_ceil(args.rounds);
+    let rounds_and_sizes =
+        (0..args.rounds).flat_map(|r| (0..args.sizes.len()).map(move |s| (r, s)));
+    let per_size = args.transport.iter().filter(|t| !fixed_size(**t)).count();
+    let measurements = args.transport.len() + (args.sizes.len() - 1) * per_size;
+    let mut progress = report::Progress::new(args.rounds as usize * measurements);
+    let needs_daemon = args
+        .transport
+        .iter()
+        .any(|t| matches!(t, Transport::Rill | Transport::RillBlocking));
+    let daemon = if needs_daemon {
         Some(Daemon::for_run(args.socket.as_deref(), args.dir.as_deref())?)
     } else {
         None
     };
     let mut samples: Vec<Sample> = Vec::new();
-    for _ in 0..args.rounds {
+    for (round_no, size_no) in rounds_and_sizes {
+        let round = PingpongArgs {
+            count: per_round,
+            size: args.sizes[size_no],
+            ..args.clone()
+        };
         for t in &args.transport {
+            if size_no > 0 && fixed_size(*t) {
+                continue; // measured at the round's first size
+            }
+            progress.next(&format!(
+                "pingpong round {}/{}, size {}: {}",
+                round_no + 1,
+                args.rounds,
+                report::size_name(round.size as usize),
+                t.to_possible_value().expect("no skipped variants").get_name()
+            ));
             let got = match t {
                 Transport::Floor => vec![floor(&round)?],
                 Transport::FloorStore => vec![floor_store(&round)?],
                 Transport::Ring => vec![ring(&round, false)?, ring(&round, true)?],
                 Transport::Rill => {
                     let d = daemon.as_ref().expect("started above");
-                    vec![rill(&round, d, false)?, rill(&round, d, true)?]
+                    vec![rill(&round, d, false, Wait::Spin)?, rill(&round, d, true, Wait::Spin)?]
                 }
+                Transport::Iceoryx2 => vec![iceoryx2(&round)?],
+                Transport::FloorFutex => vec![futex_floor::floor_futex(&round)?],
+                Transport::RillBlocking => {
+                    let d = daemon.as_ref().expect("started above");
+                    vec![rill(&round, d, false, Wait::Block)?]
+                }
+                Transport::Uds => vec![sockets::uds(&round)?],
+                Transport::Tcp => vec![sockets::tcp(&round)?],
+                Transport::Pipe => vec![sockets::pipe(&round)?],
+                Transport::All => unreachable!("expanded at the start"),
             };
             for g in got {
-                match samples.iter_mut().find(|s| s.transport == g.transport) {
+                match samples
+                    .iter_mut()
+                    .find(|s| s.transport == g.transport && s.size == g.size)
+                {
                     Some(s) => {
                         s.hist.add(&g.hist).context("merge histograms")?;
                         s.preempted += g.preempted;
@@ -153,25 +247,105 @@ pub(crate) fn run(args: &PingpongArgs) -> Result<()> {
             }
         }
     }
+    drop(progress); // erases its line before the results go to the terminal
     let results: Vec<Latency> = samples
         .iter()
         .map(|s| Latency::new(s.transport, s.size, s.pages, &s.hist, s.preempted))
         .collect();
     report::print_latency(&results, clock_ns, args.json);
+    if let Some(path) = &args.plot {
+        let svg = plot_svg(args, clock_ns, &samples);
+        std::fs::write(path, svg).with_context(|| format!("write {}", path.display()))?;
+    }
     Ok(())
+}
+
+/// Whether transport `t` carries a fixed few bytes whatever `--size` says:
+/// such a transport is measured once per round (at the first size) and is
+/// the reference at every size. A new transport that cannot carry `--size`
+/// bytes belongs here.
+fn fixed_size(t: Transport) -> bool {
+    matches!(
+        t,
+        Transport::Floor | Transport::FloorStore | Transport::FloorFutex
+    )
+}
+
+/// Parses a `--size` value: bytes, or with a unit B, KiB or MiB (any
+/// case; k and m for short), within 8B..=1MiB.
+pub(crate) fn parse_size(s: &str) -> Result<u32, String> {
+    let t = s.trim();
+    let (digits, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (a number of bytes, or with B, KiB or MiB)"))?;
+    let unit_bytes: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        u => return Err(format!("unknown unit {u:?} in {s:?} (B, KiB or MiB; k, m)")),
+    };
+    n.checked_mul(unit_bytes)
+        .filter(|b| (MIN_SIZE..=MAX_SIZE).contains(b))
+        .map(|b| u32::try_from(b).expect("at most 1 MiB"))
+        .ok_or_else(|| format!("size {s:?} is outside 8B..=1MiB"))
+}
+
+/// Data capacity of the rings for messages of `size` bytes: a power of
+/// two that holds four of the largest messages the ring accepts (the ring
+/// requires `max_message_len <= capacity / 4 - header`), and at least
+/// [`RING_CAPACITY`].
+fn ring_capacity(size: u32) -> u64 {
+    let span = rill_shm::frame::message_span(max_len(size) as usize) as u64;
+    (4 * span).next_power_of_two().max(RING_CAPACITY)
+}
+
+/// Largest payload the rings accept for messages of `size` bytes.
+fn max_len(size: u32) -> u32 {
+    size.max(64)
+}
+
+/// The `--plot` chart of `samples`, titled with the run's parameters.
+fn plot_svg(args: &PingpongArgs, clock_ns: u64, samples: &[Sample]) -> String {
+    let series: Vec<plot::Series> = samples
+        .iter()
+        .map(|s| plot::Series {
+            transport: s.transport.to_owned(),
+            size: s.size,
+            label: format!("{} {}", s.transport, report::size_name(s.size)),
+            points: plot::percentile_points(&s.hist),
+        })
+        .collect();
+    let names = |v: Vec<String>| v.join(",");
+    let subtitle = format!(
+        "transports {} · sizes {} · {} round trips each over {} rounds (+{} warmup per round) · \
+         cores {} · each includes a clock read (~{clock_ns} ns)",
+        names(samples.iter().map(|s| s.transport.to_owned()).fold(Vec::new(), |mut v, t| {
+            if !v.contains(&t) {
+                v.push(t);
+            }
+            v
+        })),
+        names(args.sizes.iter().map(|&z| report::size_name(z as usize)).collect()),
+        args.count.div_ceil(args.rounds) * args.rounds,
+        args.rounds,
+        args.warmup,
+        names(args.cores.iter().map(usize::to_string).collect())
+    );
+    plot::svg("rill-bench pingpong: round-trip latency by percentile", &subtitle, &series)
 }
 
 /// One transport's round trips from one round.
 #[derive(Debug)]
-struct Sample {
-    transport: &'static str,
-    size: usize,
-    pages: &'static str,
-    hist: Histogram<u64>,
-    preempted: u64,
+pub(crate) struct Sample {
+    pub(crate) transport: &'static str,
+    pub(crate) size: usize,
+    pub(crate) pages: &'static str,
+    pub(crate) hist: Histogram<u64>,
+    pub(crate) preempted: u64,
 }
 
-fn child_args(args: &PingpongArgs, role: Role, rings: Vec<PathBuf>, timestamps: bool) -> ChildArgs {
+pub(crate) fn child_args(args: &PingpongArgs, role: Role, rings: Vec<PathBuf>, timestamps: bool) -> ChildArgs {
     ChildArgs {
         role,
         rings,
@@ -185,7 +359,23 @@ fn child_args(args: &PingpongArgs, role: Role, rings: Vec<PathBuf>, timestamps: 
         batch: 0,
         poll_limit: args.poll_limit,
         spin_hint: !args.tight_spin,
+        publishers: 1,
+        publisher_index: 0,
+        peers: Vec::new(),
     }
+}
+
+/// Side A over two iceoryx2 services (see [`crate::iceoryx`]).
+fn iceoryx2(args: &PingpongArgs) -> Result<Sample> {
+    let child = child_args(args, Role::Iceoryx2Echo, Vec::new(), false);
+    let (hist, preempted) = crate::iceoryx::round_trips(child, args.warmup)?;
+    Ok(Sample {
+        transport: "iceoryx2",
+        size: args.size as usize,
+        pages: crate::iceoryx::PAGES,
+        hist,
+        preempted,
+    })
 }
 
 /// Side A of the floor: ping on `durable`, wait for the pong on
@@ -316,9 +506,9 @@ fn floor_store(args: &PingpongArgs) -> Result<Sample> {
 /// Side A of the ring pingpong: offer on ping, busy-poll pong for the echo.
 fn ring(args: &PingpongArgs, timestamps: bool) -> Result<Sample> {
     let mut dir = RingDir::new(args.dir.as_deref())?;
-    let max_len = args.size.max(64);
-    let (ping, ping_path) = dir.create("ping", RING_CAPACITY, max_len)?;
-    let (pong, pong_path) = dir.create("pong", RING_CAPACITY, max_len)?;
+    let (capacity, max_len) = (ring_capacity(args.size), max_len(args.size));
+    let (ping, ping_path) = dir.create("ping", capacity, max_len)?;
+    let (pong, pong_path) = dir.create("pong", capacity, max_len)?;
     let mut publ = ping.exclusive_publication()?;
     publ.set_timestamps(timestamps);
     // Subscribe before B starts, so B's first message (its "ready") is ours.
@@ -333,11 +523,20 @@ fn ring(args: &PingpongArgs, timestamps: bool) -> Result<Sample> {
     round_trips(args, name, pages_name(ping.pages()), &mut publ, &mut sub, child)
 }
 
+/// How a side of the `rill` pingpong waits for the next message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wait {
+    /// Busy-polls (`rill`, `rill+ts`).
+    Spin,
+    /// With the client's blocking wait, [`Blocking`] (`rill-blocking`).
+    Block,
+}
+
 /// Side A of the pingpong through a `rilld`: the same as [`ring`], on two
 /// streams opened by name with the client library.
-fn rill(args: &PingpongArgs, daemon: &Daemon, timestamps: bool) -> Result<Sample> {
+fn rill(args: &PingpongArgs, daemon: &Daemon, timestamps: bool, wait: Wait) -> Result<Sample> {
     let client = rill::Client::connect_to(daemon.socket()).context("connect to rilld")?;
-    let options = stream_options(RING_CAPACITY, args.size);
+    let options = stream_options(ring_capacity(args.size), args.size);
     let (ping, pong) = (stream_name("ping"), stream_name("pong"));
     let mut publ = client
         .open_exclusive_publisher(&ping, Some(options.clone()))
@@ -347,13 +546,24 @@ fn rill(args: &PingpongArgs, daemon: &Daemon, timestamps: bool) -> Result<Sample
     let mut sub = client
         .subscriber_with(&pong, rill::Start::Latest, options)
         .context("open pong subscriber")?;
-    let mut cargs = child_args(args, Role::RillEcho, Vec::new(), timestamps);
+    let role = match wait {
+        Wait::Spin => Role::RillEcho,
+        Wait::Block => Role::RillBlockingEcho,
+    };
+    let mut cargs = child_args(args, role, Vec::new(), timestamps);
     cargs.socket = Some(daemon.socket().to_path_buf());
     cargs.streams = vec![ping, pong];
     let child = ChildProc::spawn(&cargs)?;
-    let name = if timestamps { "rill+ts" } else { "rill" };
     let pages = pages_name(publ.ring().pages());
-    round_trips(args, name, pages, &mut publ, &mut sub, child)
+    match (wait, timestamps) {
+        (Wait::Spin, false) => round_trips(args, "rill", pages, &mut publ, &mut sub, child),
+        (Wait::Spin, true) => round_trips(args, "rill+ts", pages, &mut publ, &mut sub, child),
+        (Wait::Block, false) => {
+            let sub = &mut Blocking(&mut sub);
+            round_trips(args, "rill-blocking", pages, &mut publ, sub, child)
+        }
+        (Wait::Block, true) => bail!("rill-blocking is measured without timestamps"),
+    }
 }
 
 /// The options the `rill` transport creates its streams with: the `ring`
@@ -361,7 +571,7 @@ fn rill(args: &PingpongArgs, daemon: &Daemon, timestamps: bool) -> Result<Sample
 pub(crate) fn stream_options(capacity: u64, size: u32) -> rill::StreamOptions {
     rill::StreamOptions::new()
         .with_capacity(capacity)
-        .with_max_message_len(size.max(64))
+        .with_max_message_len(max_len(size))
         .with_policy(rill::Policy::BackPressure)
 }
 
@@ -395,7 +605,7 @@ fn round_trips(
         let t0 = Instant::now();
         offer(publ, &payload, &mut stall)?;
         while sub.poll_msgs(limit, |m| echoed = sequence(m.payload))? == 0 {
-            stall.idle()?;
+            sub.idle(&mut stall)?;
         }
         let rtt = t0.elapsed();
         stall.progress();
@@ -443,7 +653,11 @@ pub(crate) fn rill_echo(args: &ChildArgs) -> Result<()> {
         .open_exclusive_publisher(pong, None)
         .context("open pong publisher")?;
     publ.publication().set_timestamps(args.timestamps);
-    echo(args, &mut publ, &mut sub)
+    if args.role == Role::RillBlockingEcho {
+        echo(args, &mut publ, &mut Blocking(&mut sub))
+    } else {
+        echo(args, &mut publ, &mut sub)
+    }
 }
 
 /// Announces B with one message, then echoes `count` messages.
@@ -462,7 +676,7 @@ fn echo(args: &ChildArgs, publ: &mut impl Offer, sub: &mut impl Poll) -> Result<
             return Err(e);
         }
         if n == 0 {
-            stall.idle()?;
+            sub.idle(&mut stall)?;
         } else {
             echoed += n as u64;
             stall.progress();
@@ -497,6 +711,13 @@ pub(crate) trait Poll {
     /// Hands up to `limit` messages to `handler`; returns how many.
     fn poll_msgs<F: FnMut(Message<'_>)>(&mut self, limit: usize, handler: F)
         -> Result<usize, PollError>;
+
+    /// Called after a poll that found nothing: a busy-polled subscriber
+    /// spins on ([`Stall::idle`]).
+    #[inline]
+    fn idle(&self, stall: &mut Stall) -> Result<()> {
+        stall.idle()
+    }
 }
 
 impl Poll for Subscriber {
@@ -521,6 +742,30 @@ impl Poll for rill::Subscriber {
     }
 }
 
+/// Longest one blocking poll waits before it returns empty.
+const BLOCKING_POLL: Duration = Duration::from_millis(100);
+
+/// A client-library subscriber that waits for messages with the library's
+/// blocking wait (`poll_blocking`: a ~50 us spin, then a sleep on the
+/// ring's futex until a publisher commits) instead of being busy-polled.
+#[derive(Debug)]
+pub(crate) struct Blocking<'a>(pub(crate) &'a mut rill::Subscriber);
+
+impl Poll for Blocking<'_> {
+    fn poll_msgs<F: FnMut(Message<'_>)>(
+        &mut self,
+        limit: usize,
+        handler: F,
+    ) -> Result<usize, PollError> {
+        self.0.poll_blocking(limit, BLOCKING_POLL, handler)
+    }
+
+    /// The poll has already waited [`BLOCKING_POLL`]: check the clock.
+    fn idle(&self, stall: &mut Stall) -> Result<()> {
+        stall.waited()
+    }
+}
+
 /// Offers `payload`, spinning while back-pressured.
 #[inline]
 pub(crate) fn offer(publ: &mut impl Offer, payload: &[u8], stall: &mut Stall) -> Result<u64> {
@@ -539,4 +784,54 @@ pub(crate) fn sequence(payload: &[u8]) -> u64 {
     payload.get(..8).map_or(u64::MAX, |b| {
         u64::from_le_bytes(b.try_into().expect("8 bytes"))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rill_shm::ring::RingConfig;
+
+    #[test]
+    fn sizes_parse_with_binary_units_in_any_case() {
+        for (text, bytes) in [
+            ("8", 8),
+            ("32B", 32),
+            ("1KiB", 1024),
+            ("4kib", 4096),
+            ("64k", 65536),
+            ("1MiB", 1 << 20),
+            ("1m", 1 << 20),
+            (" 2 KiB ", 2048),
+        ] {
+            assert_eq!(parse_size(text), Ok(bytes), "{text}");
+        }
+        for bad in ["", "7", "2MiB", "1KB", "1.5KiB", "KiB", "-8", "99999999999999999999"] {
+            assert!(parse_size(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn rings_hold_several_of_the_largest_messages_at_every_size() {
+        for size in [8, 32, 4096, 65536, 65537, 300_000, 1 << 20] {
+            let capacity = ring_capacity(size);
+            let config = RingConfig {
+                capacity,
+                max_message_len: max_len(size),
+                ..RingConfig::default()
+            };
+            assert!(config.validate().is_ok(), "size {size}: {config:?}");
+            let span = rill_shm::frame::message_span(size as usize) as u64;
+            assert!(capacity.is_power_of_two() && capacity >= 4 * span, "size {size}");
+            assert!(capacity >= RING_CAPACITY, "size {size}");
+        }
+        assert_eq!(ring_capacity(32), RING_CAPACITY, "the default is unchanged");
+    }
+
+    #[test]
+    fn size_names_round_trip_through_the_parser() {
+        for bytes in [8, 1500, 1024, 65536, 1 << 20] {
+            let name = report::size_name(bytes as usize);
+            assert_eq!(parse_size(&name), Ok(bytes), "{name}");
+        }
+    }
 }

@@ -43,7 +43,7 @@ impl RingDir {
             capacity,
             max_message_len,
             policy: Policy::BackPressure,
-            slot_count: 4,
+            slot_count: 16,
             pages: PagePreference::Auto,
         };
         let dir = self.paths.last().expect("at least one directory").clone();

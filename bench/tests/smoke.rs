@@ -77,6 +77,106 @@ fn pingpong_reports_every_transport_with_ordered_percentiles() {
     }
 }
 
+/// The string after `"key":` in a flat JSON line.
+fn text<'a>(line: &'a str, key: &str) -> &'a str {
+    let pat = format!("\"{key}\":\"");
+    let at = line
+        .find(&pat)
+        .unwrap_or_else(|| panic!("{key} missing in {line}"));
+    let rest = &line[at + pat.len()..];
+    &rest[..rest.find('"').expect("string ends")]
+}
+
+#[test]
+fn pingpong_measures_every_size_and_plots_every_series() {
+    let svg_path = std::env::temp_dir().join(format!("rill-bench-smoke-{}.svg", std::process::id()));
+    let _ = std::fs::remove_file(&svg_path);
+    let lines = run(&[
+        "pingpong",
+        "--transport",
+        "floor,floor-store,ring",
+        "--size",
+        "8,4KiB",
+        "--count",
+        "2000",
+        "--warmup",
+        "200",
+        "--json",
+        "--plot",
+        svg_path.to_str().expect("utf-8 temp dir"),
+    ]);
+    let svg = std::fs::read_to_string(&svg_path).expect("--plot wrote the SVG");
+    let _ = std::fs::remove_file(&svg_path);
+    let series: Vec<(String, u64)> = lines
+        .iter()
+        .map(|l| (text(l, "transport").to_owned(), num(l, "size") as u64))
+        .collect();
+    // The floors carry 8 bytes at every size: one line each, the reference
+    // for both sizes; the ring is measured at each size.
+    let want = [
+        ("floor", 8),
+        ("floor-store", 8),
+        ("ring", 8),
+        ("ring+ts", 8),
+        ("ring", 4096),
+        ("ring+ts", 4096),
+    ];
+    let want: Vec<(String, u64)> = want.iter().map(|&(t, s)| (t.to_owned(), s)).collect();
+    assert_eq!(series, want, "{lines:#?}");
+    for l in &lines {
+        assert_eq!(num(l, "count"), 2000.0, "{l}");
+        for k in ["p50_ns", "p90_ns", "p99_ns", "p999_ns", "max_ns"] {
+            assert!(num(l, k) > 0.0, "{k} in {l}");
+        }
+        if text(l, "transport").starts_with("ring") {
+            assert!(num(l, "p50_vs_floor") > 0.0 && num(l, "p99_vs_floor_store") > 0.0, "{l}");
+        }
+    }
+    assert!(svg.contains("<svg") && svg.trim_end().ends_with("</svg>"), "{svg}");
+    assert_eq!(svg.matches("<polyline").count(), want.len(), "{svg}");
+    for (t, size) in &want {
+        let attrs = format!("data-transport=\"{t}\" data-size=\"{size}\"");
+        assert_eq!(svg.matches(&attrs).count(), 1, "{attrs} in {svg}");
+        let label = format!(">{t} {}</text>", if *size == 8 { "8B" } else { "4KiB" });
+        assert!(svg.contains(&label), "legend {label} in {svg}");
+    }
+}
+
+/// The iceoryx2 transport runs both sides to the end (side A fails the
+/// run if any round trip brings back another message than it sent) and
+/// reports a line like the others, with its ratio to the floor.
+#[test]
+fn pingpong_over_iceoryx2_reports_every_round_trip() {
+    let lines = run(&[
+        "pingpong",
+        "--transport",
+        "floor,iceoryx2",
+        "--count",
+        "2000",
+        "--warmup",
+        "200",
+        "--rounds",
+        "1",
+        "--json",
+    ]);
+    let names: Vec<_> = lines
+        .iter()
+        .map(|l| l.split('"').nth(7).unwrap_or("").to_owned())
+        .collect();
+    assert_eq!(names, ["floor", "iceoryx2"], "{lines:#?}");
+    let l = &lines[1];
+    assert_eq!(num(l, "count"), 2000.0, "{l}");
+    let p: Vec<f64> = ["p50_ns", "p90_ns", "p99_ns", "p999_ns", "max_ns"]
+        .iter()
+        .map(|k| num(l, k))
+        .collect();
+    assert!(
+        p[0] > 0.0 && p.windows(2).all(|w| w[0] <= w[1]),
+        "percentiles out of order: {l}"
+    );
+    assert!(num(l, "p50_vs_floor") > 0.0, "{l}");
+}
+
 #[test]
 fn throughput_moves_and_checks_every_message() {
     let lines = run(&[
@@ -95,7 +195,7 @@ fn throughput_moves_and_checks_every_message() {
         .collect();
     assert_eq!(
         modes,
-        ["store", "offer", "offer", "batch8", "batch8"],
+        ["store", "copy", "offer", "offer", "batch8", "batch8"],
         "{lines:#?}"
     );
     for l in &lines {
@@ -111,5 +211,83 @@ fn throughput_moves_and_checks_every_message() {
             num(l, "count") > 2048.0,
             "fewer than two laps of the buffer: {l}"
         );
+    }
+}
+
+/// The blocking transports and their floor each run both sides to the end
+/// (side A fails the run if a round trip brings back another message than
+/// it sent) and report a full line; each non-floor line carries its ratio
+/// to `floor-futex`.
+#[test]
+fn pingpong_over_blocking_transports_reports_every_round_trip() {
+    // `rill-blocking` starts the rilld next to rill-bench: build it there
+    // (a no-op when up to date).
+    let rilld = rill_tests::daemon::rilld_bin().expect("build rilld");
+    let bench = std::path::Path::new(env!("CARGO_BIN_EXE_rill-bench"));
+    assert_eq!(rilld.parent(), bench.parent(), "rilld must sit next to rill-bench");
+    let want = ["uds", "tcp", "pipe", "floor-futex", "rill-blocking"];
+    let lines = run(&[
+        "pingpong",
+        "--transport",
+        &want.join(","),
+        "--count",
+        "2000",
+        "--warmup",
+        "200",
+        "--rounds",
+        "1",
+        "--json",
+    ]);
+    let names: Vec<_> = lines.iter().map(|l| text(l, "transport")).collect();
+    assert_eq!(names, want, "{lines:#?}");
+    for l in &lines {
+        assert_eq!(num(l, "count"), 2000.0, "{l}");
+        let p: Vec<f64> = ["p50_ns", "p90_ns", "p99_ns", "p999_ns", "max_ns"]
+            .iter()
+            .map(|k| num(l, k))
+            .collect();
+        assert!(
+            p[0] > 0.0 && p.windows(2).all(|w| w[0] <= w[1]),
+            "percentiles out of order: {l}"
+        );
+        if text(l, "transport") != "floor-futex" {
+            assert!(num(l, "p50_vs_floor_futex") > 0.0, "{l}");
+        }
+    }
+}
+
+#[test]
+fn throughput_fans_out_and_in_with_every_message_checked() {
+    // Every process checks every message it gets (the parent and the
+    // fan-out subscribers per publisher, in order), and rill-bench fails
+    // if any count differs from what the publishers sent.
+    let lines = run(&[
+        "throughput", "--transport", "ring,rill", "--seconds", "0.2", "--rounds", "1", "--fan-out", "3", "--fan-in", "3",
+        "--capacity", "65536", "--json",
+    ]);
+    let modes: Vec<String> = lines.iter().map(|l| format!("{}/{}", text(l, "transport"), text(l, "mode"))).collect();
+    for want in ["ring/offer 1:3", "ring/offer 3:1", "rill/offer 1:3", "rill/offer 3:1"] {
+        assert!(modes.iter().any(|m| m == want), "no {want} line: {lines:#?}");
+    }
+    for l in lines.iter().filter(|l| text(l, "mode").contains(':')) {
+        assert!(num(l, "count") > 2048.0 && num(l, "msgs_per_s") > 0.0, "{l}");
+        assert!(num(l, "vs_one_to_one") > 0.0, "{l}");
+    }
+}
+
+#[test]
+fn oneway_reports_every_rate_with_ordered_percentiles() {
+    let lines = run(&[
+        "oneway", "--transport", "ring,rill,rill-blocking", "--rate", "20k,200k", "--seconds", "0.2", "--json",
+    ]);
+    assert_eq!(lines.len(), 6, "{lines:#?}");
+    for l in &lines {
+        assert_eq!(text(l, "bench"), "oneway", "{l}");
+        let rate = num(l, "rate");
+        // Every message after the first tenth is recorded.
+        assert_eq!(num(l, "count"), (rate * 0.2).ceil() - ((rate * 0.2).ceil() / 10.0).floor(), "{l}");
+        assert!(num(l, "achieved_rate") > 0.0, "{l}");
+        let p: Vec<f64> = ["p50_ns", "p90_ns", "p99_ns", "p999_ns", "max_ns"].iter().map(|k| num(l, k)).collect();
+        assert!(p.windows(2).all(|w| w[0] <= w[1]), "percentiles out of order: {l}");
     }
 }

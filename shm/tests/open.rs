@@ -186,3 +186,18 @@ fn page_file_rings_give_subscribers_only_their_own_slot() {
     let adopted = Ring::open_page_files(&rings, &pages, "p", Access::ReadWrite).unwrap();
     assert_eq!(adopted.tail(), daemon.tail());
 }
+
+#[test]
+fn wake_word_is_shared_between_mappings_and_absent_read_only() {
+    use std::sync::atomic::Ordering;
+    let dir = TempDir::new("wake");
+    let ring = Ring::create_in(&dir.0, "w", &config()).unwrap();
+    let rw = Ring::open(&dir.0.join("w"), Access::ReadWrite).unwrap();
+    let ro = Ring::open(&dir.0.join("w"), Access::ReadOnly).unwrap();
+    assert!(ro.wake_word().is_none(), "a read-only mapping must not hand out a word it cannot write");
+    let (a, b) = (ring.wake_word().unwrap(), rw.wake_word().unwrap());
+    a.store(7, Ordering::Release);
+    assert_eq!(b.load(Ordering::Acquire), 7);
+    b.store(8, Ordering::Release);
+    assert_eq!(a.load(Ordering::Acquire), 8);
+}

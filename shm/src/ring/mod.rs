@@ -398,6 +398,22 @@ impl Ring {
         self.inner.mem.counters().replicated.value.fetch_max(position, Ordering::Release);
     }
 
+    /// The ring's futex word, for a tool that waits and wakes on a word
+    /// shared between processes itself, with [`crate::os::futex`] (e.g.
+    /// rill-bench's bare futex floor, on rings no one publishes to).
+    ///
+    /// Publishers bump this word and FUTEX_WAKE it when a subscriber sleeps
+    /// ([`Subscriber::sleep`]). A foreign store to it may wake the ring's
+    /// sleepers early or let one sleep until its timeout (they always sleep
+    /// bounded and re-check), but cannot corrupt data. `None` where this
+    /// process may not write the word (a read-only mapping): a store there
+    /// would fault.
+    #[cfg(not(loom))]
+    pub fn wake_word(&self) -> Option<&std::sync::atomic::AtomicU32> {
+        let mem = &self.inner.mem;
+        mem.wake_writable().then(|| &mem.wake().futex)
+    }
+
     /// Live subscriber slots.
     pub fn subscribers(&self) -> Vec<SlotInfo> {
         let mem = &self.inner.mem;
