@@ -15,13 +15,14 @@
 //! Transports: `ring` (a bare ring file), `rill` (a stream of a real
 //! `rilld`, client library on both sides, subscriber busy-polling) and
 //! `rill-blocking` (the same, the subscriber sleeping on the ring's futex
-//! between messages, as a service that does not own a core would).
+//! at once whenever it has nothing to read, as a service that does not own
+//! a core would).
 //! Each line also says the rate achieved, so a rate the pair cannot carry
 //! is visible as such, not hidden in the percentiles.
 
 use crate::child::{check_cores, pin, preemptions, report_field, ChildArgs, ChildProc, Role, Stall};
 use crate::daemon::{stream_name, Daemon};
-use crate::pingpong::{offer, sequence, stream_options, Offer, Poll};
+use crate::pingpong::{offer, sequence, stream_options, Blocking, Offer, Poll};
 use crate::report;
 use crate::rings::{pages_name, RingDir};
 use crate::Transport;
@@ -29,7 +30,7 @@ use anyhow::{bail, ensure, Context, Result};
 use clap::Args;
 use hdrhistogram::Histogram;
 use rill_shm::os::now_monotonic_ns;
-use rill_shm::ring::{Message, PollError, Start};
+use rill_shm::ring::Start;
 use rill_shm::{Access, Ring};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -191,19 +192,9 @@ fn rill(args: &OnewayArgs, daemon: &Daemon, rate: f64, blocking: bool) -> Result
     })?;
     let pages = pages_name(sub.ring().pages());
     if blocking {
-        receive(args, "rill-blocking", rate, pages, &mut Blocking(&mut sub), child)
+        receive(args, "rill-blocking", rate, pages, &mut Blocking::new(&mut sub), child)
     } else {
         receive(args, "rill", rate, pages, &mut sub, child)
-    }
-}
-
-/// A client subscriber that sleeps on the ring's futex when there is
-/// nothing to read (after the library's short spin).
-struct Blocking<'a>(&'a mut rill::Subscriber);
-
-impl Poll for Blocking<'_> {
-    fn poll_msgs<F: FnMut(Message<'_>)>(&mut self, limit: usize, handler: F) -> Result<usize, PollError> {
-        self.0.poll_blocking(limit, Duration::from_millis(100), handler)
     }
 }
 
@@ -238,7 +229,7 @@ fn receive(args: &OnewayArgs, transport: &'static str, rate: f64, pages: &'stati
             started = true;
             stall.progress();
         } else if started {
-            stall.idle()?;
+            sub.idle(&mut stall)?;
         } else {
             child.check_alive().context("waiting for the publisher process")?;
             stall.idle_yield().context("waiting for the publisher process")?;

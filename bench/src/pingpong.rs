@@ -559,7 +559,7 @@ fn rill(args: &PingpongArgs, daemon: &Daemon, timestamps: bool, wait: Wait) -> R
         (Wait::Spin, false) => round_trips(args, "rill", pages, &mut publ, &mut sub, child),
         (Wait::Spin, true) => round_trips(args, "rill+ts", pages, &mut publ, &mut sub, child),
         (Wait::Block, false) => {
-            let sub = &mut Blocking(&mut sub);
+            let sub = &mut Blocking::new(&mut sub);
             round_trips(args, "rill-blocking", pages, &mut publ, sub, child)
         }
         (Wait::Block, true) => bail!("rill-blocking is measured without timestamps"),
@@ -654,7 +654,7 @@ pub(crate) fn rill_echo(args: &ChildArgs) -> Result<()> {
         .context("open pong publisher")?;
     publ.publication().set_timestamps(args.timestamps);
     if args.role == Role::RillBlockingEcho {
-        echo(args, &mut publ, &mut Blocking(&mut sub))
+        echo(args, &mut publ, &mut Blocking::new(&mut sub))
     } else {
         echo(args, &mut publ, &mut sub)
     }
@@ -746,10 +746,20 @@ impl Poll for rill::Subscriber {
 const BLOCKING_POLL: Duration = Duration::from_millis(100);
 
 /// A client-library subscriber that waits for messages with the library's
-/// blocking wait (`poll_blocking`: a ~50 us spin, then a sleep on the
-/// ring's futex until a publisher commits) instead of being busy-polled.
+/// blocking wait, set to sleep on the ring's futex at once (no spin first:
+/// `set_spin_before_sleep(ZERO)`), instead of being busy-polled. With the
+/// library's default 50 us spin, a round trip of a few hundred ns would
+/// never reach the futex and would measure the same as `rill`.
 #[derive(Debug)]
-pub(crate) struct Blocking<'a>(pub(crate) &'a mut rill::Subscriber);
+pub(crate) struct Blocking<'a>(&'a mut rill::Subscriber);
+
+impl<'a> Blocking<'a> {
+    /// Wraps `sub`, turning its spin before sleeping off.
+    pub(crate) fn new(sub: &'a mut rill::Subscriber) -> Self {
+        sub.set_spin_before_sleep(Duration::ZERO);
+        Blocking(sub)
+    }
+}
 
 impl Poll for Blocking<'_> {
     fn poll_msgs<F: FnMut(Message<'_>)>(

@@ -116,6 +116,8 @@ pub struct Subscriber {
     salt: u64,
     /// The owner pid written in our slot when we got it.
     slot_pid: u32,
+    /// How long `poll_blocking` spins for data before it sleeps.
+    spin_before_sleep: Duration,
 }
 
 impl Subscriber {
@@ -195,6 +197,7 @@ impl Subscriber {
             padding_bytes: 0,
             salt: ring.inner.salt,
             slot_pid: 0,
+            spin_before_sleep: SPIN_BEFORE_SLEEP,
             ring,
         };
         if start == Start::Oldest {
@@ -318,12 +321,22 @@ impl Subscriber {
         }
     }
 
-    /// Spins briefly for data before going to sleep: a streaming publisher
-    /// usually commits again within microseconds, and sleeping costs a
-    /// membarrier here plus a FUTEX_WAKE in the publisher. Returns whether
-    /// data came.
+    /// Sets how long [`poll_blocking`](Self::poll_blocking) spins for data
+    /// before it sleeps on the futex (default 50 us). A streaming publisher
+    /// usually commits again within microseconds, and each sleep costs a
+    /// membarrier here and a `FUTEX_WAKE` in the publisher; `Duration::ZERO`
+    /// sleeps at once, leaving the core to others.
+    pub fn set_spin_before_sleep(&mut self, spin: Duration) {
+        self.spin_before_sleep = spin;
+    }
+
+    /// Spins for data for up to the configured time before going to sleep.
+    /// Returns whether data came.
     fn spin_for_data(&self, start: Instant, deadline: Instant) -> bool {
-        let until = (start + SPIN_BEFORE_SLEEP).min(deadline);
+        if self.spin_before_sleep.is_zero() {
+            return self.has_data();
+        }
+        let until = (start + self.spin_before_sleep).min(deadline);
         loop {
             for _ in 0..64 {
                 if self.has_data() {
