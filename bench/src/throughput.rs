@@ -436,11 +436,15 @@ fn receive(
     let before = tally.received();
     let preempted_before = preemptions();
     let (mut polls, mut empty_polls) = (0u64, 0u64);
+    // Several subscribers share this core: yield when idle, or (under
+    // `chrt`, SCHED_FIFO, no time slices) one spinning process starves the
+    // others for good.
+    let share_core = shape.subscribers > 1;
     while !tally.stopped() {
         polls += 1;
         if sub.poll_msgs(limit, |m| tally.on(m.payload, size))? == 0 {
             empty_polls += 1;
-            stall.idle()?;
+            if share_core { stall.idle_yield()? } else { stall.idle()? }
         } else {
             stall.progress();
         }
@@ -499,13 +503,13 @@ pub(crate) fn rill_subscribe(args: &ChildArgs) -> Result<()> {
 fn subscribe_on(args: &ChildArgs, sub: &mut impl Poll) -> Result<()> {
     let mut tally = Tally::new(args.publishers);
     let mut stall = Stall::new(STALL_TIMEOUT, args.spin_hint);
-    let mut started = false;
     while !tally.stopped() {
         if sub.poll_msgs(args.poll_limit, |m| tally.on(m.payload, args.size))? == 0 {
-            // Before the first message, wait as long as the parent does.
-            if started { stall.idle()? } else { stall.idle_yield()? }
+            // Fan-out subscribers share the parent's core: always yield
+            // (see `receive`); the wait before the first message is the
+            // parent's too.
+            stall.idle_yield()?;
         } else {
-            started = true;
             stall.progress();
         }
     }
@@ -608,7 +612,14 @@ fn publish_on(args: &ChildArgs, publ: &mut impl Batching) -> Result<()> {
                 payload[..8].copy_from_slice(&tag(args.publisher_index, seq).to_le_bytes());
                 match publ.offer_msg(&payload) {
                     Ok(_) => seq += 1,
-                    Err(ClaimError::BackPressured) => back_pressured += 1,
+                    Err(ClaimError::BackPressured) => {
+                        back_pressured += 1;
+                        // Fan-in publishers share a core: let the others run
+                        // (see `receive`).
+                        if args.publishers > 1 {
+                            std::thread::yield_now();
+                        }
+                    }
                     Err(e) => return Err(e.into()),
                 }
             }
