@@ -11,6 +11,8 @@
 //! resume_grace_ms = 5000             # after a restart, time for clients to come back
 //! slot_count = 16                    # subscriber slots per stream (max 64)
 //! keep = ["orders."]                 # streams with these prefixes stay when unused
+//! data_dir = "/var/lib/rill"         # segment files of persisted streams (on disk, never tmpfs)
+//! segment_bytes = 67108864           # roll to a new segment file past this size
 //!
 //! [[allow]]                          # uid 1000 may publish to orders.*, read all
 //! uids = [1000]
@@ -89,6 +91,11 @@ pub struct Config {
     pub slot_count: u32,
     /// Streams whose names start with one of these stay when unused.
     pub keep: Vec<String>,
+    /// Where persisted streams' segment files live (one directory per
+    /// stream). Must be a disk filesystem, not tmpfs.
+    pub data_dir: PathBuf,
+    /// A segment file is sealed and a new one started past this size.
+    pub segment_bytes: u64,
     /// Access rules.
     pub allow: Vec<AllowRule>,
 }
@@ -106,10 +113,17 @@ impl Default for Config {
             resume_grace_ms: 5000,
             slot_count: 16,
             keep: Vec::new(),
+            data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+            segment_bytes: DEFAULT_SEGMENT_BYTES,
             allow: Vec::new(),
         }
     }
 }
+
+/// Default data directory of persisted streams.
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/rill";
+/// Default segment file size: 64 MiB.
+pub const DEFAULT_SEGMENT_BYTES: u64 = 64 << 20;
 
 /// `/dev/hugepages/rill` if /dev/hugepages is a hugetlbfs mount with pages
 /// reserved, else `/dev/shm/rill`.
@@ -147,6 +161,11 @@ impl Config {
         anyhow::ensure!(
             self.client_timeout_ms > u64::from(self.heartbeat_ms),
             "client_timeout_ms must exceed heartbeat_ms"
+        );
+        anyhow::ensure!(
+            self.segment_bytes >= 1 << 20,
+            "segment_bytes {} is below the 1 MiB minimum",
+            self.segment_bytes
         );
         for r in &self.allow {
             anyhow::ensure!(!r.uids.is_empty() || !r.gids.is_empty(), "an [[allow]] rule names no uids or gids");

@@ -3,6 +3,7 @@
 //! SO_PEERCRED), tracks liveness, pads abandoned claims, and adopts its
 //! rings again after a restart.
 
+pub mod archiver;
 pub mod config;
 pub mod server;
 pub mod streams;

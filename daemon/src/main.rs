@@ -34,6 +34,13 @@ struct Args {
     /// After a restart, wait this long for clients to resume (ms).
     #[arg(long)]
     resume_grace_ms: Option<u64>,
+    /// Directory for persisted streams' segment files (default
+    /// /var/lib/rill; a disk filesystem, not tmpfs).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Segment file size in bytes (default 64 MiB).
+    #[arg(long)]
+    segment_bytes: Option<u64>,
 }
 
 fn main() {
@@ -74,6 +81,12 @@ fn run(args: Args) -> anyhow::Result<()> {
     }
     if let Some(v) = args.resume_grace_ms {
         config.resume_grace_ms = v;
+    }
+    if let Some(v) = args.data_dir {
+        config.data_dir = v;
+    }
+    if let Some(v) = args.segment_bytes {
+        config.segment_bytes = v;
     }
     config.validate()?;
     rill_daemon::server::Server::new(config)?.run()

@@ -74,8 +74,9 @@ impl Server {
         let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)?;
         let mut streams = Streams::new(&config)?;
         let adopted = streams.adopt_existing(Duration::from_millis(config.resume_grace_ms));
+        let persisted = streams.recover_persisted();
         let listener = bind(&config.socket)?;
-        tracing::info!(socket = %config.socket.display(), adopted, "rilld listening");
+        tracing::info!(socket = %config.socket.display(), adopted, persisted, data_dir = %config.data_dir.display(), "rilld listening");
         Ok(Server {
             config,
             streams,
@@ -259,8 +260,14 @@ impl Server {
             }
             Request::Heartbeat => Ok((Response::HeartbeatAck, Vec::new())),
             Request::Health => Ok((self.health(), Vec::new())),
-            Request::ListStreams => Ok((Response::Streams { streams: self.streams.iter().map(|s| s.info()).collect() }, Vec::new())),
-            Request::StreamInfo { stream } => self.streams.require(&stream).map(|s| (Response::Info { info: s.info() }, Vec::new())),
+            Request::ListStreams => {
+                self.streams.refresh_archive_status();
+                Ok((Response::Streams { streams: self.streams.iter().map(|s| s.info()).collect() }, Vec::new()))
+            }
+            Request::StreamInfo { stream } => {
+                self.streams.refresh_archive_status();
+                self.streams.require(&stream).map(|s| (Response::Info { info: s.info() }, Vec::new()))
+            }
             Request::CreateStream { stream, options } => self
                 .check(i, Action::Publish, &stream)
                 .and_then(|()| self.streams.create(&stream, &options))

@@ -8,8 +8,9 @@
 //! `<page_dir>/<name>.keep` if it outlives its users. All of it is files, so
 //! a restarted daemon adopts every live ring with its positions.
 
+use crate::archiver::{Archiver, ArchiveStatus, Job};
 use crate::config::Config;
-use rill::protocol::{ErrorCode, StreamInfo, StreamOptions, SubscriberInfo};
+use rill::protocol::{Durability, ErrorCode, Policy, StreamInfo, StreamOptions, SubscriberInfo};
 use rill_shm::ring::{slot_page_path, wake_page_path, CreateError, PagePreference, Reclaimer, Ring, RingConfig, Start};
 use rill_shm::Access;
 use std::collections::BTreeMap;
@@ -51,6 +52,8 @@ pub enum SlotOwner {
         /// When to give up on it.
         deadline: Instant,
     },
+    /// The archiver's (persisted streams): never freed by the janitor.
+    Archiver,
 }
 
 /// Who holds a stream's exclusive publication, in the daemon's books
@@ -115,12 +118,22 @@ pub struct Stream {
     /// Adopted after a restart: not removed for lack of users before this
     /// (its publishers may still come back and resume).
     pub resume_until: Option<Instant>,
+    /// Persisted with this durability.
+    pub persist: Option<Durability>,
+    /// What the archiver says about it (persisted streams).
+    pub archive: Option<ArchiveStatus>,
 }
 
 impl Stream {
     fn options(&self) -> StreamOptions {
         let i = self.ring.info();
-        StreamOptions { capacity: i.capacity, max_message_len: i.max_message_len, policy: i.policy.into(), keep: self.keep }
+        StreamOptions {
+            capacity: i.capacity,
+            max_message_len: i.max_message_len,
+            policy: i.policy.into(),
+            keep: self.keep,
+            persist: self.persist,
+        }
     }
 
     /// Whether anyone uses the stream.
@@ -215,6 +228,10 @@ impl Stream {
             reaped_subscribers: self.reaped,
             keep: self.keep,
             exclusive: self.exclusive.is_some(),
+            persist: self.persist,
+            durable_position: self.ring.durable_position(),
+            disk_bytes: self.archive.as_ref().map_or(0, |a| a.disk_bytes),
+            archive_error: self.archive.as_ref().and_then(|a| a.error.clone()),
         }
     }
 }
@@ -230,10 +247,40 @@ pub struct Streams {
     unblock_timeout_ns: u64,
     linger: Duration,
     keep_prefixes: Vec<String>,
+    data_dir: PathBuf,
+    segment_bytes: u64,
+    archiver: Archiver,
 }
+
+/// What the data directory remembers about a persisted stream
+/// (`<data_dir>/<name>/stream.toml`), to recreate it after a restart.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct StreamMeta {
+    capacity: u64,
+    max_message_len: u32,
+    /// `back-pressure` (persisted streams always are).
+    policy: String,
+    /// `none`, `interval:<ms>` or `always`.
+    durability: String,
+    /// The archiver's subscriber slot in the ring.
+    archiver_slot: u32,
+}
+
+const META_FILE: &str = "stream.toml";
 
 fn open_fd(path: &Path, write: bool) -> std::io::Result<OwnedFd> {
     std::fs::OpenOptions::new().read(true).write(write).open(path).map(OwnedFd::from)
+}
+
+/// Writes `stream.toml` atomically (temporary file, fsync, rename).
+fn write_meta(dir: &Path, meta: &StreamMeta) -> Result<(), String> {
+    use std::io::Write;
+    let text = toml::to_string(meta).map_err(|e| e.to_string())?;
+    let tmp = dir.join(format!("{META_FILE}.tmp"));
+    let mut f = std::fs::File::create(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
+    f.write_all(text.as_bytes()).and_then(|()| f.sync_all()).map_err(|e| format!("{}: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, dir.join(META_FILE)).map_err(|e| format!("{}: {e}", dir.display()))?;
+    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| format!("{}: {e}", dir.display()))
 }
 
 /// Creates a directory only the daemon's uid may enter: clients get rings
@@ -278,7 +325,140 @@ impl Streams {
             unblock_timeout_ns: config.unblock_timeout_ms * 1_000_000,
             linger: Duration::from_millis(config.linger_ms),
             keep_prefixes: config.keep.clone(),
+            data_dir: config.data_dir.clone(),
+            segment_bytes: config.segment_bytes,
+            archiver: Archiver::start()?,
         })
+    }
+
+    /// The data directory of persisted streams.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// After adopting rings: brings back every persisted stream of the data
+    /// directory. Each stream's last segment is recovered (a torn tail cut
+    /// at the last whole batch, a corrupt one set aside, both logged); an
+    /// adopted ring gets its archiver slot back, and archiving resumes at
+    /// the end of the log; a stream whose ring is gone (the host rebooted)
+    /// gets a new ring that starts where its log ends. Returns how many.
+    pub fn recover_persisted(&mut self) -> usize {
+        let Ok(entries) = std::fs::read_dir(&self.data_dir) else { return 0 };
+        let mut n = 0;
+        for e in entries.flatten() {
+            let Some(name) = e.file_name().to_str().map(str::to_owned) else { continue };
+            let meta_path = e.path().join(META_FILE);
+            if rill::protocol::check_stream_name(&name).is_err() || !meta_path.exists() {
+                continue;
+            }
+            match self.recover_one(&name, &meta_path) {
+                Ok(()) => n += 1,
+                Err(msg) => tracing::error!(stream = %name, error = %msg, "cannot recover persisted stream; left as is"),
+            }
+        }
+        n
+    }
+
+    fn recover_one(&mut self, name: &str, meta_path: &Path) -> Result<(), String> {
+        let text = std::fs::read_to_string(meta_path).map_err(|e| format!("reading {}: {e}", meta_path.display()))?;
+        let meta: StreamMeta = toml::from_str(&text).map_err(|e| format!("parsing {}: {e}", meta_path.display()))?;
+        let durability: Durability = meta.durability.parse()?;
+        let dir = meta_path.parent().expect("a file in a directory").to_path_buf();
+        let segments = rill_store::list_segments(&dir).map_err(|e| format!("listing {}: {e}", dir.display()))?;
+        let end = match segments.last() {
+            None => None,
+            Some((first, path)) => {
+                let r = rill_store::recover_segment(path).map_err(|e| format!("recovering {}: {e}", path.display()))?;
+                if r.truncated_bytes > 0 {
+                    match &r.side_file {
+                        Some(side) => tracing::error!(stream = name, segment = %path.display(), cut_bytes = r.truncated_bytes, kept_in = %side.display(),
+                            "corruption in the last segment: cut at the last whole batch before it; the bytes after are kept aside"),
+                        None => tracing::warn!(stream = name, segment = %path.display(), cut_bytes = r.truncated_bytes,
+                            "torn tail of the last segment cut at the last whole batch"),
+                    }
+                }
+                let end = r.end_position();
+                Some(if end == 0 { *first } else { end })
+            }
+        };
+        if !self.streams.contains_key(name) {
+            let options = StreamOptions {
+                capacity: meta.capacity,
+                max_message_len: meta.max_message_len,
+                policy: Policy::BackPressure,
+                keep: true,
+                persist: Some(durability),
+            };
+            self.create_ring(name, &options).map_err(|r| r.message)?;
+            let s = self.streams.get_mut(name).expect("created");
+            s.ring.start_at(end.unwrap_or(0))?;
+            tracing::info!(stream = name, position = end.unwrap_or(0), "ring recreated from the log's end");
+            return self.start_archiving(name, durability, None, end);
+        }
+        let s = self.streams.get_mut(name).expect("checked");
+        let slot = meta.archiver_slot;
+        let held = s.ring.subscribers().into_iter().find(|x| x.index == slot).map(|x| x.position);
+        match held {
+            Some(held) => self.start_archiving(name, durability, Some((slot, held)), end),
+            None => {
+                tracing::error!(stream = name, slot, "the archiver's slot in the adopted ring was lost; archiving from the ring's tail (anything between the log's end and it was not archived)");
+                self.start_archiving(name, durability, None, end)
+            }
+        }
+    }
+
+    /// Starts the archiver on stream `name`: on its old slot `(slot, held
+    /// position)` after a restart, else on a new slot; writing resumes at
+    /// `log_end` (the end of the recovered log), or where the slot is.
+    fn start_archiving(&mut self, name: &str, durability: Durability, old: Option<(u32, u64)>, log_end: Option<u64>) -> Result<(), String> {
+        let dir = self.data_dir.join(name);
+        create_dir(&dir).map_err(|e| e.to_string())?;
+        let pid = std::process::id();
+        let s = self.streams.get_mut(name).ok_or("no such stream")?;
+        let (slot, held) = match old {
+            Some(x) => x,
+            None => s.ring.attach_subscriber(Start::Latest, pid).map_err(|e| format!("archiver slot: {e}"))?,
+        };
+        let start = match log_end {
+            Some(end) if end >= held && end <= s.ring.tail() => end,
+            Some(end) => {
+                tracing::error!(stream = name, log_end = end, ring_from = held, tail = s.ring.tail(),
+                    "the log's end is not in the ring: archiving from where the ring is (positions between are missing from the log)");
+                held
+            }
+            None => held,
+        };
+        let mut sub = s.ring.subscriber_on_slot(slot, start).map_err(|e| format!("archiver slot {slot}: {e}"))?;
+        sub.keep_slot_on_drop();
+        s.owners[slot as usize] = SlotOwner::Archiver;
+        s.persist = Some(durability);
+        s.keep = true;
+        let i = s.ring.info();
+        let meta = StreamMeta {
+            capacity: i.capacity,
+            max_message_len: i.max_message_len,
+            policy: "back-pressure".into(),
+            durability: durability.to_string(),
+            archiver_slot: slot,
+        };
+        write_meta(&dir, &meta)?;
+        let segments = rill_store::list_segments(&dir).map_err(|e| format!("listing {}: {e}", dir.display()))?;
+        let disk_bytes = segments.iter().filter_map(|(_, p)| std::fs::metadata(p).ok()).map(|m| m.len()).sum();
+        // Go on in the last segment if the log is continuous there.
+        let segment = segments
+            .last()
+            .filter(|_| log_end == Some(start))
+            .and_then(|(_, p)| std::fs::metadata(p).ok().map(|m| (p.clone(), m.len())));
+        s.archive = Some(ArchiveStatus { disk_bytes, error: None });
+        self.archiver.add(Job { name: name.to_owned(), sub, dir, durability, segment_bytes: self.segment_bytes, segment, disk_bytes });
+        Ok(())
+    }
+
+    /// Refreshes each persisted stream's archiver status (for StreamInfo).
+    pub fn refresh_archive_status(&mut self) {
+        for s in self.streams.values_mut().filter(|s| s.persist.is_some()) {
+            s.archive = self.archiver.status(&s.name);
+        }
     }
 
     /// Adopts the rings left by a previous daemon. Their active subscriber
@@ -347,6 +527,8 @@ impl Streams {
             idle_since: Some(Instant::now()),
             reaped: 0,
             resume_until: None,
+            persist: None,
+            archive: None,
         };
         self.streams.insert(name, stream);
     }
@@ -386,7 +568,8 @@ impl Streams {
             let have = s.options();
             let same = have.capacity == options.capacity
                 && have.max_message_len == options.max_message_len
-                && have.policy == options.policy;
+                && have.policy == options.policy
+                && (options.persist.is_none() || have.persist == options.persist);
             if !same {
                 return Err(Refusal::new(
                     ErrorCode::Exists,
@@ -395,6 +578,32 @@ impl Streams {
             }
             return Ok(self.streams.get_mut(name).expect("checked"));
         }
+        if let Some(d) = options.persist {
+            if options.policy != Policy::BackPressure {
+                let msg = format!("stream {name:?}: a persisted stream must use back-pressure (overwrite would drop messages before they are on disk)");
+                return Err(Refusal::new(ErrorCode::Invalid, msg));
+            }
+            if u64::from(options.max_message_len) > (rill_store::MAX_BATCH_BYTES as u64) / 2 {
+                let msg = format!("stream {name:?}: persisted messages are limited to {} bytes", rill_store::MAX_BATCH_BYTES / 2);
+                return Err(Refusal::new(ErrorCode::Invalid, msg));
+            }
+            if self.data_dir.join(name).join(META_FILE).exists() {
+                let msg = format!("stream {name:?} has a log in {} already but no ring; it is recovered at start", self.data_dir.display());
+                return Err(Refusal::new(ErrorCode::Exists, msg));
+            }
+            self.create_ring(name, options)?;
+            if let Err(msg) = self.start_archiving(name, d, None, None) {
+                self.remove(name);
+                return Err(Refusal::new(ErrorCode::Internal, format!("stream {name:?}: cannot persist: {msg}")));
+            }
+            return Ok(self.streams.get_mut(name).expect("created"));
+        }
+        self.create_ring(name, options)?;
+        Ok(self.streams.get_mut(name).expect("created"))
+    }
+
+    /// Creates the ring of a new stream (and registers it).
+    fn create_ring(&mut self, name: &str, options: &StreamOptions) -> Result<(), Refusal> {
         let config = RingConfig {
             capacity: options.capacity,
             max_message_len: options.max_message_len,
@@ -419,8 +628,8 @@ impl Streams {
         }
         tracing::info!(stream = name, capacity = options.capacity, policy = ?options.policy, pages = %ring.pages(), "stream created");
         let owners = vec![SlotOwner::Free; self.slot_count as usize];
-        self.insert(name.to_owned(), ring, dir, options.keep, owners);
-        Ok(self.streams.get_mut(name).expect("inserted"))
+        self.insert(name.to_owned(), ring, dir, options.keep || options.persist.is_some(), owners);
+        Ok(())
     }
 
     /// Fds for a publisher: ring (rw), wake page, every slot page (ro).
@@ -499,9 +708,12 @@ impl Streams {
         work
     }
 
-    /// Removes a stream and its files.
+    /// Removes a stream and its ring files (never its log).
     pub fn remove(&mut self, name: &str) {
         let Some(s) = self.streams.remove(name) else { return };
+        if s.persist.is_some() {
+            self.archiver.remove(name);
+        }
         let mut paths = vec![s.ring_dir.join(name), wake_page_path(&self.page_dir, name), self.page_dir.join(format!("{name}.keep"))];
         paths.extend((0..s.ring.info().slot_count).map(|i| slot_page_path(&self.page_dir, name, i)));
         for p in paths {

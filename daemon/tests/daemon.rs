@@ -77,7 +77,7 @@ impl Conn {
 }
 
 fn options() -> StreamOptions {
-    StreamOptions { capacity: 64 << 10, max_message_len: 1024, policy: protocol::Policy::BackPressure, keep: false }
+    StreamOptions { capacity: 64 << 10, max_message_len: 1024, policy: protocol::Policy::BackPressure, keep: false, persist: None }
 }
 
 fn open_pub(c: &mut Conn, name: &str) -> Ring {

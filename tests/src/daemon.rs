@@ -89,6 +89,9 @@ pub struct Rilld {
     pub dir: TempRingDir,
     /// The listening socket.
     pub socket: PathBuf,
+    /// `--data-dir`: persisted streams' segment files, on disk (the
+    /// system's temporary directory), removed on drop.
+    pub data: TempRingDir,
     extra: Vec<String>,
     starts: u32,
     /// Logs of earlier processes (before a restart).
@@ -103,7 +106,8 @@ impl Rilld {
         // Traversable by other uids (the denied-client test), whatever the umask.
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))?;
         let socket = dir.join("rilld.sock");
-        let mut d = Rilld { dir, socket, extra: extra.to_vec(), process: None, starts: 0, old_logs: String::new() };
+        let data = TempRingDir::new_in(&std::env::temp_dir(), tag)?;
+        let mut d = Rilld { dir, socket, data, extra: extra.to_vec(), process: None, starts: 0, old_logs: String::new() };
         d.spawn(deadline)?;
         Ok(d)
     }
@@ -117,6 +121,7 @@ impl Rilld {
         let mut cmd = Command::new(rilld_bin()?);
         cmd.arg("--socket").arg(&self.socket);
         cmd.arg("--ring-dir").arg(self.ring_dir()).arg("--page-dir").arg(self.dir.join("pages"));
+        cmd.arg("--data-dir").arg(self.data.join("data"));
         cmd.args(DAEMON_FLAGS).args(&self.extra).env("NO_COLOR", "1");
         self.starts += 1;
         let mut p = Worker::spawn_command(cmd, &format!("rilld#{}", self.starts))?;

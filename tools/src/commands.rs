@@ -228,7 +228,7 @@ mod tests {
     #[test]
     fn pub_options_map_the_flags() {
         let o = pub_options(1 << 16, PolicyArg::Overwrite, Some(512), true).unwrap();
-        assert_eq!(o, StreamOptions { capacity: 1 << 16, max_message_len: 512, policy: Policy::Overwrite, keep: true });
+        assert_eq!(o, StreamOptions { capacity: 1 << 16, max_message_len: 512, policy: Policy::Overwrite, keep: true, persist: None });
         assert!(pub_options(1 << 16, PolicyArg::BackPressure, Some(1 << 33), false).is_err());
         assert_eq!(pub_options(4 << 20, PolicyArg::BackPressure, None, false).unwrap().max_message_len, 64 << 10);
         assert_eq!(pub_options(1 << 16, PolicyArg::BackPressure, None, false).unwrap().max_message_len, (1 << 14) - 32);

@@ -131,6 +131,10 @@ mod tests {
             reaped_subscribers: 0,
             keep: false,
             exclusive: false,
+            persist: None,
+            durable_position: 0,
+            disk_bytes: 0,
+            archive_error: None,
         };
         let sub = |slot, lag| SubscriberInfo { slot, pid: 42, position: 8192 - lag, lag_bytes: lag };
         let t = streams_table(&[info("orders", vec![sub(0, 0), sub(3, 2048)]), info("idle", vec![])]);

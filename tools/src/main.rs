@@ -7,22 +7,26 @@
 //!                                       each stdin line becomes one message
 //! rill tail NAME [--from latest|oldest] [--count N]
 //!                                       print messages as they arrive
+//! rill dump FILE [--batches-only]       the batches and frames of a segment
+//!                                       file, checked; exit 0 if whole
 //! ```
 //!
-//! Every command talks to the daemon at `--socket PATH`, else
+//! Every command but `dump` talks to the daemon at `--socket PATH`, else
 //! `$RILL_SOCKET`, else `/run/rill/rilld.sock`. Logs go to stderr
 //! (`RILL_LOG=debug` for more).
 
 #![forbid(unsafe_code)]
 
 mod commands;
+mod dump;
 mod format;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-/// Rill's operator CLI: list streams, check health, publish, tail.
+/// Rill's operator CLI: list streams, check health, publish, tail, dump
+/// segment files.
 #[derive(Debug, Parser)]
 #[command(name = "rill", version, about)]
 struct Cli {
@@ -82,6 +86,17 @@ enum Command {
         #[arg(long)]
         create: bool,
     },
+    /// Print every batch and frame of a segment file and check each CRC;
+    /// exit code 0 if the file is whole and every batch verifies, 1
+    /// otherwise (naming the offset of the first damage). Reads the file
+    /// only; needs no daemon.
+    Dump {
+        /// The segment file (`<data_dir>/<stream>/<position>.log`).
+        file: PathBuf,
+        /// Print the batch headers only, not each frame.
+        #[arg(long)]
+        batches_only: bool,
+    },
 }
 
 /// `--policy`.
@@ -112,6 +127,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Health => return commands::health(&cli.connection()),
+        Command::Dump { ref file, batches_only } => return dump::run(file, batches_only),
         Command::Streams => commands::streams(&cli.connection()),
         Command::Pub { ref name, capacity, policy, max_message_len, keep } => {
             let options = commands::pub_options(capacity, policy, max_message_len, keep);
@@ -160,6 +176,8 @@ mod tests {
         assert_eq!(c.socket, Some(PathBuf::from("/s")), "--socket after the subcommand too");
         assert!(matches!(Cli::try_parse_from(["rill", "health"]).unwrap().command, Command::Health));
         assert!(matches!(Cli::try_parse_from(["rill", "streams"]).unwrap().command, Command::Streams));
+        let c = Cli::try_parse_from(["rill", "dump", "/d/s/00000000000000000000.log", "--batches-only"]).unwrap();
+        assert!(matches!(c.command, Command::Dump { ref file, batches_only: true } if file.ends_with("00000000000000000000.log")));
         assert!(Cli::try_parse_from(["rill", "pub", "x", "--capacity", "lots"]).is_err());
     }
 }

@@ -41,8 +41,8 @@ pub mod wire;
 
 pub use client::{default_socket_path, Client, ClientBuilder, Health, DEFAULT_SOCKET, SOCKET_ENV};
 pub use error::ClientError;
-pub use protocol::{ErrorCode, Policy, StartAt as Start, StreamInfo, StreamOptions, SubscriberInfo};
-pub use publisher::{Claim, ExclusivePublisher, Publisher};
+pub use protocol::{Durability, ErrorCode, Policy, StartAt as Start, StreamInfo, StreamOptions, SubscriberInfo};
+pub use publisher::{Claim, DurableError, ExclusivePublisher, Publisher};
 pub use rill_shm::ring::{ClaimError, Message, PollError};
 pub use subscriber::Subscriber;
 pub use typed::{DecodeError, RecvError, SendError, TypedMessage};

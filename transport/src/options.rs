@@ -27,6 +27,7 @@ impl Default for StreamOptions {
             max_message_len: DEFAULT_MAX_MESSAGE_LEN,
             policy: Policy::BackPressure,
             keep: false,
+            persist: None,
         }
     }
 }
@@ -61,6 +62,14 @@ impl StreamOptions {
     /// after the daemon's linger time (`false`, the default).
     pub fn with_keep(mut self, keep: bool) -> Self {
         self.keep = keep;
+        self
+    }
+
+    /// Persisted by the daemon's archiver with `durability` (see
+    /// [`Durability`](crate::protocol::Durability)); `None` for a stream in
+    /// memory only (the default).
+    pub fn with_persist(mut self, durability: Option<crate::protocol::Durability>) -> Self {
+        self.persist = durability;
         self
     }
 }

@@ -67,6 +67,46 @@ impl From<rill_shm::Policy> for Policy {
     }
 }
 
+/// How a persisted stream's archiver makes its writes durable.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Written to the segment files, never fsynced by the archiver: the
+    /// durable position means "survives a crash of any process", not a
+    /// power loss.
+    None,
+    /// `fdatasync` at most every this many milliseconds.
+    IntervalMs(u32),
+    /// Group commit: every batch written is followed by an `fdatasync`
+    /// (linked after the write); the durable position moves after it.
+    Always,
+}
+
+impl std::fmt::Display for Durability {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Durability::None => write!(f, "none"),
+            Durability::IntervalMs(ms) => write!(f, "interval:{ms}"),
+            Durability::Always => write!(f, "always"),
+        }
+    }
+}
+
+impl std::str::FromStr for Durability {
+    type Err = String;
+
+    /// `none`, `interval:<ms>` or `always`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "none" => Ok(Durability::None),
+            "always" => Ok(Durability::Always),
+            _ => match s.strip_prefix("interval:").map(str::parse::<u32>) {
+                Some(Ok(ms)) if ms > 0 => Ok(Durability::IntervalMs(ms)),
+                _ => Err(format!("durability {s:?}: expected none, interval:<ms> (ms > 0) or always")),
+            },
+        }
+    }
+}
+
 /// How to create a stream that does not exist yet.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct StreamOptions {
@@ -79,6 +119,9 @@ pub struct StreamOptions {
     /// Keep the stream when its last user leaves (else removed after the
     /// daemon's linger time).
     pub keep: bool,
+    /// Persist it to the daemon's data directory with this durability
+    /// (persisted streams are always kept).
+    pub persist: Option<Durability>,
 }
 
 /// Where a new subscriber starts.
@@ -215,6 +258,14 @@ pub struct StreamInfo {
     pub keep: bool,
     /// Its publisher holds it exclusively (others are refused).
     pub exclusive: bool,
+    /// Persisted with this durability, if at all.
+    pub persist: Option<Durability>,
+    /// Position up to which the stream is durable (persisted streams).
+    pub durable_position: u64,
+    /// Bytes of its segment files on disk.
+    pub disk_bytes: u64,
+    /// Why archiving stopped, if it did (publishers are back-pressured).
+    pub archive_error: Option<String>,
 }
 
 /// Why a request failed.
@@ -438,7 +489,7 @@ mod tests {
         let req = Request::OpenSubscriber {
             stream: "orders".into(),
             start: StartAt::Oldest,
-            create: Some(StreamOptions { capacity: 1 << 20, max_message_len: 4096, policy: Policy::Overwrite, keep: true }),
+            create: Some(StreamOptions { capacity: 1 << 20, max_message_len: 4096, policy: Policy::Overwrite, keep: true, persist: Some(Durability::IntervalMs(5)) }),
         };
         assert_eq!(decode_request(&encode_request(&req).unwrap()).unwrap(), req);
         let resp = Response::Error { code: ErrorCode::Denied, message: "no".into() };

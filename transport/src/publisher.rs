@@ -35,6 +35,29 @@ use std::time::{Duration, Instant};
 /// dropping it uncommitted turns it into padding.
 pub type Claim<'a, M = Shared> = rill_shm::ring::Claim<'a, M>;
 
+/// How long [`Publisher::wait_durable`] spins before it starts yielding.
+const DURABLE_SPIN: Duration = Duration::from_micros(50);
+
+/// Why [`Publisher::wait_durable`] returned without durability.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DurableError {
+    /// The stream is not persisted: nothing will ever be durable.
+    #[error("stream {stream:?} is not persisted (create it with StreamOptions::with_persist)")]
+    NotPersisted {
+        /// The stream.
+        stream: String,
+    },
+    /// The timeout passed first (the archiver is behind, stopped on an
+    /// error — see `StreamInfo::archive_error` — or the daemon is down).
+    #[error("position {position} not durable in time (durable up to {durable})")]
+    TimedOut {
+        /// The position waited for.
+        position: u64,
+        /// The durable position at the deadline.
+        durable: u64,
+    },
+}
+
 /// The stream's only publisher: see the [module docs](self).
 ///
 /// ```no_run
@@ -109,6 +132,52 @@ impl<M: ClaimMode> Publisher<M> {
         let deadline = Instant::now() + timeout;
         let bytes = typed::encode(value, &mut self.buf).map_err(SendError::Encode)?;
         Ok(self.publication.offer_blocking(bytes, deadline, &mut self.idle)?)
+    }
+
+    /// Waits until the stream is durable past `position` (a position
+    /// [`offer`](Self::offer) or [`send`](Self::send) returned): the
+    /// daemon's archiver has written that message, and synced it as the
+    /// stream's durability says (see [`Durability`](crate::Durability)).
+    /// Returns the durable position. It busy-waits (spinning, then
+    /// yielding the core), since a sync takes a few hundred microseconds
+    /// and a sleep would add the kernel's timer slack to every
+    /// acknowledgement; a stream that is not persisted is an error at once.
+    ///
+    /// ```no_run
+    /// use rill::{Client, Durability, StreamOptions};
+    /// use std::time::Duration;
+    ///
+    /// let client = Client::connect()?;
+    /// let options = StreamOptions::new().with_persist(Some(Durability::Always));
+    /// let mut publisher = client.publisher_with("audit", options)?;
+    /// let position = publisher.offer(b"transfer 100 EUR")?;
+    /// publisher.wait_durable(position, Duration::from_secs(1))?; // on disk, synced
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn wait_durable(&self, position: u64, timeout: Duration) -> Result<u64, DurableError> {
+        if self.info.persist.is_none() {
+            return Err(DurableError::NotPersisted { stream: self.info.name.clone() });
+        }
+        let ring = self.publication.ring();
+        let start = Instant::now();
+        let mut spins = 0u32;
+        loop {
+            let durable = ring.durable_position();
+            if durable > position {
+                return Ok(durable);
+            }
+            spins += 1;
+            if spins.is_multiple_of(64) {
+                let waited = start.elapsed();
+                if waited >= timeout {
+                    return Err(DurableError::TimedOut { position, durable });
+                }
+                if waited >= DURABLE_SPIN {
+                    std::thread::yield_now();
+                }
+            }
+            std::hint::spin_loop();
+        }
     }
 
     /// Whether this is the stream's exclusive publisher.

@@ -359,6 +359,27 @@ impl Ring {
         self.inner.mem.counters().tail.value.load(Ordering::Acquire)
     }
 
+    /// Makes a fresh ring (nothing ever claimed, nobody subscribed) begin
+    /// at stream position `position` instead of 0: for a persisted stream
+    /// whose ring is recreated after its log on disk ends there. Fails if
+    /// the ring was used or `position` is not frame-aligned.
+    pub fn start_at(&self, position: u64) -> Result<(), String> {
+        let c = self.inner.mem.counters();
+        if !position.is_multiple_of(crate::frame::FRAME_ALIGNMENT as u64) {
+            return Err(format!("start position {position} is not a multiple of {}", crate::frame::FRAME_ALIGNMENT));
+        }
+        if c.tail.value.load(Ordering::Acquire) != 0 || !self.subscribers().is_empty() {
+            return Err("the ring is in use; only a fresh ring can be moved".into());
+        }
+        // Order: head and the granted limit first, so no claim (there is
+        // none yet) could see a tail beyond them.
+        c.head.value.store(position, Ordering::Release);
+        c.limit_granted.value.fetch_max(position, Ordering::SeqCst);
+        c.durable.value.fetch_max(position, Ordering::Release);
+        c.tail.value.store(position, Ordering::Release);
+        Ok(())
+    }
+
     /// Pid recorded as holding the ring's exclusive publication (0: none).
     /// The ring does not enforce it: an [`ExclusivePublication`] trusts that
     /// it is the only writer, and the arbiter (rilld) records here whom it

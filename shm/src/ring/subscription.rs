@@ -118,6 +118,13 @@ pub struct Subscriber {
     slot_pid: u32,
     /// How long `poll_blocking` spins for data before it sleeps.
     spin_before_sleep: Duration,
+    /// Hold mode: polls move `position` only; the slot keeps holding
+    /// publishers back at `held` until [`Subscriber::release_to`].
+    hold: bool,
+    held: u64,
+    /// Free the slot when dropped (else it stays, holding publishers back,
+    /// for whoever takes it over: the archiver after a daemon restart).
+    release_on_drop: bool,
 }
 
 impl Subscriber {
@@ -198,6 +205,9 @@ impl Subscriber {
             salt: ring.inner.salt,
             slot_pid: 0,
             spin_before_sleep: SPIN_BEFORE_SLEEP,
+            hold: false,
+            held: tail,
+            release_on_drop: true,
             ring,
         };
         if start == Start::Oldest {
@@ -319,6 +329,70 @@ impl Subscriber {
                 self.sleep(deadline - Instant::now().min(deadline));
             }
         }
+    }
+
+    /// Hold mode, for a subscriber that hands the frames it read to someone
+    /// else (the archiver's io_uring writes straight from the ring): polls
+    /// move [`position`](Self::position) on, but the slot keeps holding
+    /// publishers back where it was until [`release_to`](Self::release_to),
+    /// so the frames between stay in place. Needs a slot (zero-copy).
+    pub fn set_hold(&mut self, hold: bool) {
+        assert!(self.zero_copy, "hold mode needs a subscriber with a slot");
+        if hold && !self.hold {
+            self.held = self.position;
+        }
+        self.hold = hold;
+        if !hold {
+            let p = self.position;
+            self.position = self.held;
+            self.advance(p);
+        }
+    }
+
+    /// Hold mode: lets publishers reuse the ring up to `pos` (at most
+    /// [`position`](Self::position), and never backwards).
+    pub fn release_to(&mut self, pos: u64) {
+        assert!(self.hold, "release_to outside hold mode");
+        let pos = pos.min(self.position);
+        if pos <= self.held {
+            return;
+        }
+        self.held = pos;
+        if let Some(i) = self.slot {
+            // SYNC(slot-position): as in advance().
+            if let Some(s) = self.ring.inner.mem.slot(i) {
+                s.position.store(pos, Ordering::Release);
+            }
+        }
+    }
+
+    /// Leaves the slot taken (and holding publishers back at its position)
+    /// when this subscriber is dropped, for a successor to take over with
+    /// [`Ring::subscriber_on_slot`] (the archiver across daemon restarts).
+    pub fn keep_slot_on_drop(&mut self) {
+        self.release_on_drop = false;
+    }
+
+    /// Hold mode: where the slot holds publishers back.
+    pub fn held_position(&self) -> u64 {
+        if self.hold { self.held } else { self.position }
+    }
+
+    /// Hold mode: the ring bytes of the stream range `[from, to)` (frames
+    /// this subscriber has polled past and still holds), as one slice, or
+    /// two when the range wraps. Panics outside the held range.
+    #[cfg(not(loom))]
+    pub fn held_bytes(&self, from: u64, to: u64) -> (&[u8], &[u8]) {
+        assert!(self.hold && self.held <= from && from <= to && to <= self.position, "held_bytes outside the held range");
+        assert!(to - from <= self.capacity);
+        let mem = &self.ring.inner.mem;
+        let (start, len) = (self.off(from), (to - from) as usize);
+        let first = len.min(self.capacity as usize - start);
+        // SAFETY: every byte of [from, to) belongs to frames this subscriber
+        // polled past (committed), and its slot, held at or before `from`,
+        // keeps publishers from overwriting them while `&self` is borrowed
+        // (release_to needs `&mut self`).
+        unsafe { (mem.bytes(start, first), mem.bytes(0, len - first)) }
     }
 
     /// Sets how long [`poll_blocking`](Self::poll_blocking) spins for data
@@ -539,6 +613,9 @@ impl Subscriber {
     fn advance(&mut self, pos: u64) {
         if pos != self.position {
             self.position = pos;
+            if self.hold {
+                return;
+            }
             if let Some(i) = self.slot {
                 // SYNC(slot-position): Release pairs with the publishers'
                 // (SeqCst, so at least Acquire) slot scan: our reads of the
@@ -559,7 +636,10 @@ impl Subscriber {
 impl Drop for Subscriber {
     fn drop(&mut self) {
         // Free our slot, unless it was taken back (and perhaps given to
-        // another subscriber since).
+        // another subscriber since), or is to outlive us.
+        if !self.release_on_drop {
+            return;
+        }
         if let (Some(i), Ok(())) = (self.slot, self.check_slot()) {
             self.ring.release_slot(i);
         }

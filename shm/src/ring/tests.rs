@@ -203,3 +203,46 @@ fn slot_revoked_mid_read_is_reported_and_quarantined() {
     drop(sub); // a revoked subscriber's drop leaves the slot alone
     assert_eq!(ring.slot_pid(slot), std::process::id());
 }
+
+#[test]
+fn hold_mode_keeps_frames_until_released() {
+    let ring = Ring::private(&cfg(4096, 512, Policy::BackPressure)).unwrap();
+    let mut sub = ring.subscribe(Start::Latest).unwrap();
+    sub.set_hold(true);
+    let mut publ = ring.exclusive_publication().unwrap();
+    let start = sub.position();
+    for i in 0..10u8 {
+        publ.offer(&[i; 200]).unwrap();
+    }
+    let mut seen = 0;
+    sub.poll(64, |_| seen += 1).unwrap();
+    assert_eq!(seen, 10);
+    let end = sub.position();
+    // Polled past, but held: the publisher stops a ring after `start`.
+    let mut n = 0;
+    while publ.offer(&[9; 200]).is_ok() {
+        n += 1;
+    }
+    assert!(ring.tail() <= start + 4096, "publisher passed the held position");
+    let (a, b) = sub.held_bytes(start, end);
+    assert_eq!((a.len() + b.len()) as u64, end - start);
+    assert_eq!(a[HEADER_LEN], 0, "first held frame's payload intact");
+    sub.release_to(end);
+    assert_eq!(sub.held_position(), end);
+    assert!(publ.offer(&[9; 200]).is_ok(), "released space is reusable");
+    let _ = n;
+}
+
+#[test]
+fn fresh_ring_starts_at_a_recovered_position() {
+    let ring = Ring::private(&cfg(4096, 512, Policy::BackPressure)).unwrap();
+    assert!(ring.start_at(1000).is_err(), "unaligned");
+    ring.start_at(1 << 20).unwrap();
+    let mut sub = ring.subscribe(Start::Latest).unwrap();
+    assert!(ring.start_at(1 << 21).is_err(), "in use");
+    let mut publ = ring.exclusive_publication().unwrap();
+    assert_eq!(publ.offer(b"after recovery").unwrap(), 1 << 20);
+    let mut got = Vec::new();
+    sub.poll(8, |m| got.push((m.position, m.payload.to_vec()))).unwrap();
+    assert_eq!(got, vec![(1 << 20, b"after recovery".to_vec())]);
+}

@@ -7,6 +7,7 @@
 //! ```text
 //! rill-worker publish    --socket S --stream NAME --publisher K --seed S (--count N | --until-file PATH)
 //!                        [--api offer|claim] [--pause-every N --pause-us U] [--exclusive]
+//!                        [--persist none|interval:MS|always] [--wait-durable N]
 //! rill-worker subscribe  --socket S --stream NAME --seed S
 //!                        (--expect N0,N1,.. | --publishers P --done-file PATH | --follow P --done-file PATH)
 //!                        [--start latest|oldest] [--wait futex|yield] [--stop-after N] [--ro-checks]
@@ -20,7 +21,9 @@
 //! * `publish` sends messages `0..N` of publisher `K` (`rill_tests::payload`),
 //!   or as many as it can until the file `--until-file` exists, retrying
 //!   while back-pressured; `--exclusive` as the stream's exclusive
-//!   publisher.
+//!   publisher. `--persist` creates the stream persisted; `--wait-durable
+//!   N` waits after every N messages until they are durable and prints
+//!   `DURABLE n=<messages durable so far> position=P`.
 //! * `subscribe` prints `READY ...` once its subscriber is open and checks
 //!   every message (`rill_tests::check`): `--expect` exactly these counts
 //!   and stop; `--publishers P` exactly once and in order from sequence 0,
@@ -135,7 +138,8 @@ fn connect(o: &Opts, role: &str) -> Result<Client> {
 /// The shape of the stream, should this worker be the one to create it.
 fn stream_options(o: &Opts) -> Result<StreamOptions> {
     let max_len = u32::try_from(o.num("max-len", Some(2048))?).context("--max-len")?;
-    Ok(StreamOptions::new().with_capacity(o.num("capacity", Some(64 << 10))?).with_max_message_len(max_len))
+    let persist = o.get("persist").map(str::parse::<rill::Durability>).transpose().map_err(|e| anyhow!(e))?;
+    Ok(StreamOptions::new().with_capacity(o.num("capacity", Some(64 << 10))?).with_max_message_len(max_len).with_persist(persist))
 }
 
 /// A stuck publisher or subscriber gives up after this long without
@@ -290,6 +294,8 @@ fn publish_as<M: ClaimMode>(o: &Opts) -> Result<bool> {
     };
     let pause_every = o.num("pause-every", Some(0))?;
     let pause = Duration::from_micros(o.num("pause-us", Some(0))?);
+    let wait_durable = o.num("wait-durable", Some(0))?;
+    let mut durable_n = 0u64;
     let exclusive = s.publ.is_exclusive();
     println!("OPEN role=publish publisher={} id={} exclusive={exclusive} {}", s.publisher, s.publ.id(), connection_fields(&client, s.publ.daemon_handle()));
     let mut progress = Progress::new();
@@ -305,12 +311,22 @@ fn publish_as<M: ClaimMode>(o: &Opts) -> Result<bool> {
         first.get_or_insert(p);
         last = p;
         seq += 1;
+        if wait_durable > 0 && seq % wait_durable == 0 {
+            s.publ.wait_durable(p, Duration::from_secs(60)).map_err(|e| anyhow!("message {}: {e}", seq - 1))?;
+            durable_n = seq;
+            println!("DURABLE n={seq} position={p}");
+        }
         if pause_every > 0 && seq % pause_every == 0 {
             std::thread::sleep(pause);
         }
     }
+    if wait_durable > 0 && durable_n < seq {
+        s.publ.wait_durable(last, Duration::from_secs(60)).map_err(|e| anyhow!("message {}: {e}", seq - 1))?;
+        durable_n = seq;
+        println!("DURABLE n={seq} position={last}");
+    }
     println!(
-        "SUMMARY role=publish publisher={} id={} sent={seq} back_pressured={} first_position={} last_position={last} {}",
+        "SUMMARY role=publish publisher={} id={} sent={seq} durable={durable_n} back_pressured={} first_position={} last_position={last} {}",
         s.publisher,
         s.publ.id(),
         s.wait.back_pressured,

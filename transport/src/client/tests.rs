@@ -158,6 +158,7 @@ impl FakeState {
     }
 
     /// The ring `name`: mapped already, adopted from files, or created.
+    #[allow(clippy::result_large_err)] // a test double: the refusal is the reply itself
     fn ring(&mut self, name: &str, create: Option<StreamOptions>) -> Result<(), Response> {
         if self.rings.contains_key(name) {
             return Ok(());
@@ -200,6 +201,10 @@ impl FakeState {
             reaped_subscribers: 0,
             keep: false,
             exclusive: false,
+            persist: None,
+            durable_position: 0,
+            disk_bytes: 0,
+            archive_error: None,
         }
     }
 }
