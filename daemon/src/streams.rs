@@ -377,6 +377,12 @@ impl Streams {
                             "torn tail of the last segment cut at the last whole batch"),
                     }
                 }
+                // A batch written but not yet synced when the last daemon
+                // died is whole in the page cache: sync it before calling
+                // anything durable.
+                std::fs::File::open(path)
+                    .and_then(|f| f.sync_data())
+                    .map_err(|e| format!("syncing {}: {e}", path.display()))?;
                 let end = r.end_position();
                 Some(if end == 0 { *first } else { end })
             }
@@ -428,6 +434,10 @@ impl Streams {
             }
             None => held,
         };
+        if let Some(end) = log_end.filter(|&e| e == start) {
+            // The recovered log is synced up to here (recover_one).
+            s.ring.set_durable_position(end);
+        }
         let mut sub = s.ring.subscriber_on_slot(slot, start).map_err(|e| format!("archiver slot {slot}: {e}"))?;
         sub.keep_slot_on_drop();
         s.owners[slot as usize] = SlotOwner::Archiver;

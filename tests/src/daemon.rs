@@ -155,6 +155,16 @@ impl Rilld {
         self.process().kill();
     }
 
+    /// SIGTERM, and waits for a clean exit (status 0): the archiver has
+    /// flushed and synced every persisted stream.
+    pub fn stop(&mut self, deadline: Instant) -> Result<()> {
+        let pid = nix::unistd::Pid::from_raw(self.pid() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).context("SIGTERM to rilld")?;
+        let status = self.process().wait_exit(deadline)?;
+        ensure!(status.code() == Some(0), "rilld exited with {status} after SIGTERM; log:\n{}", self.log());
+        Ok(())
+    }
+
     /// Everything rilld logged so far (every process, if restarted),
     /// without colour codes.
     pub fn log(&self) -> String {
