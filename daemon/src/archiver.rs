@@ -46,6 +46,8 @@ use std::time::{Duration, Instant};
 /// A batch grows to about this many bytes of frames before it is written
 /// (less when fewer are waiting: the archiver never waits to fill one).
 pub const BATCH_BYTES: u64 = 1 << 20;
+/// How often retention is checked.
+const RETENTION_EVERY: Duration = Duration::from_millis(100);
 /// Idle wait between looks at the rings when nothing is in flight.
 const IDLE: Duration = Duration::from_micros(20);
 
@@ -79,6 +81,27 @@ pub struct Job {
     pub segment: Option<(PathBuf, u64)>,
     /// Bytes in all its segment files so far.
     pub disk_bytes: u64,
+    /// What to delete, and when.
+    pub retention: Retention,
+}
+
+/// Retention of a stream's log: whole sealed segments (never the one being
+/// written) are deleted, oldest first, while the log is larger than
+/// `max_bytes`, or once their last write is older than `max_age`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Retention {
+    /// Largest total size of the log's segment files.
+    pub max_bytes: Option<u64>,
+    /// Oldest a sealed segment may get (by its file's modification time).
+    pub max_age: Option<Duration>,
+}
+
+/// A sealed segment, as retention sees it.
+#[derive(Debug)]
+struct Sealed {
+    path: PathBuf,
+    len: u64,
+    modified: std::time::SystemTime,
 }
 
 enum Command {
@@ -170,6 +193,8 @@ unsafe impl Send for InFlight {}
 
 struct JobState {
     job: Job,
+    /// Sealed segments, oldest first.
+    sealed: std::collections::VecDeque<Sealed>,
     file: Option<File>,
     /// Next stream position to write (end of what is written).
     written: u64,
@@ -191,6 +216,7 @@ struct Worker {
 impl Worker {
     fn run(mut self) {
         let mut stopping = false;
+        let mut last_retention = Instant::now();
         loop {
             loop {
                 match self.rx.try_recv() {
@@ -206,6 +232,12 @@ impl Worker {
             if stopping {
                 self.shutdown();
                 return;
+            }
+            if last_retention.elapsed() >= RETENTION_EVERY {
+                last_retention = Instant::now();
+                for i in 0..self.jobs.len() {
+                    self.apply_retention(i);
+                }
             }
             let mut submitted = 0;
             for i in 0..self.jobs.len() {
@@ -241,8 +273,19 @@ impl Worker {
         };
         let mut job = job;
         job.sub.set_hold(true);
+        let current = job.segment.as_ref().map(|(p, _)| p.clone());
+        let sealed = rill_store::list_segments(&job.dir)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|(_, p)| Some(p) != current.as_ref())
+            .filter_map(|(_, path)| {
+                let m = std::fs::metadata(&path).ok()?;
+                Some(Sealed { len: m.len(), modified: m.modified().ok()?, path })
+            })
+            .collect();
         self.jobs.push(JobState {
             job,
+            sealed,
             file,
             written,
             unsynced: written,
@@ -258,6 +301,7 @@ impl Worker {
         let name = job.name.clone();
         self.jobs.push(JobState {
             job,
+            sealed: Default::default(),
             file: None,
             written,
             unsynced: written,
@@ -449,6 +493,10 @@ impl Worker {
             // Sealing a segment: whatever the policy, it is synced whole.
             f.sync_data().map_err(|e| format!("fdatasync before rolling the segment: {e}"))?;
         }
+        if let Some((path, len)) = j.job.segment.take() {
+            let modified = std::fs::metadata(&path).and_then(|m| m.modified()).unwrap_or_else(|_| std::time::SystemTime::now());
+            j.sealed.push_back(Sealed { path, len, modified });
+        }
         let path = j.job.dir.join(segment_file_name(from));
         let f = std::fs::OpenOptions::new()
             .create_new(true)
@@ -463,6 +511,38 @@ impl Worker {
         j.file = Some(f);
         j.job.segment = Some((path, 0));
         Ok(())
+    }
+
+    /// Deletes sealed segments of job `i` that retention no longer keeps.
+    fn apply_retention(&mut self, i: usize) {
+        let j = &mut self.jobs[i];
+        let r = j.job.retention;
+        let now = std::time::SystemTime::now();
+        let mut deleted = false;
+        while let Some(oldest) = j.sealed.front() {
+            let too_big = r.max_bytes.is_some_and(|max| j.job.disk_bytes > max);
+            let too_old = r.max_age.is_some_and(|age| now.duration_since(oldest.modified).is_ok_and(|d| d > age));
+            if !too_big && !too_old {
+                break;
+            }
+            let s = j.sealed.pop_front().expect("front exists");
+            match std::fs::remove_file(&s.path) {
+                Ok(()) => {
+                    j.job.disk_bytes = j.job.disk_bytes.saturating_sub(s.len);
+                    deleted = true;
+                    tracing::info!(stream = %j.job.name, segment = %s.path.display(), bytes = s.len, by = if too_big { "size" } else { "age" }, "retention deleted segment");
+                }
+                Err(e) => {
+                    tracing::error!(stream = %j.job.name, segment = %s.path.display(), error = %e, "retention could not delete segment");
+                    j.sealed.push_front(s);
+                    break;
+                }
+            }
+        }
+        if deleted {
+            let (name, disk) = (j.job.name.clone(), j.job.disk_bytes);
+            self.set_status(&name, |s| s.disk_bytes = disk);
+        }
     }
 
     /// Handles every completion waiting.

@@ -13,6 +13,8 @@
 //! keep = ["orders."]                 # streams with these prefixes stay when unused
 //! data_dir = "/var/lib/rill"         # segment files of persisted streams (on disk, never tmpfs)
 //! segment_bytes = 67108864           # roll to a new segment file past this size
+//! retention_bytes = 10737418240      # keep each persisted log under 10 GiB (default: no limit)
+//! retention_ms = 604800000           # delete sealed segments older than 7 days (default: never)
 //!
 //! [[allow]]                          # uid 1000 may publish to orders.*, read all
 //! uids = [1000]
@@ -96,6 +98,12 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// A segment file is sealed and a new one started past this size.
     pub segment_bytes: u64,
+    /// Retention: a persisted stream's log is kept under this many bytes
+    /// (whole sealed segments deleted, oldest first). None: unbounded.
+    pub retention_bytes: Option<u64>,
+    /// Retention: sealed segments last written longer ago than this are
+    /// deleted. None: kept for ever.
+    pub retention_ms: Option<u64>,
     /// Access rules.
     pub allow: Vec<AllowRule>,
 }
@@ -115,6 +123,8 @@ impl Default for Config {
             keep: Vec::new(),
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
             segment_bytes: DEFAULT_SEGMENT_BYTES,
+            retention_bytes: None,
+            retention_ms: None,
             allow: Vec::new(),
         }
     }

@@ -41,6 +41,13 @@ struct Args {
     /// Segment file size in bytes (default 64 MiB).
     #[arg(long)]
     segment_bytes: Option<u64>,
+    /// Keep each persisted stream's log under this many bytes, deleting
+    /// whole sealed segments, oldest first (default: no limit).
+    #[arg(long)]
+    retention_bytes: Option<u64>,
+    /// Delete sealed segments last written longer ago than this (ms).
+    #[arg(long)]
+    retention_ms: Option<u64>,
 }
 
 fn main() {
@@ -87,6 +94,12 @@ fn run(args: Args) -> anyhow::Result<()> {
     }
     if let Some(v) = args.segment_bytes {
         config.segment_bytes = v;
+    }
+    if args.retention_bytes.is_some() {
+        config.retention_bytes = args.retention_bytes;
+    }
+    if args.retention_ms.is_some() {
+        config.retention_ms = args.retention_ms;
     }
     config.validate()?;
     rill_daemon::server::Server::new(config)?.run()

@@ -8,7 +8,7 @@
 //! `<page_dir>/<name>.keep` if it outlives its users. All of it is files, so
 //! a restarted daemon adopts every live ring with its positions.
 
-use crate::archiver::{Archiver, ArchiveStatus, Job};
+use crate::archiver::{Archiver, ArchiveStatus, Job, Retention};
 use crate::config::Config;
 use rill::protocol::{Durability, ErrorCode, Policy, StreamInfo, StreamOptions, SubscriberInfo};
 use rill_shm::ring::{slot_page_path, wake_page_path, CreateError, PagePreference, Reclaimer, Ring, RingConfig, Start};
@@ -249,6 +249,7 @@ pub struct Streams {
     keep_prefixes: Vec<String>,
     data_dir: PathBuf,
     segment_bytes: u64,
+    retention: Retention,
     archiver: Archiver,
 }
 
@@ -327,6 +328,7 @@ impl Streams {
             keep_prefixes: config.keep.clone(),
             data_dir: config.data_dir.clone(),
             segment_bytes: config.segment_bytes,
+            retention: Retention { max_bytes: config.retention_bytes, max_age: config.retention_ms.map(Duration::from_millis) },
             archiver: Archiver::start()?,
         })
     }
@@ -460,7 +462,16 @@ impl Streams {
             .filter(|_| log_end == Some(start))
             .and_then(|(_, p)| std::fs::metadata(p).ok().map(|m| (p.clone(), m.len())));
         s.archive = Some(ArchiveStatus { disk_bytes, error: None });
-        self.archiver.add(Job { name: name.to_owned(), sub, dir, durability, segment_bytes: self.segment_bytes, segment, disk_bytes });
+        self.archiver.add(Job {
+            name: name.to_owned(),
+            sub,
+            dir,
+            durability,
+            segment_bytes: self.segment_bytes,
+            segment,
+            disk_bytes,
+            retention: self.retention,
+        });
         Ok(())
     }
 
