@@ -333,24 +333,35 @@ impl Server {
         rill::protocol::check_stream_name(stream).map_err(|m| Refusal::new(ErrorCode::Invalid, m))?;
         self.check(i, Action::Subscribe, stream)?;
         self.get_or_create(i, stream, create)?;
-        let start = match start {
+        let ring_start = match start {
             StartAt::Latest => rill_shm::ring::Start::Latest,
-            StartAt::Oldest => rill_shm::ring::Start::Oldest,
+            // The others join at the oldest frame in the ring: the slot then
+            // keeps everything from there in place while the client reads
+            // the older part from the log.
+            StartAt::Oldest | StartAt::Earliest | StartAt::Position(_) | StartAt::Time(_) => rill_shm::ring::Start::Oldest,
         };
         let pid = self.conns[i].pid;
-        let (slot, position) = self.streams.attach(stream, start, pid)?;
-        let fds = match self.streams.subscriber_fds(stream, slot) {
-            Ok(f) => f,
-            Err(e) => {
+        let (slot, position) = self.streams.attach(stream, ring_start, pid)?;
+        let planned = self.streams.plan_replay(stream, start, position).and_then(|replay| {
+            let fds = self.streams.subscriber_fds(stream, slot).map_err(|e| internal(stream, e))?;
+            Ok((replay, fds))
+        });
+        let (replay, mut fds) = match planned {
+            Ok(x) => x,
+            Err(r) => {
                 self.streams.require(stream)?.free_slot(slot, false);
-                return Err(internal(stream, e));
+                return Err(r);
             }
         };
+        let replay = replay.map(|(r, log_fds)| {
+            fds.extend(log_fds);
+            r
+        });
         let handle = self.new_handle(i, stream, HandleKind::Subscriber, slot, false);
         let conn = self.conns[i].id;
         let s = self.streams.require(stream)?;
         s.owners[slot as usize] = SlotOwner::Client { conn, handle };
-        Ok((Response::Subscriber { handle, slot, position, info: s.info() }, fds))
+        Ok((Response::Subscriber { handle, slot, position, info: s.info(), replay }, fds))
     }
 
     fn new_handle(&mut self, i: usize, stream: &str, kind: HandleKind, slot: u32, exclusive: bool) -> u64 {

@@ -10,7 +10,7 @@
 
 use crate::archiver::{Archiver, ArchiveStatus, Job, Retention};
 use crate::config::Config;
-use rill::protocol::{Durability, ErrorCode, Policy, StreamInfo, StreamOptions, SubscriberInfo};
+use rill::protocol::{Durability, ErrorCode, Policy, Replay, StartAt, StreamInfo, StreamOptions, SubscriberInfo, MAX_REPLAY_SEGMENTS};
 use rill_shm::ring::{slot_page_path, wake_page_path, CreateError, PagePreference, Reclaimer, Ring, RingConfig, Start};
 use rill_shm::Access;
 use std::collections::BTreeMap;
@@ -473,6 +473,64 @@ impl Streams {
             retention: self.retention,
         });
         Ok(())
+    }
+
+    /// For a subscriber attached in the ring at `ring_start` (the oldest
+    /// frame there) that asked to start at `start`: what to read first from
+    /// the stream's log (read-only fds of the segments, in order), and from
+    /// which position on to deliver. `None` for `Latest` and `Oldest`.
+    pub fn plan_replay(&self, name: &str, start: StartAt, ring_start: u64) -> Result<Option<(Replay, Vec<OwnedFd>)>, Refusal> {
+        let s = self.streams.get(name).ok_or_else(|| Refusal::new(ErrorCode::UnknownStream, format!("no stream {name:?}")))?;
+        let log = if s.persist.is_some() {
+            let dir = self.data_dir.join(name);
+            Some(rill_store::StreamLog::open(&dir).map_err(|e| Refusal::new(ErrorCode::Internal, format!("stream {name:?}: reading its log: {e}")))?)
+        } else {
+            None
+        };
+        let first_on_disk = log.as_ref().and_then(|l| l.first_position());
+        let from = match start {
+            StartAt::Latest | StartAt::Oldest => return Ok(None),
+            StartAt::Earliest => first_on_disk.unwrap_or(ring_start).min(ring_start),
+            StartAt::Position(p) => {
+                let oldest = first_on_disk.unwrap_or(ring_start).min(ring_start);
+                if p < oldest {
+                    let why = match (&log, first_on_disk) {
+                        (None, _) => format!("the ring holds from {ring_start} on and the stream is not persisted"),
+                        (Some(_), Some(f)) => format!("older positions were deleted by retention: the log starts at {f}"),
+                        (Some(_), None) => format!("the log is empty and the ring holds from {ring_start} on"),
+                    };
+                    return Err(Refusal::new(ErrorCode::Gone, format!("stream {name:?}: position {p} is gone: {why}")));
+                }
+                p
+            }
+            StartAt::Time(t) => {
+                let Some(log) = &log else {
+                    return Err(Refusal::new(ErrorCode::Invalid, format!("stream {name:?} is not persisted: only persisted streams have a time index")));
+                };
+                match log.entry_at_time(t) {
+                    Some((_, e)) => e.position,
+                    None => ring_start,
+                }
+            }
+        };
+        let mut replay = Replay { segments: Vec::new(), from, until: ring_start };
+        let mut fds = Vec::new();
+        if let (Some(log), true) = (&log, from < ring_start) {
+            for seg in log.segments().iter().filter(|g| g.end_position > from && g.first_position < ring_start) {
+                if replay.segments.len() == MAX_REPLAY_SEGMENTS {
+                    let msg = format!("stream {name:?}: a replay from {from} spans more than {MAX_REPLAY_SEGMENTS} segments; start later");
+                    return Err(Refusal::new(ErrorCode::Invalid, msg));
+                }
+                let fd = open_fd(&seg.path, false).map_err(|e| Refusal::new(ErrorCode::Internal, format!("opening {}: {e}", seg.path.display())))?;
+                replay.segments.push(seg.first_position);
+                fds.push(fd);
+            }
+            if replay.segments.first().is_none_or(|&f| f > from) {
+                let msg = format!("stream {name:?}: the log has no segment holding position {from}");
+                return Err(Refusal::new(ErrorCode::Gone, msg));
+            }
+        }
+        Ok(Some((replay, fds)))
     }
 
     /// Refreshes each persisted stream's archiver status (for StreamInfo).

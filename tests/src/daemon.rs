@@ -92,6 +92,9 @@ pub struct Rilld {
     /// `--data-dir`: persisted streams' segment files, on disk (the
     /// system's temporary directory), removed on drop.
     pub data: TempRingDir,
+    /// What rilld gets as `--data-dir`: `data/` in [`Rilld::data`], unless
+    /// started with [`Rilld::start_with_data_dir`].
+    pub data_dir: PathBuf,
     extra: Vec<String>,
     starts: u32,
     /// Logs of earlier processes (before a restart).
@@ -102,12 +105,21 @@ impl Rilld {
     /// Starts rilld in a fresh directory, with [`DAEMON_FLAGS`] and
     /// `extra`, and waits until it accepts connections.
     pub fn start(tag: &str, extra: &[String], deadline: Instant) -> Result<Rilld> {
+        Self::start_with_data_dir(tag, extra, None, deadline)
+    }
+
+    /// [`Rilld::start`] with `--data-dir data_dir` (e.g. a small
+    /// filesystem of the test's own) instead of `data/` in [`Rilld::data`]
+    /// (clap refuses a second `--data-dir` in `extra`). The caller cleans
+    /// `data_dir` up.
+    pub fn start_with_data_dir(tag: &str, extra: &[String], data_dir: Option<&Path>, deadline: Instant) -> Result<Rilld> {
         let dir = TempRingDir::in_dev_shm(tag)?;
         // Traversable by other uids (the denied-client test), whatever the umask.
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))?;
         let socket = dir.join("rilld.sock");
         let data = TempRingDir::new_in(&std::env::temp_dir(), tag)?;
-        let mut d = Rilld { dir, socket, data, extra: extra.to_vec(), process: None, starts: 0, old_logs: String::new() };
+        let data_dir = data_dir.map_or_else(|| data.join("data"), Path::to_path_buf);
+        let mut d = Rilld { dir, socket, data, data_dir, extra: extra.to_vec(), process: None, starts: 0, old_logs: String::new() };
         d.spawn(deadline)?;
         Ok(d)
     }
@@ -121,7 +133,7 @@ impl Rilld {
         let mut cmd = Command::new(rilld_bin()?);
         cmd.arg("--socket").arg(&self.socket);
         cmd.arg("--ring-dir").arg(self.ring_dir()).arg("--page-dir").arg(self.dir.join("pages"));
-        cmd.arg("--data-dir").arg(self.data.join("data"));
+        cmd.arg("--data-dir").arg(&self.data_dir);
         cmd.args(DAEMON_FLAGS).args(&self.extra).env("NO_COLOR", "1");
         self.starts += 1;
         let mut p = Worker::spawn_command(cmd, &format!("rilld#{}", self.starts))?;

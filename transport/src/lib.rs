@@ -35,6 +35,7 @@ pub mod options;
 #[allow(missing_docs)]
 pub mod protocol;
 pub mod publisher;
+mod replay;
 pub mod subscriber;
 pub mod typed;
 pub mod wire;

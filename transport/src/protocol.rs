@@ -20,7 +20,8 @@
 //! Replies that hand over a ring carry fds, in this order:
 //! * publisher: ring (read-write), wake page, then every slot page
 //!   (read-only), one per slot of the ring;
-//! * subscriber: ring (read-only), wake page, own slot page (read-write).
+//! * subscriber: ring (read-only), wake page, own slot page (read-write),
+//!   then one read-only fd per log segment to replay (see [`Replay`]).
 
 use rkyv::{Archive, Deserialize, Serialize};
 use thiserror::Error;
@@ -33,8 +34,12 @@ pub const PROTOCOL_VERSION: u16 = 2;
 pub const HEADER_LEN: usize = 8;
 /// Largest message (header + body) either side sends or accepts.
 pub const MAX_MESSAGE_LEN: usize = 128 * 1024;
-/// Most fds one message may carry (ring + wake + slot pages).
-pub const MAX_FDS: usize = 2 + MAX_SLOTS_PER_STREAM as usize;
+/// Most fds one message may carry: the kernel's limit per SCM_RIGHTS
+/// message (ring + wake + slot pages for a publisher; ring + wake + slot +
+/// log segments for a replaying subscriber).
+pub const MAX_FDS: usize = 253;
+/// Most log segments one subscriber's replay may span.
+pub const MAX_REPLAY_SEGMENTS: usize = MAX_FDS - 3;
 /// Most subscriber slots a daemon-managed stream has.
 pub const MAX_SLOTS_PER_STREAM: u32 = 64;
 /// Longest stream name.
@@ -131,6 +136,29 @@ pub enum StartAt {
     Latest,
     /// The oldest message still in the ring.
     Oldest,
+    /// The oldest message of the stream: on disk for a persisted stream
+    /// (then on into the live ring), else the oldest in the ring.
+    Earliest,
+    /// The message at this stream position (or the first after it), read
+    /// from disk while it is older than the ring holds.
+    Position(u64),
+    /// The first message published at or after this time (ns since the
+    /// Unix epoch), found by the log's index (persisted streams only).
+    Time(u64),
+}
+
+/// The part of a subscriber's start that comes from the stream's log on
+/// disk: the daemon hands one read-only fd per segment after the ring fds,
+/// in this order.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Replay {
+    /// First position of each segment handed over, in order.
+    pub segments: Vec<u64>,
+    /// Deliver from this position on (earlier frames are skipped).
+    pub from: u64,
+    /// Read the log up to here, then go on in the ring (its start
+    /// position).
+    pub until: u64,
 }
 
 /// What kind of handle a client holds.
@@ -296,6 +324,9 @@ pub enum ErrorCode {
     /// Another publisher holds what was asked for (an exclusive
     /// publisher, or publishers when exclusivity was asked for).
     Busy,
+    /// The start asked for is gone: deleted by retention, or older than
+    /// the ring of a stream that is not persisted.
+    Gone,
 }
 
 /// A reply from the daemon.
@@ -322,10 +353,12 @@ pub enum Response {
         handle: u64,
         /// Its slot.
         slot: u32,
-        /// Its start position.
+        /// Its start position in the ring.
         position: u64,
         /// The stream.
         info: StreamInfo,
+        /// Read these first (older than the ring holds), if any.
+        replay: Option<Replay>,
     },
     /// Stream created (or already there with the same options).
     Created {

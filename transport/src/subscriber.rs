@@ -17,6 +17,7 @@
 
 use crate::client::HandleGuard;
 use crate::protocol::StreamInfo;
+use crate::replay::Replay;
 use crate::typed::{self, Decode, DecodeError, DecodeOwned, RecvError, TypedMessage};
 use rill_shm::ring::{Message, PollError, Ring};
 use rkyv::util::AlignedVec;
@@ -39,7 +40,7 @@ use std::time::{Duration, Instant};
 /// ```
 #[derive(Debug)]
 pub struct Subscriber {
-    inner: rill_shm::ring::Subscriber,
+    src: Source,
     /// Aligned copy for typed reads of misaligned payloads (see `typed`).
     scratch: AlignedVec,
     info: StreamInfo,
@@ -47,16 +48,87 @@ pub struct Subscriber {
     guard: HandleGuard,
 }
 
+/// Where messages come from: the log on disk first (a replay), then the
+/// ring, skipping what lies before the start asked for.
+#[derive(Debug)]
+struct Source {
+    inner: rill_shm::ring::Subscriber,
+    replay: Option<Replay>,
+    /// Ring messages before this position are passed over.
+    skip_before: u64,
+}
+
+impl Source {
+    fn poll<F: FnMut(Message<'_>)>(&mut self, limit: usize, handler: &mut F) -> Result<usize, PollError> {
+        if let Some(r) = &mut self.replay {
+            let (n, done) = r.poll(limit, handler)?;
+            if done {
+                self.replay = None;
+            }
+            if n > 0 || !done {
+                return Ok(n);
+            }
+        }
+        if self.skip_before > self.inner.position() {
+            let skip = self.skip_before;
+            let mut n = 0;
+            self.inner.poll(limit, |m| {
+                if m.position >= skip {
+                    n += 1;
+                    handler(m);
+                }
+            })?;
+            return Ok(n);
+        }
+        self.inner.poll(limit, handler)
+    }
+
+    fn poll_blocking<F: FnMut(Message<'_>)>(&mut self, limit: usize, handler: &mut F, deadline: Instant) -> Result<usize, PollError> {
+        loop {
+            if self.replay.is_some() || self.skip_before > self.inner.position() {
+                let n = self.poll(limit, handler)?;
+                if n > 0 {
+                    return Ok(n);
+                }
+                if self.replay.is_some() {
+                    continue;
+                }
+                if Instant::now() >= deadline {
+                    return Ok(0);
+                }
+                // Skipping in the ring: wait for more, then filter again.
+                if !self.inner.has_data() {
+                    self.inner.sleep(deadline.saturating_duration_since(Instant::now()));
+                }
+                continue;
+            }
+            return self.inner.poll_blocking(limit, handler, deadline);
+        }
+    }
+}
+
 impl Subscriber {
-    pub(crate) fn new(inner: rill_shm::ring::Subscriber, info: StreamInfo, guard: HandleGuard) -> Self {
-        Subscriber { inner, scratch: AlignedVec::new(), info, guard }
+    pub(crate) fn new(
+        inner: rill_shm::ring::Subscriber,
+        info: StreamInfo,
+        guard: HandleGuard,
+        replay: Option<Replay>,
+        skip_before: u64,
+    ) -> Self {
+        Subscriber { src: Source { inner, replay, skip_before }, scratch: AlignedVec::new(), info, guard }
+    }
+
+    /// Whether this subscriber is still reading the stream's log from disk
+    /// (it started before what the ring holds), before the live ring.
+    pub fn is_replaying(&self) -> bool {
+        self.src.replay.is_some()
     }
 
     /// Hands up to `limit` messages, in order, to `handler`; returns how
     /// many. Never blocks.
     #[inline]
-    pub fn poll<F: FnMut(Message<'_>)>(&mut self, limit: usize, handler: F) -> Result<usize, PollError> {
-        self.inner.poll(limit, handler)
+    pub fn poll<F: FnMut(Message<'_>)>(&mut self, limit: usize, mut handler: F) -> Result<usize, PollError> {
+        self.src.poll(limit, &mut handler)
     }
 
     /// How long the blocking calls (`poll_blocking`, `recv*`) spin for a
@@ -65,7 +137,7 @@ impl Subscriber {
     /// at once and leaves the core to others (each wake-up then costs the
     /// kernel's futex round trip).
     pub fn set_spin_before_sleep(&mut self, spin: Duration) {
-        self.inner.set_spin_before_sleep(spin);
+        self.src.inner.set_spin_before_sleep(spin);
     }
 
     /// Like [`poll`](Self::poll), but sleeps on the ring's futex until at
@@ -74,9 +146,9 @@ impl Subscriber {
         &mut self,
         limit: usize,
         timeout: Duration,
-        handler: F,
+        mut handler: F,
     ) -> Result<usize, PollError> {
-        self.inner.poll_blocking(limit, handler, Instant::now() + timeout)
+        self.src.poll_blocking(limit, &mut handler, Instant::now() + timeout)
     }
 
     /// Waits up to `timeout` for the next message and returns what `f`
@@ -84,9 +156,9 @@ impl Subscriber {
     pub fn recv_with<R>(&mut self, timeout: Duration, f: impl FnOnce(Message<'_>) -> R) -> Result<Option<R>, PollError> {
         let mut f = Some(f);
         let mut out = None;
-        self.inner.poll_blocking(
+        self.src.poll_blocking(
             1,
-            |m| {
+            &mut |m| {
                 if let Some(f) = f.take() {
                     out = Some(f(m));
                 }
@@ -111,7 +183,7 @@ impl Subscriber {
         F: FnMut(Result<TypedMessage<'_, T>, DecodeError>),
     {
         let scratch = &mut self.scratch;
-        self.inner.poll(limit, |m| handler(decode::<T>(&m, scratch)))
+        self.src.poll(limit, &mut |m| handler(decode::<T>(&m, scratch)))
     }
 
     /// Waits up to `timeout` for the next message, validates it as an
@@ -144,9 +216,9 @@ impl Subscriber {
         let scratch = &mut self.scratch;
         let mut f = Some(f);
         let mut out = None;
-        self.inner.poll_blocking(
+        self.src.poll_blocking(
             1,
-            |m| out = Some(decode::<T>(&m, scratch).map(|t| f.take().map(|f| f(t)))),
+            &mut |m| out = Some(decode::<T>(&m, scratch).map(|t| f.take().map(|f| f(t)))),
             Instant::now() + timeout,
         )?;
         Ok(out.transpose()?.flatten())
@@ -154,17 +226,17 @@ impl Subscriber {
 
     /// Whether a message (or an overrun) is waiting.
     pub fn has_data(&self) -> bool {
-        self.inner.has_data()
+        self.src.inner.has_data()
     }
 
     /// The next position this subscriber reads.
     pub fn position(&self) -> u64 {
-        self.inner.position()
+        self.src.inner.position()
     }
 
     /// Bytes lost to overruns (overwrite streams only) since it opened.
     pub fn overrun_bytes(&self) -> u64 {
-        self.inner.overrun_bytes()
+        self.src.inner.overrun_bytes()
     }
 
     /// Bytes of padding frames passed over since it opened (wrap padding,
@@ -172,12 +244,12 @@ impl Subscriber {
     /// From the start position `s`: `position() - s` = the frame spans of
     /// the messages handed out + `padding_bytes()` + `overrun_bytes()`.
     pub fn padding_bytes(&self) -> u64 {
-        self.inner.padding_bytes()
+        self.src.inner.padding_bytes()
     }
 
     /// This subscriber's slot in the ring.
     pub fn slot(&self) -> u32 {
-        self.inner.slot().expect("a daemon subscriber always has a slot")
+        self.src.inner.slot().expect("a daemon subscriber always has a slot")
     }
 
     /// The stream's name.
@@ -193,7 +265,7 @@ impl Subscriber {
 
     /// The ring (tail, durable position).
     pub fn ring(&self) -> &Ring {
-        self.inner.ring()
+        self.src.inner.ring()
     }
 
     /// The daemon's id for this subscriber on the current connection;

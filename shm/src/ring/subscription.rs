@@ -75,6 +75,16 @@ pub enum PollError {
         /// The message that may have been overwritten while read.
         position: u64,
     },
+    /// Reading the stream's log from disk (a replaying subscriber of a
+    /// persisted stream) failed at `position`: a damaged batch, a gap, or an
+    /// I/O error. Nothing after it was delivered.
+    #[error("replaying the stream's log at position {position}: {reason}")]
+    Replay {
+        /// Where.
+        position: u64,
+        /// What went wrong.
+        reason: String,
+    },
     /// The frame at `position` is committed but its header is impossible.
     #[error("corrupt frame at position {position}: {reason}")]
     Corrupt {

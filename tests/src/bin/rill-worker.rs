@@ -7,10 +7,11 @@
 //! ```text
 //! rill-worker publish    --socket S --stream NAME --publisher K --seed S (--count N | --until-file PATH)
 //!                        [--api offer|claim] [--pause-every N --pause-us U] [--exclusive]
-//!                        [--persist none|interval:MS|always] [--wait-durable N]
+//!                        [--persist none|interval:MS|always] [--wait-durable N [--durable-timeout-secs S]]
 //! rill-worker subscribe  --socket S --stream NAME --seed S
 //!                        (--expect N0,N1,.. | --publishers P --done-file PATH | --follow P --done-file PATH)
-//!                        [--start latest|oldest] [--wait futex|yield] [--stop-after N] [--ro-checks]
+//!                        [--start latest|oldest|earliest|position:N|time:NS] [--wait futex|yield]
+//!                        [--stop-after N] [--ro-checks]
 //! rill-worker claim-hang --socket S --stream NAME --publisher K --count N --seed S
 //! rill-worker denied     --socket S --deny NAME[,NAME..] --stream NAME --seed S --expect N [--ro-checks]
 //! ```
@@ -23,7 +24,8 @@
 //!   while back-pressured; `--exclusive` as the stream's exclusive
 //!   publisher. `--persist` creates the stream persisted; `--wait-durable
 //!   N` waits after every N messages until they are durable and prints
-//!   `DURABLE n=<messages durable so far> position=P`.
+//!   `DURABLE n=<messages durable so far> position=P` (and fails if that
+//!   takes over `--durable-timeout-secs`, default 60).
 //! * `subscribe` prints `READY ...` once its subscriber is open and checks
 //!   every message (`rill_tests::check`): `--expect` exactly these counts
 //!   and stop; `--publishers P` exactly once and in order from sequence 0,
@@ -295,6 +297,7 @@ fn publish_as<M: ClaimMode>(o: &Opts) -> Result<bool> {
     let pause_every = o.num("pause-every", Some(0))?;
     let pause = Duration::from_micros(o.num("pause-us", Some(0))?);
     let wait_durable = o.num("wait-durable", Some(0))?;
+    let durable_timeout = Duration::from_secs(o.num("durable-timeout-secs", Some(60))?);
     let mut durable_n = 0u64;
     let exclusive = s.publ.is_exclusive();
     println!("OPEN role=publish publisher={} id={} exclusive={exclusive} {}", s.publisher, s.publ.id(), connection_fields(&client, s.publ.daemon_handle()));
@@ -312,7 +315,7 @@ fn publish_as<M: ClaimMode>(o: &Opts) -> Result<bool> {
         last = p;
         seq += 1;
         if wait_durable > 0 && seq % wait_durable == 0 {
-            s.publ.wait_durable(p, Duration::from_secs(60)).map_err(|e| anyhow!("message {}: {e}", seq - 1))?;
+            s.publ.wait_durable(p, durable_timeout).map_err(|e| anyhow!("message {}: {e}", seq - 1))?;
             durable_n = seq;
             println!("DURABLE n={seq} position={p}");
         }
@@ -321,7 +324,7 @@ fn publish_as<M: ClaimMode>(o: &Opts) -> Result<bool> {
         }
     }
     if wait_durable > 0 && durable_n < seq {
-        s.publ.wait_durable(last, Duration::from_secs(60)).map_err(|e| anyhow!("message {}: {e}", seq - 1))?;
+        s.publ.wait_durable(last, durable_timeout).map_err(|e| anyhow!("message {}: {e}", seq - 1))?;
         durable_n = seq;
         println!("DURABLE n={seq} position={last}");
     }
@@ -392,7 +395,12 @@ fn subscribe(o: &Opts) -> Result<bool> {
     let start = match o.get("start").unwrap_or("latest") {
         "latest" => Start::Latest,
         "oldest" => Start::Oldest,
-        other => bail!("unknown --start {other:?}"),
+        "earliest" => Start::Earliest,
+        other => match other.split_once(':') {
+            Some(("position", p)) => Start::Position(p.parse().context("--start position:N")?),
+            Some(("time", t)) => Start::Time(t.parse().context("--start time:NS")?),
+            _ => bail!("unknown --start {other:?} (latest, oldest, earliest, position:N, time:NS)"),
+        },
     };
     let sub = client.subscriber_with(stream, start, stream_options(o)?).with_context(|| format!("open subscriber on {stream:?}"))?;
     run_subscriber(o, &client, sub)
@@ -428,7 +436,7 @@ fn run_subscriber(o: &Opts, client: &Client, sub: Subscriber) -> Result<bool> {
         None
     };
     let start = sub.position();
-    println!("READY pid={} slot={} start={start} {}", std::process::id(), sub.slot(), connection_fields(client, sub.daemon_handle()));
+    println!("READY pid={} slot={} start={start} replaying={} {}", std::process::id(), sub.slot(), sub.is_replaying(), connection_fields(client, sub.daemon_handle()));
     let mut r = Reader {
         sub,
         client,

@@ -54,9 +54,23 @@ pub(super) fn subscriber(
     let mut st = shared.lock_state();
     let req = Request::OpenSubscriber { stream: stream.to_owned(), start, create };
     let Reply { response, fds } = shared.request(&mut st, &req)?;
-    let (handle, slot, position, info) = match response {
-        Response::Subscriber { handle, slot, position, info } => (handle, slot, position, info),
+    let (handle, slot, position, info, replay) = match response {
+        Response::Subscriber { handle, slot, position, info, replay } => (handle, slot, position, info, replay),
         other => return Err(Reply { response: other, fds }.unexpected("OpenSubscriber")),
+    };
+    let mut fds = fds;
+    let log_fds = if fds.len() > 3 { fds.split_off(3) } else { Vec::new() };
+    let segments = replay.as_ref().map_or(0, |r| r.segments.len());
+    if log_fds.len() != segments {
+        let e = ClientError::FdCount { expected: 3 + segments, got: 3 + log_fds.len() };
+        return Err(undo(shared, &mut st, handle, e));
+    }
+    let (replay, skip_before) = match replay {
+        Some(r) => {
+            let files = r.segments.iter().copied().zip(log_fds.into_iter().map(std::fs::File::from)).collect::<Vec<_>>();
+            (Some(crate::replay::Replay::new(files, r.from, r.until)), r.from)
+        }
+        None => (None, 0),
     };
     let built = map_subscriber(fds, &info, slot).and_then(|ring| Ok(ring.subscriber_on_slot(slot, position)?));
     let inner = match built {
@@ -67,7 +81,7 @@ pub(super) fn subscriber(
     let key = st.insert(entry);
     drop(st);
     tracing::debug!(stream, handle, slot, position, "subscriber open");
-    Ok(Subscriber::new(inner, info, HandleGuard { token: token.clone(), key }))
+    Ok(Subscriber::new(inner, info, HandleGuard { token: token.clone(), key }, replay, skip_before))
 }
 
 /// Closes a handle whose setup failed; returns the setup error.

@@ -140,7 +140,7 @@ impl FakeState {
                     self.open(&slot_page_path(&self.dir, &stream, slot), true),
                 ];
                 self.faulty(&mut fds);
-                (Response::Subscriber { handle: self.handle_id(), slot, position, info: self.info(&stream) }, fds)
+                (Response::Subscriber { handle: self.handle_id(), slot, position, info: self.info(&stream), replay: None }, fds)
             }
             other => (Response::Error { code: ErrorCode::Internal, message: format!("fake: {other:?}") }, none),
         }
