@@ -122,6 +122,9 @@ pub struct Stream {
     pub persist: Option<Durability>,
     /// What the archiver says about it (persisted streams).
     pub archive: Option<ArchiveStatus>,
+    /// Damage found in a sealed segment of its log at start (reported,
+    /// never skipped or repaired: replays across it fail with the reason).
+    pub log_damage: Option<String>,
 }
 
 impl Stream {
@@ -231,7 +234,11 @@ impl Stream {
             persist: self.persist,
             durable_position: self.ring.durable_position(),
             disk_bytes: self.archive.as_ref().map_or(0, |a| a.disk_bytes),
-            archive_error: self.archive.as_ref().and_then(|a| a.error.clone()),
+            archive_error: self
+                .archive
+                .as_ref()
+                .and_then(|a| a.error.clone())
+                .or_else(|| self.log_damage.as_ref().map(|d| format!("log damaged: {d}"))),
         }
     }
 }
@@ -389,6 +396,23 @@ impl Streams {
                 Some(if end == 0 { *first } else { end })
             }
         };
+        // Every sealed segment's batch headers, for damage: reported, and the
+        // stream marked, never repaired (only the last segment's tail is).
+        let damage = match rill_store::StreamLog::open(&dir) {
+            Ok(_) => None,
+            Err(e) => {
+                tracing::error!(stream = name, error = %e, "the stream's log is damaged; replays across the damage will fail");
+                Some(e.to_string())
+            }
+        };
+        let result = self.recover_ring(name, &meta, durability, end);
+        if let Some(s) = self.streams.get_mut(name) {
+            s.log_damage = damage;
+        }
+        result
+    }
+
+    fn recover_ring(&mut self, name: &str, meta: &StreamMeta, durability: Durability, end: Option<u64>) -> Result<(), String> {
         if !self.streams.contains_key(name) {
             let options = StreamOptions {
                 capacity: meta.capacity,
@@ -608,6 +632,7 @@ impl Streams {
             resume_until: None,
             persist: None,
             archive: None,
+            log_damage: None,
         };
         self.streams.insert(name, stream);
     }

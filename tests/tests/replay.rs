@@ -91,3 +91,85 @@ fn replay_from_disk_joins_the_live_ring_without_gap_or_duplicate() -> Result<()>
     }
     Ok(())
 }
+
+/// Damage in a sealed segment (not the last one, whose tail recovery may
+/// cut) is never repaired or skipped. A flipped payload bit is caught when
+/// read: a replay across it delivers every message before the damaged
+/// batch intact, then fails naming the CRC mismatch. A damaged batch
+/// header is caught when rilld starts (it checks every batch header): the
+/// stream is marked (`archive_error` says "log damaged") and a replay is
+/// refused with the reason. The stream goes on being published and
+/// archived all along.
+#[test]
+fn damage_in_a_sealed_segment_is_reported_not_skipped() -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let seed = 12;
+    let mut d = Rilld::start("replay_damage", &["--segment-bytes".into(), (1u64 << 20).to_string()], deadline)?;
+    let stream = "replay.damage";
+    let publish = |d: &Rilld, count: u64| -> Result<()> {
+        let mut w = worker(
+            &d.socket,
+            "publish",
+            stream,
+            seed,
+            &["--publisher", "0", "--persist", "none", "--count", &count.to_string(), "--wait-durable", &count.to_string()],
+            "publisher",
+        )?;
+        w.finish(deadline)?;
+        Ok(())
+    };
+    publish(&d, 20_000)?;
+    let dir = d.data.join("data").join(stream);
+    let segments = rill_store::list_segments(&dir)?;
+    ensure!(segments.len() >= 2, "expected a sealed segment: {segments:?}");
+    let (first, sealed) = (segments[0].0, segments[0].1.clone());
+    let mut bytes = std::fs::read(&sealed)?;
+    let scan = rill_store::scan_segment(&bytes, first);
+    ensure!(scan.damage.is_none() && scan.batches.len() >= 4, "{} batches", scan.batches.len());
+    // A payload bit in the middle of batch 2.
+    let b2 = &scan.batches[2];
+    let at = (b2.file_offset + rill_store::BATCH_HEADER_LEN as u64 + 40) as usize;
+    bytes[at] ^= 0x40;
+    std::fs::write(&sealed, &bytes)?;
+    let client = Client::connect_to(&d.socket)?;
+    let mut sub = client.open_subscriber(stream, Start::Earliest, None)?;
+    let mut delivered = Vec::new();
+    let err = loop {
+        match sub.poll(64, |m| delivered.push(m.position)) {
+            Ok(_) => {}
+            Err(e) => break e,
+        }
+    };
+    ensure!(
+        matches!(&err, rill::PollError::Replay { reason, .. } if reason.to_lowercase().contains("crc")),
+        "replay across the flipped bit: {err}"
+    );
+    ensure!(
+        delivered.last().is_some_and(|&p| p < b2.position) && delivered.len() as u32 >= scan.batches[0].data_frames + scan.batches[1].data_frames,
+        "messages before the damaged batch {} were not all delivered ({} delivered)",
+        b2.position,
+        delivered.len()
+    );
+    drop(sub);
+    // A header byte of batch 3, then a restart.
+    d.stop(deadline)?;
+    let b3 = scan.batches[3].file_offset as usize;
+    bytes[b3] ^= 0x01;
+    std::fs::write(&sealed, &bytes)?;
+    d.spawn(deadline)?;
+    let client = Client::connect_to(&d.socket)?;
+    let info = client.stream_info(stream)?;
+    let why = info.archive_error.clone().unwrap_or_default();
+    ensure!(why.contains("log damaged"), "stream not marked after a damaged header in {}: {why:?}", sealed.display());
+    match client.open_subscriber(stream, Start::Earliest, None).map(|_| ()) {
+        Err(rill::ClientError::Daemon { message, .. }) => ensure!(message.contains("log"), "{message}"),
+        other => anyhow::bail!("a replay across a damaged segment should be refused: {other:?}"),
+    }
+    ensure!(std::fs::read(&sealed)? == bytes, "the damaged sealed segment was changed");
+    let before = info.durable_position;
+    wait_until(deadline, "the stream is published and archived again", || {
+        publish(&d, 100)?;
+        Ok(client.stream_info(stream)?.durable_position > before)
+    })?;
+    Ok(())
+}
