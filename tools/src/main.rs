@@ -5,7 +5,7 @@
 //! rill health                           "yes (...)" / "no (...)", exit 0 / 1
 //! rill pub NAME [--capacity 4MiB] [--policy back-pressure|overwrite]
 //!                                       each stdin line becomes one message
-//! rill tail NAME [--from latest|oldest] [--count N]
+//! rill tail NAME [--from latest|oldest|earliest|POSITION|@UNIX_SECONDS|-30s] [--count N]
 //!                                       print messages as they arrive
 //! rill dump FILE [--batches-only]       the batches and frames of a segment
 //!                                       file, checked; exit 0 if whole
@@ -73,9 +73,13 @@ enum Command {
     Tail {
         /// Stream name.
         name: String,
-        /// Where to start.
-        #[arg(long, value_enum, default_value_t = FromArg::Latest)]
-        from: FromArg,
+        /// Where to start: `latest` (new messages only), `oldest` (the
+        /// oldest in the ring), `earliest` (the oldest of the stream: its
+        /// log on disk if persisted, then live), a stream POSITION (a
+        /// number), or a TIME: `@UNIX_SECONDS[.FRACTION]` or a time ago,
+        /// `-30s`, `-5m`, `-2h` (persisted streams).
+        #[arg(long, value_parser = parse_from, default_value = "latest", allow_hyphen_values = true)]
+        from: rill::Start,
         /// Stop after this many messages.
         #[arg(long, short = 'n')]
         count: Option<u64>,
@@ -108,13 +112,35 @@ enum PolicyArg {
     Overwrite,
 }
 
-/// `--from`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum FromArg {
-    /// Only messages published from now on.
-    Latest,
-    /// The oldest message still in the ring.
-    Oldest,
+/// `--from` of `rill tail`.
+fn parse_from(s: &str) -> Result<rill::Start, String> {
+    let now_ns = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+    match s {
+        "latest" => return Ok(rill::Start::Latest),
+        "oldest" => return Ok(rill::Start::Oldest),
+        "earliest" => return Ok(rill::Start::Earliest),
+        _ => {}
+    }
+    if let Ok(p) = s.parse::<u64>() {
+        return Ok(rill::Start::Position(p));
+    }
+    if let Some(secs) = s.strip_prefix('@') {
+        let v: f64 = secs.parse().map_err(|_| format!("--from {s:?}: @ needs Unix seconds, e.g. @1795880000.5"))?;
+        return Ok(rill::Start::Time((v * 1e9) as u64));
+    }
+    if let Some(ago) = s.strip_prefix('-') {
+        let (num, unit) = ago.split_at(ago.find(|c: char| !c.is_ascii_digit()).unwrap_or(ago.len()));
+        let n: u64 = num.parse().map_err(|_| format!("--from {s:?}: expected -<number><s|m|h|d>"))?;
+        let secs = match unit {
+            "s" => n,
+            "m" => n * 60,
+            "h" => n * 3600,
+            "d" => n * 86_400,
+            _ => return Err(format!("--from {s:?}: unit must be s, m, h or d")),
+        };
+        return Ok(rill::Start::Time(now_ns().saturating_sub(secs * 1_000_000_000)));
+    }
+    Err(format!("--from {s:?}: expected latest, oldest, earliest, a position, @UNIX_SECONDS or -<n><s|m|h|d>"))
 }
 
 fn main() -> ExitCode {
@@ -134,11 +160,7 @@ fn main() -> ExitCode {
             options.and_then(|o| commands::publish(&cli.connection(), name, o))
         }
         Command::Tail { ref name, from, count, positions, create } => {
-            let start = match from {
-                FromArg::Latest => rill::Start::Latest,
-                FromArg::Oldest => rill::Start::Oldest,
-            };
-            commands::tail(&cli.connection(), name, start, count, positions, create)
+            commands::tail(&cli.connection(), name, from, count, positions, create)
         }
     };
     match result {
@@ -172,7 +194,11 @@ mod tests {
         assert_eq!(c.socket, Some(PathBuf::from("/tmp/s")));
         assert!(matches!(c.command, Command::Pub { capacity: 1_048_576, policy: PolicyArg::Overwrite, .. }));
         let c = Cli::try_parse_from(["rill", "tail", "x", "--from", "oldest", "--count", "3", "--socket", "/s"]).unwrap();
-        assert!(matches!(c.command, Command::Tail { from: FromArg::Oldest, count: Some(3), .. }));
+        assert!(matches!(c.command, Command::Tail { from: rill::Start::Oldest, count: Some(3), .. }));
+        for (arg, want) in [("earliest", Some(rill::Start::Earliest)), ("4096", Some(rill::Start::Position(4096))), ("@2.5", Some(rill::Start::Time(2_500_000_000))), ("soon", None), ("-3x", None)] {
+            assert_eq!(parse_from(arg).ok(), want, "{arg}");
+        }
+        assert!(matches!(parse_from("-10m"), Ok(rill::Start::Time(t)) if t > 0));
         assert_eq!(c.socket, Some(PathBuf::from("/s")), "--socket after the subcommand too");
         assert!(matches!(Cli::try_parse_from(["rill", "health"]).unwrap().command, Command::Health));
         assert!(matches!(Cli::try_parse_from(["rill", "streams"]).unwrap().command, Command::Streams));
