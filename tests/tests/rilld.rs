@@ -580,18 +580,12 @@ fn malformed_request_barrage_then_normal_service() -> Result<()> {
     Ok(())
 }
 
-/// A request carrying more fds than any message may (more than
-/// `protocol::MAX_FDS`, so the kernel truncates the control data) must get
-/// an error reply like any other malformed request, leave the connection
-/// usable, and leave no fd behind in rilld.
-///
-/// Ignored while it fails: `rill::wire::recv` (transport/src/wire.rs:116)
-/// calls nix's `RecvMsg::cmsgs()`, which returns ENOBUFS when MSG_CTRUNC is
-/// set, before the fds that did arrive are wrapped in `OwnedFd`. So rilld
-/// drops the client without a reply ("receive failed; dropping client")
-/// and leaks up to `MAX_FDS` fds per such message: any local process that
-/// can connect to the (0666) socket can exhaust rilld's fd limit without
-/// saying Hello, after which rilld spins on `accept: EMFILE`.
+/// A request carrying as many fds as one message can (the kernel's
+/// SCM_MAX_FD, 253; no request carries any) must get an error reply like
+/// any other malformed request, leave the connection usable, and leave no
+/// fd behind in rilld. (It failed once: rilld dropped such a client without
+/// a reply and leaked the fds, so any local process could exhaust its fd
+/// limit.)
 #[test]
 fn request_with_too_many_fds_gets_an_error_and_leaks_nothing() -> Result<()> {
     let name = "rilld_too_many_fds";
@@ -599,7 +593,7 @@ fn request_with_too_many_fds_gets_an_error_and_leaks_nothing() -> Result<()> {
     let mut d = Rilld::start(name, &[], deadline)?;
     let baseline = open_fds(d.pid())?;
     let devnull = std::fs::File::open("/dev/null")?;
-    let many: Vec<std::fs::File> = (0..protocol::MAX_FDS + 14).map(|_| devnull.try_clone()).collect::<std::io::Result<_>>()?;
+    let many: Vec<std::fs::File> = (0..protocol::MAX_FDS).map(|_| devnull.try_clone()).collect::<std::io::Result<_>>()?;
     let fds: Vec<_> = many.iter().map(|f| f.as_fd()).collect();
     let mut c = RawConn::connect(&d.socket)?;
     for i in 0..3 {
