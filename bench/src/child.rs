@@ -7,7 +7,7 @@
 //! A child that fails prints the error and exits non-zero; the parent
 //! checks the exit status, and kills the child if the parent fails first.
 
-use crate::{futex_floor, iceoryx, oneway, pingpong, sockets, throughput};
+use crate::{futex_floor, iceoryx, oneway, persist, pingpong, sockets, throughput};
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use std::path::PathBuf;
@@ -49,6 +49,11 @@ pub(crate) enum Role {
     TcpEcho,
     /// Echoes each message of the ping FIFO onto the pong FIFO.
     PipeEcho,
+    /// Offers on a persisted stream of a `rilld` and waits until each
+    /// message is durable, back to back (persist).
+    RillDurablePublisher,
+    /// Times paced offers into a persisted and a plain stream (persist).
+    RillOfferLatency,
 }
 
 /// Arguments of the hidden `__child` subcommand (set by the parent only).
@@ -128,6 +133,8 @@ pub(crate) fn run(args: &ChildArgs) -> Result<()> {
         Role::UdsEcho => sockets::uds_echo(args)?,
         Role::TcpEcho => sockets::tcp_echo(args)?,
         Role::PipeEcho => sockets::pipe_echo(args)?,
+        Role::RillDurablePublisher => persist::durable_publish(args)?,
+        Role::RillOfferLatency => persist::offer_latency_child(args)?,
     }
     println!("preempted {}", preemptions() - before);
     Ok(())

@@ -1,13 +1,15 @@
 //! The `rilld` behind the `rill` transport: one started for the run (the
 //! `rilld` binary next to this executable, with a fresh socket and page
 //! directory under /dev/shm and a fresh ring directory chosen like the
-//! `ring` transport's), or a running one named by `--socket`.
+//! `ring` transport's, and for `persist` the data directory it is given),
+//! or a running one named by `--socket`.
 //!
 //! A daemon started here is killed (by its own pid) and its directories
 //! removed when the [`Daemon`] drops.
 
 use crate::rings::{default_parent, fresh_dir};
 use anyhow::{bail, Context, Result};
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -28,7 +30,19 @@ impl Daemon {
     /// whose rings go in a fresh directory under `ring_parent` (default:
     /// /dev/hugepages with free huge pages, else /dev/shm).
     pub(crate) fn for_run(socket: Option<&Path>, ring_parent: Option<&Path>) -> Result<Daemon> {
+        Daemon::for_run_in(socket, ring_parent, None)
+    }
+
+    /// [`Daemon::for_run`], and a daemon started here keeps persisted
+    /// streams' segment files in `data_dir` (`--data-dir`; default: the
+    /// daemon's own default). The caller owns `data_dir`: it is left in
+    /// place when the daemon drops. Refused with `socket`, whose daemon
+    /// has a data directory of its own.
+    pub(crate) fn for_run_in(socket: Option<&Path>, ring_parent: Option<&Path>, data_dir: Option<&Path>) -> Result<Daemon> {
         if let Some(s) = socket {
+            if data_dir.is_some() {
+                bail!("a data directory is for a rilld started here, not the one at {}", s.display());
+            }
             rill::Client::connect_to(s)
                 .with_context(|| format!("connect to rilld at {}", s.display()))?;
             return Ok(Daemon {
@@ -64,6 +78,7 @@ impl Daemon {
             .arg(&rings)
             .arg("--page-dir")
             .arg(base.join("pages"))
+            .args(data_dir.map(|d| [OsStr::new("--data-dir"), d.as_os_str()]).into_iter().flatten())
             .env("RILL_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

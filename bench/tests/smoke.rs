@@ -291,3 +291,51 @@ fn oneway_reports_every_rate_with_ordered_percentiles() {
         assert!(p.windows(2).all(|w| w[0] <= w[1]), "percentiles out of order: {l}");
     }
 }
+
+/// `persist` measures the disk's raw limits and rilld's archiving in one
+/// run and reports them in one JSON line; every number is there, positive,
+/// and its percentiles are in order. The run's directory is removed.
+#[test]
+fn persist_reports_raw_limits_archiving_and_durable_acks() {
+    // `persist` starts the rilld next to rill-bench (see the blocking test).
+    let rilld = rill_tests::daemon::rilld_bin().expect("build rilld");
+    let bench = std::path::Path::new(env!("CARGO_BIN_EXE_rill-bench"));
+    assert_eq!(rilld.parent(), bench.parent(), "rilld must sit next to rill-bench");
+    // On a disk (/var/tmp; /tmp may be tmpfs, which persist refuses), in a
+    // directory of our own, so that what the run leaves behind can be
+    // checked.
+    struct Removed(std::path::PathBuf);
+    impl Drop for Removed {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let parent = Removed(std::path::Path::new("/var/tmp").join(format!("rill-bench-persist-smoke-{}", std::process::id())));
+    std::fs::create_dir_all(&parent.0).expect("create the test directory");
+    let lines = run(&[
+        "persist", "--dir", parent.0.to_str().expect("utf-8 path"), "--raw-bytes", "8MiB", "--syncs", "40", "--seconds", "0.6",
+        "--rounds", "2", "--publishers", "2", "--offers", "2000", "--json",
+    ]);
+    let left: Vec<_> = std::fs::read_dir(&parent.0).expect("list the test directory").collect();
+    assert!(left.is_empty(), "the run left {left:?} behind");
+    assert_eq!(lines.len(), 1, "{lines:#?}");
+    let l = &lines[0];
+    assert_eq!(text(l, "bench"), "persist", "{l}");
+    assert_eq!(num(l, "raw_write_bytes"), f64::from(8u32 << 20), "{l}");
+    for k in [
+        "raw_write_bytes_per_s", "archive_bytes_per_s", "archive_synced_bytes_per_s", "archive_vs_raw_write",
+        "archive_disk_bytes", "archive_published", "durable_ack_count", "durable_ack_published",
+        "durable_ack_p50_vs_raw_fdatasync", "offer_p50_persisted_vs_plain",
+    ] {
+        assert!(num(l, k) > 0.0, "{k} in {l}");
+    }
+    // The first tenth of the syncs and offers is not recorded.
+    assert_eq!(num(l, "raw_fdatasync_count"), 40.0, "{l}");
+    assert_eq!(num(l, "offer_count"), 1800.0, "{l}");
+    assert!(num(l, "durable_ack_published") >= num(l, "durable_ack_count"), "{l}");
+    for prefix in ["raw_fdatasync", "raw_fdatasync_overwrite", "durable_ack", "offer_plain", "offer_persisted"] {
+        let (p50, p99) = (num(l, &format!("{prefix}_p50_ns")), num(l, &format!("{prefix}_p99_ns")));
+        assert!(p50 > 0.0 && p50 <= p99, "{prefix} percentiles out of order: {l}");
+    }
+    assert!(num(l, "durable_ack_p99_ns") <= num(l, "durable_ack_max_ns"), "{l}");
+}

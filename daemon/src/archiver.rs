@@ -50,6 +50,10 @@ pub const BATCH_BYTES: u64 = 1 << 20;
 const RETENTION_EVERY: Duration = Duration::from_millis(100);
 /// Idle wait between looks at the rings when nothing is in flight.
 const IDLE: Duration = Duration::from_micros(20);
+/// Idle wait once nothing happened for [`QUIET_AFTER`] looks (about 20 ms).
+const IDLE_QUIET: Duration = Duration::from_micros(200);
+/// Empty looks before the archiver naps longer.
+const QUIET_AFTER: u32 = 1000;
 
 /// What the archiver reports about one stream.
 #[derive(Debug, Clone, Default)]
@@ -217,6 +221,7 @@ impl Worker {
     fn run(mut self) {
         let mut stopping = false;
         let mut last_retention = Instant::now();
+        let mut idle_loops = 0u32;
         loop {
             loop {
                 match self.rx.try_recv() {
@@ -252,8 +257,14 @@ impl Worker {
                 }
                 self.reap();
             } else if submitted == 0 {
-                std::thread::sleep(IDLE);
+                // Short naps while streams are busy; longer ones once all
+                // have been quiet for a while (an idle daemon should not
+                // cost a core).
+                idle_loops = idle_loops.saturating_add(1);
+                std::thread::sleep(if idle_loops < QUIET_AFTER { IDLE } else { IDLE_QUIET });
+                continue;
             }
+            idle_loops = 0;
         }
     }
 
@@ -418,6 +429,10 @@ impl Worker {
     }
 
     fn submit_write(&mut self, i: usize, from: u64, to: u64) -> Result<(), String> {
+        // Room for the write and its sync, so neither push below can fail
+        // (a write queued without its in-flight record would outlive the
+        // header and iovecs it points to).
+        self.make_room(2)?;
         self.roll_if_needed(i, from, to)?;
         let write = self.token();
         let j = &mut self.jobs[i];
@@ -454,6 +469,9 @@ impl Worker {
     }
 
     fn submit_sync(&mut self, i: usize) -> usize {
+        if self.make_room(1).is_err() {
+            return 0;
+        }
         let write = self.token();
         let j = &mut self.jobs[i];
         let Some(file) = j.file.as_ref().map(AsRawFd::as_raw_fd) else { return 0 };
@@ -475,6 +493,19 @@ impl Worker {
         });
         j.last_sync = Instant::now();
         1
+    }
+
+    /// Hands queued entries to the kernel if the submission queue has fewer
+    /// than `n` free entries.
+    fn make_room(&mut self, n: usize) -> Result<(), String> {
+        let free = {
+            let sq = self.ring.submission();
+            sq.capacity() - sq.len()
+        };
+        if free < n {
+            self.ring.submit().map_err(|e| format!("io_uring submit: {e}"))?;
+        }
+        Ok(())
     }
 
     /// Opens a new segment named by `from` when there is none yet or the

@@ -96,7 +96,14 @@ pub fn send(fd: BorrowedFd<'_>, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> Result<
     let cmsg = [ControlMessage::ScmRights(&raw)];
     let cmsgs: &[ControlMessage<'_>] = if raw.is_empty() { &[] } else { &cmsg };
     let iov = [IoSlice::new(bytes)];
-    match socket::sendmsg::<()>(fd.as_raw_fd(), &iov, cmsgs, MsgFlags::MSG_NOSIGNAL, None) {
+    // A signal (or task work) interrupting the call is not a failure.
+    let sent = loop {
+        match socket::sendmsg::<()>(fd.as_raw_fd(), &iov, cmsgs, MsgFlags::MSG_NOSIGNAL, None) {
+            Err(nix::Error::EINTR) => continue,
+            other => break other,
+        }
+    };
+    match sent {
         Ok(_) => Ok(()),
         Err(nix::Error::EPIPE) | Err(nix::Error::ECONNRESET) => Err(WireError::Closed),
         Err(e) => Err(WireError::Io { op: "sendmsg", source: e }),
@@ -113,11 +120,15 @@ pub fn recv(fd: BorrowedFd<'_>, buf: &mut Vec<u8>) -> Result<Received, WireError
     // would leave them open in our table with no way to close them).
     let mut cmsg = nix::cmsg_space!([RawFd; SCM_MAX_FD]);
     let mut iov = [IoSliceMut::new(buf.as_mut_slice())];
-    let msg = match socket::recvmsg::<()>(fd.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC) {
-        Ok(m) => m,
-        Err(nix::Error::EAGAIN) => return Err(WireError::WouldBlock),
-        Err(nix::Error::ECONNRESET) => return Err(WireError::Closed),
-        Err(e) => return Err(WireError::Io { op: "recvmsg", source: e }),
+    let msg = loop {
+        match socket::recvmsg::<()>(fd.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC) {
+            // A signal interrupting the wait is not a failure: wait again.
+            Err(nix::Error::EINTR) => continue,
+            Ok(m) => break m,
+            Err(nix::Error::EAGAIN) => return Err(WireError::WouldBlock),
+            Err(nix::Error::ECONNRESET) => return Err(WireError::Closed),
+            Err(e) => return Err(WireError::Io { op: "recvmsg", source: e }),
+        }
     };
     let mut fds = Vec::new();
     for c in msg.cmsgs().map_err(io("cmsgs"))? {
