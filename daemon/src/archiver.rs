@@ -597,7 +597,19 @@ impl Worker {
         let j = &mut self.jobs[i];
         let f = j.in_flight.as_mut().expect("found by token");
         if res < 0 || res as u64 != f.len {
-            let why = if res < 0 { std::io::Error::from_raw_os_error(-res).to_string() } else { format!("short write: {res} of {} bytes", f.len) };
+            let why = if res < 0 {
+                std::io::Error::from_raw_os_error(-res).to_string()
+            } else {
+                // A short write is how a full filesystem shows first.
+                let full = nix::sys::statvfs::statvfs(&j.job.dir)
+                    .is_ok_and(|v| (v.blocks_available() as u64).saturating_mul(v.fragment_size() as u64) < f.len);
+                let short = format!("short write: {res} of {} bytes", f.len);
+                if full {
+                    format!("{} ({short})", std::io::Error::from_raw_os_error(libc::ENOSPC))
+                } else {
+                    short
+                }
+            };
             // A linked sync is cancelled by the kernel; its completion
             // (ECANCELED) still comes and finds the stream stopped.
             let msg = format!("writing batch ending at {}: {why}", f.end);
