@@ -601,6 +601,8 @@ impl Worker {
                 std::io::Error::from_raw_os_error(-res).to_string()
             } else {
                 // A short write is how a full filesystem shows first.
+                // (fsblkcnt_t and c_ulong are u64 here, not everywhere.)
+                #[allow(clippy::unnecessary_cast)]
                 let full = nix::sys::statvfs::statvfs(&j.job.dir)
                     .is_ok_and(|v| (v.blocks_available() as u64).saturating_mul(v.fragment_size() as u64) < f.len);
                 let short = format!("short write: {res} of {} bytes", f.len);

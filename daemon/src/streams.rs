@@ -125,6 +125,9 @@ pub struct Stream {
     /// Damage found in a sealed segment of its log at start (reported,
     /// never skipped or repaired: replays across it fail with the reason).
     pub log_damage: Option<String>,
+    /// Why archiving could not be set up (at start or creation): the
+    /// stream is held back until rilld is restarted with the cause fixed.
+    pub setup_error: Option<String>,
 }
 
 impl Stream {
@@ -238,6 +241,7 @@ impl Stream {
                 .archive
                 .as_ref()
                 .and_then(|a| a.error.clone())
+                .or_else(|| self.setup_error.as_ref().map(|e| format!("archiving not started: {e}")))
                 .or_else(|| self.log_damage.as_ref().map(|d| format!("log damaged: {d}"))),
         }
     }
@@ -284,6 +288,9 @@ fn open_fd(path: &Path, write: bool) -> std::io::Result<OwnedFd> {
 fn write_meta(dir: &Path, meta: &StreamMeta) -> Result<(), String> {
     use std::io::Write;
     let text = toml::to_string(meta).map_err(|e| e.to_string())?;
+    if std::fs::read_to_string(dir.join(META_FILE)).is_ok_and(|old| old == text) {
+        return Ok(()); // unchanged (and a full disk need not stop a restart)
+    }
     let tmp = dir.join(format!("{META_FILE}.tmp"));
     let mut f = std::fs::File::create(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
     f.write_all(text.as_bytes()).and_then(|()| f.sync_all()).map_err(|e| format!("{}: {e}", tmp.display()))?;
@@ -362,7 +369,12 @@ impl Streams {
             }
             match self.recover_one(&name, &meta_path) {
                 Ok(()) => n += 1,
-                Err(msg) => tracing::error!(stream = %name, error = %msg, "cannot recover persisted stream; left as is"),
+                Err(msg) => {
+                    tracing::error!(stream = %name, error = %msg, "cannot recover persisted stream; left as is");
+                    if let Some(s) = self.streams.get_mut(&name) {
+                        s.setup_error = Some(msg);
+                    }
+                }
             }
         }
         n
@@ -633,6 +645,7 @@ impl Streams {
             persist: None,
             archive: None,
             log_damage: None,
+            setup_error: None,
         };
         self.streams.insert(name, stream);
     }

@@ -3,7 +3,10 @@
 //! and the segment files read back with `rill-store` afterwards.
 //!
 //! `cargo test --release -p rill-tests --test persist` (set
-//! `RILL_STRESS_SEED` to replay a run; each test prints its seed).
+//! `RILL_STRESS_SEED` to replay a run; each test prints its seed). The
+//! full-filesystem test mounts a small tmpfs and needs root; elsewhere it
+//! fails unless `RILL_SKIP_ROOT_TESTS=1` (then it says loudly that it
+//! skipped).
 
 #![forbid(unsafe_code)]
 
@@ -132,5 +135,205 @@ fn durable_messages_survive_twenty_kill9s_of_rilld() -> Result<()> {
     let segments = list_segments(&d.data.join("data").join(stream))?.len();
     eprintln!("{name}: {sent} sent, {durable} acknowledged durable, {} on disk in {segments} segments after 20 kills", seqs.len());
     ensure!(segments > 1, "the test meant to roll segments: {segments}");
+    Ok(())
+}
+
+/// A tmpfs of a fixed size mounted on a fresh directory under the system's
+/// temporary directory: a filesystem a test can fill. Unmounted on drop
+/// (lazily if something still holds it), then the directory is removed.
+struct Tmpfs {
+    dir: rill_tests::harness::TempRingDir,
+}
+
+impl Tmpfs {
+    fn mount(tag: &str, size_bytes: u64) -> Result<Tmpfs> {
+        let dir = rill_tests::harness::TempRingDir::new_in(&std::env::temp_dir(), tag)?;
+        run(Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size_bytes}"), "tmpfs"]).arg(dir.path()))?;
+        Ok(Tmpfs { dir })
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        if let Err(e) = run(Command::new("umount").arg(self.dir.path())) {
+            eprintln!("warning: {e:#}; unmounting lazily");
+            if let Err(e) = run(Command::new("umount").arg("-l").arg(self.dir.path())) {
+                eprintln!("warning: {e:#}");
+            }
+        }
+    }
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    let out = cmd.output().with_context(|| format!("run {cmd:?}"))?;
+    ensure!(out.status.success(), "{cmd:?}: {}: {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
+    Ok(())
+}
+
+/// The sequence numbers of `publisher`'s messages in `log`, checked to be
+/// 0, 1, 2, ... (each exactly once, in order).
+fn seqs_of(log: &[(u64, u32, u64)], publisher: u32) -> Result<Vec<u64>> {
+    let seqs: Vec<u64> = log.iter().filter(|&&(_, p, _)| p == publisher).map(|&(_, _, s)| s).collect();
+    let first_break = seqs.iter().enumerate().find(|&(i, &s)| s != i as u64);
+    ensure!(first_break.is_none(), "publisher {publisher}'s messages on disk are not 0, 1, 2, ... in order: first break at {first_break:?}");
+    Ok(seqs)
+}
+
+/// The data directory's filesystem fills up: a 2 MiB tmpfs, under a
+/// stream persisted with `always` and two publishers: 0 waits for
+/// durability every 16 messages until told to stop, 1 never waits and
+/// sends 30,000 messages (about 5 MiB). rilld keeps running and answering
+/// `health`, reports ENOSPC in `StreamInfo::archive_error`, and holds the
+/// publishers back with the archiver's slot: the ring fills, tail and
+/// durable position stop, publisher 0 is told nothing more is durable,
+/// and neither publisher fails. Everything up to the durable position
+/// (every message acknowledged durable among it) is then in the segment
+/// files, intact. Once the filesystem is grown to 64 MiB and rilld
+/// restarted (the archiver gives a stream up for good after an error;
+/// recovery cuts the torn batch), archiving resumes, and after a clean
+/// stop the files hold every message each publisher sent, exactly once,
+/// in order.
+#[test]
+fn a_full_filesystem_holds_publishers_back_and_loses_nothing() -> Result<()> {
+    let name = "persist_enospc";
+    if !nix::unistd::geteuid().is_root() {
+        let why = "needs root to mount a tmpfs (a filesystem it can fill)";
+        if std::env::var("RILL_SKIP_ROOT_TESTS").as_deref() == Ok("1") {
+            eprintln!("\n!!!!!!!!!! {name} SKIPPED (RILL_SKIP_ROOT_TESTS=1): {why} !!!!!!!!!!\n");
+            return Ok(());
+        }
+        anyhow::bail!("{name} {why}; run the tests as root, or set RILL_SKIP_ROOT_TESTS=1 to skip it explicitly");
+    }
+    let seed = seed(name);
+    let deadline = deadline();
+    // Declared before rilld, so dropped after it: nothing holds it then.
+    let fs = Tmpfs::mount(name, 2 << 20)?;
+    let t0 = Instant::now();
+    let data_dir = fs.path().join("data");
+    let segment_flags = ["--segment-bytes".to_owned(), (1u64 << 20).to_string()];
+    let mut d = Rilld::start_with_data_dir(name, &segment_flags, Some(&data_dir), deadline)?;
+    let stream = "durable.enospc";
+    // Batches of up to a ring each: few round trips to fill the disk,
+    // even when the machine is busy.
+    let capacity = 256u64 << 10;
+    let stop = d.dir.join("stop");
+    let spawn = |publisher: u32, extra: &[&str]| {
+        let mut cmd = Command::new(WORKER);
+        cmd.args(["publish", "--socket"]).arg(&d.socket);
+        cmd.args(["--stream", stream, "--publisher", &publisher.to_string(), "--seed", &seed.to_string()]);
+        cmd.args(["--capacity", &capacity.to_string(), "--max-len", &MAX_LEN.to_string(), "--persist", "always"]);
+        // Held back for as long as the test takes: never give up.
+        cmd.args(["--stall-secs", "600"]).args(extra);
+        cmd.env("NO_COLOR", "1");
+        Worker::spawn_command(cmd, &format!("publisher {publisher}"))
+    };
+    let stop_arg = stop.display().to_string();
+    let mut p0 = spawn(0, &["--wait-durable", "16", "--durable-timeout-secs", "600", "--until-file", &stop_arg])?;
+    p0.wait_line("OPEN ", deadline)?; // it created the stream, persisted
+    // Twice what the filesystem holds: it fills the filesystem, and then
+    // the ring (it never waits for durability).
+    let mut p1 = spawn(1, &["--count", "30000"])?;
+    let client = d.client()?;
+
+    // 1. The filesystem fills: archiving stops with ENOSPC.
+    let mut info = client.stream_info(stream)?;
+    rill_tests::harness::wait_until(deadline, "archive_error on the full filesystem", || {
+        for p in [&mut p0, &mut p1] {
+            ensure!(p.try_exited()?.is_none(), "{} exited before the filesystem filled: {}", p.name(), p.stderr());
+        }
+        info = client.stream_info(stream)?;
+        Ok(info.archive_error.is_some())
+    })?;
+    let error = info.archive_error.clone().unwrap_or_default();
+    eprintln!("{name}: {:?}: archive_error after {} bytes on disk: {error}", t0.elapsed(), info.disk_bytes);
+    ensure!(
+        error.contains("No space left") || error.contains("ENOSPC") || error.contains("os error 28"),
+        "archive_error does not say the filesystem is full (ENOSPC): {error:?}"
+    );
+    ensure!(info.disk_bytes > 1 << 20, "archiving stopped after {} bytes of the 2 MiB free: {error}", info.disk_bytes);
+    d.ensure_alive()?;
+    let health = client.health()?;
+    ensure!(health.healthy, "rilld unhealthy with a full data directory: {}", health.detail);
+
+    // 2. The archiver's slot holds the publishers back: the ring fills up
+    //    behind it (publisher 1 never waits) and then nothing moves.
+    let max_span = rill_shm::frame::message_span(MAX_LEN) as u64;
+    rill_tests::harness::wait_until(deadline, "the ring full behind the archiver", || {
+        info = client.stream_info(stream)?;
+        Ok(info.tail - info.durable_position + max_span > capacity)
+    })?;
+    let frozen = info.clone();
+    ensure!(frozen.tail - frozen.durable_position <= capacity, "the ring holds more than its capacity past the durable position: {frozen:?}");
+    // A second of silence from publisher 0 about anything past the
+    // durable position (an acknowledged message ends before it).
+    let late = p0.wait_line_after(0, "(no line expected)", Instant::now() + Duration::from_secs(1), |l| {
+        l.starts_with("DURABLE ") && num(l, "position").is_ok_and(|p| p >= frozen.durable_position)
+    });
+    ensure!(late.is_err(), "publisher 0 was told {late:?} is durable; the durable position is {}", frozen.durable_position);
+    for p in [&mut p0, &mut p1] {
+        ensure!(p.try_exited()?.is_none(), "{} gave up while held back: {}", p.name(), p.stderr());
+    }
+    let info = client.stream_info(stream)?;
+    ensure!(
+        (info.tail, info.durable_position) == (frozen.tail, frozen.durable_position),
+        "tail or durable position moved after archiving stopped: {:?} -> {:?}",
+        (frozen.tail, frozen.durable_position),
+        (info.tail, info.durable_position)
+    );
+    let acks: Vec<u64> = p0.lines().iter().filter(|l| l.starts_with("DURABLE ")).map(|l| num(l, "n")).collect::<Result<_>>()?;
+    let acked = acks.into_iter().max().unwrap_or(0);
+    ensure!(acked > 0, "nothing was acknowledged durable before the filesystem filled");
+
+    // 3. What was acknowledged is on disk, intact (read with rilld stopped).
+    d.stop(deadline)?;
+    let log = read_log(&data_dir.join(stream), seed)?;
+    let on_disk = seqs_of(&log, 0)?.len() as u64;
+    ensure!(on_disk >= acked, "{acked} messages of publisher 0 acknowledged durable, {on_disk} on disk");
+    seqs_of(&log, 1)?;
+    let log_end = rill_store::StreamLog::open(&data_dir.join(stream))?.end_position().unwrap_or(0);
+    ensure!(log_end >= frozen.durable_position, "the log ends at {log_end}, before the durable position {}", frozen.durable_position);
+    eprintln!(
+        "{name}: {:?}: {acked} acknowledged durable before the filesystem filled; {} messages on disk up to {log_end} (durable position {})",
+        t0.elapsed(),
+        log.len(),
+        frozen.durable_position
+    );
+
+    // 4. Space added, rilld restarted: archiving resumes.
+    run(Command::new("mount").args(["-o", "remount,size=64m"]).arg(fs.path()))?;
+    d.spawn(deadline)?;
+    let client = d.client()?;
+    let from = p0.lines().len();
+    let want = acked + 320;
+    p0.wait_line_after(from, "320 more messages durable after space was added", deadline, |l| {
+        l.starts_with("DURABLE ") && num(l, "n").is_ok_and(|n| n >= want)
+    })?;
+    let info = client.stream_info(stream)?;
+    ensure!(info.archive_error.is_none(), "archiving resumed but reports {:?}", info.archive_error);
+    eprintln!("{name}: {:?}: archiving resumed", t0.elapsed());
+
+    // 5. Everything sent is on disk, once, in order.
+    std::fs::write(&stop, b"")?;
+    let s0 = p0.finish(deadline)?;
+    let s1 = p1.finish(deadline)?;
+    ensure!(s0.num("durable")? >= acked, "publisher 0: {s0:?} against {acked} seen durable");
+    d.stop(deadline)?;
+    let log = read_log(&data_dir.join(stream), seed)?;
+    for (k, s) in [(0, &s0), (1, &s1)] {
+        let seqs = seqs_of(&log, k)?;
+        ensure!(seqs.len() as u64 == s.num("sent")?, "publisher {k}: {} messages on disk after a clean stop, summary {s:?}", seqs.len());
+    }
+    eprintln!(
+        "{name}: {:?}: {} + {} sent ({} times back-pressured), all on disk; {} segments",
+        t0.elapsed(),
+        s0.num("sent")?,
+        s1.num("sent")?,
+        s1.num("back_pressured")?,
+        list_segments(&data_dir.join(stream))?.len()
+    );
     Ok(())
 }

@@ -5,7 +5,7 @@ use crate::PolicyArg;
 use anyhow::{bail, Context};
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{SigSet, Signal};
-use rill::{ClaimError, Client, ErrorCode, Message, Policy, Start, StreamOptions};
+use rill::{ClaimError, Client, DurableError, Durability, ErrorCode, Message, Policy, Start, StreamOptions};
 use std::io::{BufRead, Write};
 use std::os::fd::AsFd;
 use std::path::PathBuf;
@@ -61,7 +61,13 @@ pub(crate) fn streams(conn: &Connection) -> anyhow::Result<()> {
 }
 
 /// The options `rill pub` creates a stream with, checked.
-pub(crate) fn pub_options(capacity: u64, policy: PolicyArg, max_message_len: Option<u64>, keep: bool) -> anyhow::Result<StreamOptions> {
+pub(crate) fn pub_options(
+    capacity: u64,
+    policy: PolicyArg,
+    max_message_len: Option<u64>,
+    keep: bool,
+    persist: Option<Durability>,
+) -> anyhow::Result<StreamOptions> {
     // A frame may take at most a quarter of the ring, header included.
     let fits = (capacity / 4).saturating_sub(rill_shm::frame::HEADER_LEN as u64);
     let max_message_len = max_message_len.unwrap_or_else(|| u64::from(rill::options::DEFAULT_MAX_MESSAGE_LEN).min(fits).max(1));
@@ -70,25 +76,35 @@ pub(crate) fn pub_options(capacity: u64, policy: PolicyArg, max_message_len: Opt
         PolicyArg::BackPressure => Policy::BackPressure,
         PolicyArg::Overwrite => Policy::Overwrite,
     };
+    if persist.is_some() && policy == Policy::Overwrite {
+        bail!("--persist needs --policy back-pressure: overwriting would drop messages before they are on disk");
+    }
     Ok(StreamOptions::default()
         .with_capacity(capacity)
         .with_max_message_len(max_message_len)
         .with_policy(policy)
-        .with_keep(keep))
+        .with_keep(keep)
+        .with_persist(persist))
 }
 
-/// `rill pub NAME`: one message per stdin line, newline stripped.
-pub(crate) fn publish(conn: &Connection, name: &str, options: StreamOptions) -> anyhow::Result<()> {
+/// `rill pub NAME`: one message per stdin line, newline stripped; with
+/// `wait_durable`, each durable before the next line is read.
+pub(crate) fn publish(conn: &Connection, name: &str, options: StreamOptions, wait_durable: bool) -> anyhow::Result<()> {
     let client = conn.client()?;
     let mut publisher = client.publisher_with(name, options.clone())?;
     let info = publisher.info();
-    if (info.capacity, info.policy, info.max_message_len) != (options.capacity, options.policy, options.max_message_len) {
+    let persist_differs = options.persist.is_some() && info.persist != options.persist;
+    if (info.capacity, info.policy, info.max_message_len) != (options.capacity, options.policy, options.max_message_len) || persist_differs {
         eprintln!(
-            "rill: stream {name} exists with capacity {}, max message {}, policy {:?}; publishing to it as it is",
+            "rill: stream {name} exists with capacity {}, max message {}, policy {:?}, {}; publishing to it as it is",
             format::bytes(info.capacity),
             format::bytes(u64::from(info.max_message_len)),
-            info.policy
+            info.policy,
+            info.persist.map_or_else(|| "not persisted".to_owned(), |d| format!("persisted ({d})")),
         );
+    }
+    if wait_durable && info.persist.is_none() {
+        bail!("stream {name} is not persisted: nothing would ever be durable (--persist creates a stream persisted)");
     }
     let mut stdin = std::io::stdin().lock();
     let mut line = Vec::new();
@@ -109,8 +125,11 @@ pub(crate) fn publish(conn: &Connection, name: &str, options: StreamOptions) -> 
                 publisher.max_message_len()
             );
         }
-        offer_waiting(&mut publisher, name, &line)?;
+        let position = offer_waiting(&mut publisher, name, &line)?;
         count += 1;
+        if wait_durable {
+            wait_until_durable(&client, &publisher, name, position, count)?;
+        }
     }
     eprintln!("rill: published {count} message{} to {name}", if count == 1 { "" } else { "s" });
     Ok(())
@@ -127,6 +146,24 @@ fn offer_waiting(publisher: &mut rill::Publisher, name: &str, payload: &[u8]) ->
                 said = true;
             }
             Err(ClaimError::TimedOut) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Waits as long as it takes until the message at `position` (line
+/// `line`) is durable; fails if archiving of the stream stopped on an
+/// error. While rilld is down it keeps waiting: a restarted daemon
+/// archives what the ring holds.
+fn wait_until_durable(client: &Client, publisher: &rill::Publisher, name: &str, position: u64, line: u64) -> anyhow::Result<()> {
+    loop {
+        match publisher.wait_durable(position, Duration::from_secs(1)) {
+            Ok(_) => return Ok(()),
+            Err(DurableError::TimedOut { durable, .. }) => {
+                if let Some(error) = client.stream_info(name).ok().and_then(|i| i.archive_error) {
+                    bail!("line {line} is not durable (durable up to position {durable}): archiving of {name} stopped: {error}");
+                }
+            }
             Err(e) => return Err(e.into()),
         }
     }
@@ -227,11 +264,15 @@ mod tests {
 
     #[test]
     fn pub_options_map_the_flags() {
-        let o = pub_options(1 << 16, PolicyArg::Overwrite, Some(512), true).unwrap();
+        let o = pub_options(1 << 16, PolicyArg::Overwrite, Some(512), true, None).unwrap();
         assert_eq!(o, StreamOptions { capacity: 1 << 16, max_message_len: 512, policy: Policy::Overwrite, keep: true, persist: None });
-        assert!(pub_options(1 << 16, PolicyArg::BackPressure, Some(1 << 33), false).is_err());
-        assert_eq!(pub_options(4 << 20, PolicyArg::BackPressure, None, false).unwrap().max_message_len, 64 << 10);
-        assert_eq!(pub_options(1 << 16, PolicyArg::BackPressure, None, false).unwrap().max_message_len, (1 << 14) - 32);
+        assert!(pub_options(1 << 16, PolicyArg::BackPressure, Some(1 << 33), false, None).is_err());
+        assert_eq!(pub_options(4 << 20, PolicyArg::BackPressure, None, false, None).unwrap().max_message_len, 64 << 10);
+        assert_eq!(pub_options(1 << 16, PolicyArg::BackPressure, None, false, None).unwrap().max_message_len, (1 << 14) - 32);
+        let o = pub_options(1 << 16, PolicyArg::BackPressure, None, false, Some(Durability::IntervalMs(20))).unwrap();
+        assert_eq!(o.persist, Some(Durability::IntervalMs(20)));
+        let e = pub_options(1 << 16, PolicyArg::Overwrite, None, false, Some(Durability::Always)).unwrap_err();
+        assert!(e.to_string().contains("back-pressure"), "{e}");
     }
 
     #[test]

@@ -42,28 +42,61 @@ fn policy(p: Policy) -> &'static str {
 }
 
 /// The table `rill streams` prints: one row per stream, and one more per
-/// subscriber after the first.
+/// subscriber after the first. A persisted stream whose archiving stopped
+/// is marked `STOPPED [n]`, and note `[n]` below the table gives the
+/// archiver's reason in full.
 pub(crate) fn streams_table(streams: &[StreamInfo]) -> String {
-    let head = ["NAME", "POLICY", "CAPACITY", "PAGE", "TAIL", "PUBS", "SUBSCRIBERS (slot pid: lag)"];
+    let head = [
+        "NAME",
+        "POLICY",
+        "CAPACITY",
+        "PAGE",
+        "TAIL",
+        "PERSIST",
+        "DURABLE",
+        "DURABLE LAG",
+        "DISK",
+        "PUBS",
+        "SUBSCRIBERS (slot pid: lag)",
+    ];
     let mut rows: Vec<Vec<String>> = vec![head.iter().map(|h| h.to_string()).collect()];
+    let mut notes = Vec::new();
     for s in streams {
         let mut subs = s.subscribers.iter().map(|x| format!("{} {}: {}", x.slot, x.pid, bytes(x.lag_bytes)));
-        rows.push(vec![
-            s.name.clone(),
-            policy(s.policy).into(),
-            bytes(s.capacity),
-            bytes(u64::from(s.page_size)),
-            s.tail.to_string(),
-            if s.exclusive { format!("{} (exclusive)", s.publishers) } else { s.publishers.to_string() },
-            subs.next().unwrap_or_else(|| "-".into()),
-        ]);
+        let mut row = vec![s.name.clone(), policy(s.policy).into(), bytes(s.capacity), bytes(u64::from(s.page_size)), s.tail.to_string()];
+        row.extend(persistence(s, &mut notes));
+        row.push(if s.exclusive { format!("{} (exclusive)", s.publishers) } else { s.publishers.to_string() });
+        row.push(subs.next().unwrap_or_else(|| "-".into()));
+        rows.push(row);
         for more in subs {
             let mut row = vec![String::new(); head.len() - 1];
             row.push(more);
             rows.push(row);
         }
     }
-    table(&rows)
+    let mut out = table(&rows);
+    if !notes.is_empty() {
+        out.push('\n');
+        for (i, (name, error)) in notes.iter().enumerate() {
+            out.push_str(&format!("[{}] archiving of {name} stopped; its publishers are held back until rilld restarts: {error}\n", i + 1));
+        }
+    }
+    out
+}
+
+/// The PERSIST, DURABLE, DURABLE LAG and DISK cells of stream `s` (`-`
+/// each if it is not persisted). An archive error is marked in PERSIST
+/// and its text added to `notes`.
+fn persistence(s: &StreamInfo, notes: &mut Vec<(String, String)>) -> [String; 4] {
+    let Some(durability) = s.persist else {
+        return ["-".into(), "-".into(), "-".into(), "-".into()];
+    };
+    let mut persist = durability.to_string();
+    if let Some(error) = &s.archive_error {
+        notes.push((s.name.clone(), error.clone()));
+        persist.push_str(&format!(" STOPPED [{}]", notes.len()));
+    }
+    [persist, s.durable_position.to_string(), bytes(s.tail.saturating_sub(s.durable_position)), bytes(s.disk_bytes)]
 }
 
 /// Left-aligned columns two spaces apart; no trailing blanks.
@@ -90,7 +123,7 @@ fn table(rows: &[Vec<String>]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rill::SubscriberInfo;
+    use rill::{Durability, SubscriberInfo};
 
     #[test]
     fn sizes_parse() {
@@ -145,5 +178,60 @@ mod tests {
         assert!(lines[2].trim_start().starts_with("3 42: 2 KiB"), "{t}");
         assert_eq!(lines[2].find('3'), lines[1].find("0 42"), "continuation row aligned:\n{t}");
         assert!(lines[3].starts_with("idle") && lines[3].ends_with('-'), "{t}");
+    }
+
+    /// The cells of a table row (cells hold single spaces at most).
+    fn cells(line: &str) -> Vec<&str> {
+        line.split("  ").map(str::trim).filter(|c| !c.is_empty()).collect()
+    }
+
+    #[test]
+    fn table_shows_durability_lag_disk_and_archive_errors() {
+        let tail = 3u64 << 20;
+        let info = |name: &str, persist, durable_position, disk_bytes, archive_error: Option<&str>| StreamInfo {
+            name: name.into(),
+            capacity: 1 << 20,
+            max_message_len: 1024,
+            policy: Policy::BackPressure,
+            page_size: 4096,
+            slot_count: 16,
+            tail,
+            publishers: 2,
+            subscribers: vec![SubscriberInfo { slot: 0, pid: 7, position: durable_position, lag_bytes: tail - durable_position }],
+            padded_bytes: 0,
+            reaped_subscribers: 0,
+            keep: true,
+            exclusive: false,
+            persist,
+            durable_position,
+            disk_bytes,
+            archive_error: archive_error.map(str::to_owned),
+        };
+        let enospc = "writing batch ending at 2097152: No space left on device (os error 28)";
+        let t = streams_table(&[
+            info("audit", Some(Durability::Always), tail - 4096, 5 << 20, None),
+            info("full", Some(Durability::IntervalMs(100)), 1 << 20, 1536, Some(enospc)),
+            info("plain", None, 0, 0, None),
+            info("lazy", Some(Durability::None), tail, 0, None),
+        ]);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 7, "4 rows, a blank line and one note:\n{t}");
+        assert_eq!(
+            cells(lines[0]),
+            ["NAME", "POLICY", "CAPACITY", "PAGE", "TAIL", "PERSIST", "DURABLE", "DURABLE LAG", "DISK", "PUBS", "SUBSCRIBERS (slot pid: lag)"],
+            "{t}"
+        );
+        let durable = (tail - 4096).to_string();
+        assert_eq!(cells(lines[1])[5..9], ["always", durable.as_str(), "4 KiB", "5 MiB"], "{t}");
+        assert_eq!(cells(lines[2])[5..9], ["interval:100 STOPPED [1]", "1048576", "2 MiB", "1.5 KiB"], "{t}");
+        assert_eq!(cells(lines[3])[5..9], ["-", "-", "-", "-"], "not persisted:\n{t}");
+        assert_eq!(cells(lines[4])[5..9], ["none", tail.to_string().as_str(), "0 B", "0 B"], "{t}");
+        let column = lines[0].find("DURABLE ").unwrap();
+        for l in &lines[1..5] {
+            assert_eq!(cells(l).len(), 11, "{l}");
+            assert!(l[column..].starts_with(cells(l)[6]), "DURABLE column aligned:\n{t}");
+        }
+        assert_eq!(lines[5], "", "{t}");
+        assert_eq!(lines[6], format!("[1] archiving of full stopped; its publishers are held back until rilld restarts: {enospc}"));
     }
 }

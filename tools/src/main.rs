@@ -1,9 +1,11 @@
 //! `rill`: the operator CLI of Rill.
 //!
 //! ```text
-//! rill streams                          streams, their rings and subscriber lag
+//! rill streams                          streams, their rings, durability and
+//!                                       subscriber lag
 //! rill health                           "yes (...)" / "no (...)", exit 0 / 1
 //! rill pub NAME [--capacity 4MiB] [--policy back-pressure|overwrite]
+//!              [--persist none|interval:<ms>|always] [--wait-durable]
 //!                                       each stdin line becomes one message
 //! rill tail NAME [--from latest|oldest|earliest|POSITION|@UNIX_SECONDS|-30s] [--count N]
 //!                                       print messages as they arrive
@@ -42,7 +44,9 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// List every stream: ring, tail position, publishers, subscribers and
+    /// List every stream: ring, tail position, durability (persisted
+    /// streams: durable position, its lag behind the tail, bytes on disk,
+    /// and why archiving stopped if it did), publishers, subscribers and
     /// their lag.
     Streams,
     /// Ask the daemon whether it is healthy: prints yes or no with the
@@ -67,6 +71,17 @@ enum Command {
         /// Keep the stream when its last user leaves.
         #[arg(long)]
         keep: bool,
+        /// Persist the stream if it is created, to rilld's data directory:
+        /// `none` (written, never synced), `interval:<ms>` (synced at most
+        /// every <ms>) or `always` (synced before it counts as durable).
+        /// Needs --policy back-pressure.
+        #[arg(long, value_name = "POLICY")]
+        persist: Option<rill::Durability>,
+        /// Wait until each line is durable (written, and synced as the
+        /// stream's durability says) before reading the next. The stream
+        /// must be persisted; fails if its archiving stops.
+        #[arg(long)]
+        wait_durable: bool,
     },
     /// Print each message of a stream as it arrives (lossy UTF-8, one per
     /// line) until Ctrl-C or --count messages.
@@ -155,9 +170,9 @@ fn main() -> ExitCode {
         Command::Health => return commands::health(&cli.connection()),
         Command::Dump { ref file, batches_only } => return dump::run(file, batches_only),
         Command::Streams => commands::streams(&cli.connection()),
-        Command::Pub { ref name, capacity, policy, max_message_len, keep } => {
-            let options = commands::pub_options(capacity, policy, max_message_len, keep);
-            options.and_then(|o| commands::publish(&cli.connection(), name, o))
+        Command::Pub { ref name, capacity, policy, max_message_len, keep, persist, wait_durable } => {
+            let options = commands::pub_options(capacity, policy, max_message_len, keep, persist);
+            options.and_then(|o| commands::publish(&cli.connection(), name, o, wait_durable))
         }
         Command::Tail { ref name, from, count, positions, create } => {
             commands::tail(&cli.connection(), name, from, count, positions, create)
@@ -205,5 +220,14 @@ mod tests {
         let c = Cli::try_parse_from(["rill", "dump", "/d/s/00000000000000000000.log", "--batches-only"]).unwrap();
         assert!(matches!(c.command, Command::Dump { ref file, batches_only: true } if file.ends_with("00000000000000000000.log")));
         assert!(Cli::try_parse_from(["rill", "pub", "x", "--capacity", "lots"]).is_err());
+        let c = Cli::try_parse_from(["rill", "pub", "x", "--persist", "interval:50", "--wait-durable"]).unwrap();
+        assert!(matches!(c.command, Command::Pub { persist: Some(rill::Durability::IntervalMs(50)), wait_durable: true, .. }));
+        let c = Cli::try_parse_from(["rill", "pub", "x", "--persist", "always"]).unwrap();
+        assert!(matches!(c.command, Command::Pub { persist: Some(rill::Durability::Always), wait_durable: false, .. }));
+        let c = Cli::try_parse_from(["rill", "pub", "x"]).unwrap();
+        assert!(matches!(c.command, Command::Pub { persist: None, wait_durable: false, .. }));
+        for bad in ["sometimes", "interval:0", "interval:", "interval:x"] {
+            assert!(Cli::try_parse_from(["rill", "pub", "x", "--persist", bad]).is_err(), "{bad}");
+        }
     }
 }
