@@ -23,12 +23,11 @@
 use crate::child::{check_cores, pin, preemptions, report_field, ChildArgs, ChildProc, Role, Stall};
 use crate::daemon::{stream_name, Daemon};
 use crate::pingpong::{offer, sequence, stream_options, Blocking, Offer, Poll};
-use crate::report;
+use crate::report::{self, Latency};
 use crate::rings::{pages_name, RingDir};
 use crate::Transport;
 use anyhow::{bail, ensure, Context, Result};
 use clap::Args;
-use hdrhistogram::Histogram;
 use rill_shm::os::now_monotonic_ns;
 use rill_shm::ring::Start;
 use rill_shm::{Access, Ring};
@@ -96,12 +95,10 @@ fn parse_rate(s: &str) -> Result<f64, String> {
 /// One (transport, rate) result.
 #[derive(Debug)]
 struct Row {
-    transport: &'static str,
     rate: f64,
     achieved: f64,
-    pages: &'static str,
-    hist: Histogram<u64>,
-    preempted: u64,
+    /// Transport, pages, count, percentiles, preemptions.
+    lat: Latency,
 }
 
 /// Runs `rill-bench oneway`.
@@ -245,7 +242,8 @@ fn receive(args: &OnewayArgs, transport: &'static str, rate: f64, pages: &'stati
     // Achieved: messages over the time the publisher really took to send
     // them (its last offer minus its first due time).
     let achieved = if sent_span_s > 0.0 { count as f64 / sent_span_s } else { f64::NAN };
-    Ok(Row { transport, rate, achieved, pages, hist, preempted: preempted + report_field(&out, "preempted")? })
+    let preempted = preempted + report_field(&out, "preempted")?;
+    Ok(Row { rate, achieved, lat: Latency::new(transport, args.size as usize, pages, &hist, preempted) })
 }
 
 /// The due time in a payload's bytes 8..16.
@@ -300,23 +298,11 @@ fn paced(args: &ChildArgs, publ: &mut impl Offer) -> Result<()> {
 fn print(rows: &[Row], args: &OnewayArgs) {
     if args.json {
         for r in rows {
-            let h = &r.hist;
+            let l = &r.lat;
             println!(
                 "{{\"bench\":\"oneway\",\"transport\":\"{}\",\"size\":{},\"rate\":{},\"achieved_rate\":{:.0},\"count\":{},\"pages\":\"{}\",\
                  \"p50_ns\":{},\"p90_ns\":{},\"p99_ns\":{},\"p999_ns\":{},\"p9999_ns\":{},\"max_ns\":{},\"preempted\":{}}}",
-                r.transport,
-                args.size,
-                r.rate,
-                r.achieved,
-                h.len(),
-                r.pages,
-                h.value_at_quantile(0.5),
-                h.value_at_quantile(0.9),
-                h.value_at_quantile(0.99),
-                h.value_at_quantile(0.999),
-                h.value_at_quantile(0.9999),
-                h.max(),
-                r.preempted
+                l.transport, l.size, r.rate, r.achieved, l.count, l.pages, l.p50_ns, l.p90_ns, l.p99_ns, l.p999_ns, l.p9999_ns, l.max_ns, l.preempted
             );
         }
         return;
@@ -327,28 +313,29 @@ fn print(rows: &[Row], args: &OnewayArgs) {
         "transport", "rate", "achieved", "count", "pages", "p50", "p90", "p99", "p99.9", "p99.99", "max", "preempted"
     );
     for r in rows {
-        let h = &r.hist;
+        let l = &r.lat;
         println!(
             "{:<14} {:>8} {:>9} {:>10} {:<5} {:>8} {:>8} {:>8} {:>9} {:>9} {:>10} {:>9}",
-            r.transport,
+            l.transport,
             rate_name(r.rate),
             rate_name(r.achieved.round()),
-            h.len(),
-            r.pages,
-            h.value_at_quantile(0.5),
-            h.value_at_quantile(0.9),
-            h.value_at_quantile(0.99),
-            h.value_at_quantile(0.999),
-            h.value_at_quantile(0.9999),
-            h.max(),
-            r.preempted
+            l.count,
+            l.pages,
+            l.p50_ns,
+            l.p90_ns,
+            l.p99_ns,
+            l.p999_ns,
+            l.p9999_ns,
+            l.max_ns,
+            l.preempted
         );
     }
     // Each rill line against ring at the same rate.
-    for r in rows.iter().filter(|r| r.transport != "ring") {
-        if let Some(base) = rows.iter().find(|b| b.transport == "ring" && b.rate == r.rate) {
-            let ratio = |q: f64| r.hist.value_at_quantile(q) as f64 / base.hist.value_at_quantile(q).max(1) as f64;
-            println!("{:<14} / ring at {:>5}: p50 {:.2}x, p99 {:.2}x", r.transport, rate_name(r.rate), ratio(0.5), ratio(0.99));
+    for r in rows.iter().filter(|r| r.lat.transport != "ring") {
+        if let Some(base) = rows.iter().find(|b| b.lat.transport == "ring" && b.rate == r.rate) {
+            let ratio = |a: u64, b: u64| a as f64 / b.max(1) as f64;
+            let (p50, p99) = (ratio(r.lat.p50_ns, base.lat.p50_ns), ratio(r.lat.p99_ns, base.lat.p99_ns));
+            println!("{:<14} / ring at {:>5}: p50 {p50:.2}x, p99 {p99:.2}x", r.lat.transport, rate_name(r.rate));
         }
     }
 }

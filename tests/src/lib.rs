@@ -17,4 +17,5 @@
 pub mod check;
 pub mod daemon;
 pub mod harness;
+pub mod opts;
 pub mod payload;

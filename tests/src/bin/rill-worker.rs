@@ -56,51 +56,15 @@ use rill::{ClaimError, Client, Start, StreamOptions, Subscriber};
 use rill_shm::ring::{ClaimMode, Exclusive, Shared};
 use rill_shm::idle::{IdleStrategy, SpinYield};
 use rill_tests::check::{Checker, Mode};
+use rill_tests::opts::Opts;
 use rill_tests::payload;
-use std::collections::HashMap;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-/// `--key value` options after the role.
-struct Opts(HashMap<String, String>);
-
 /// Options that take no value.
 const FLAGS: [&str; 2] = ["ro-checks", "exclusive"];
-
-impl Opts {
-    fn parse(args: &[String]) -> Result<Self> {
-        let mut map = HashMap::new();
-        let mut it = args.iter();
-        while let Some(a) = it.next() {
-            let key = a.strip_prefix("--").ok_or_else(|| anyhow!("expected --option, got {a:?}"))?;
-            let value = if FLAGS.contains(&key) {
-                "1".to_owned()
-            } else {
-                it.next().cloned().ok_or_else(|| anyhow!("--{key} needs a value"))?
-            };
-            map.insert(key.to_owned(), value);
-        }
-        Ok(Opts(map))
-    }
-
-    fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key).map(String::as_str)
-    }
-
-    fn req(&self, key: &str) -> Result<&str> {
-        self.get(key).ok_or_else(|| anyhow!("missing --{key}"))
-    }
-
-    fn num(&self, key: &str, default: Option<u64>) -> Result<u64> {
-        match (self.get(key), default) {
-            (Some(v), _) => v.parse().with_context(|| format!("--{key} {v:?}")),
-            (None, Some(d)) => Ok(d),
-            (None, None) => bail!("missing --{key}"),
-        }
-    }
-}
 
 fn main() {
     tracing_subscriber::fmt()
@@ -111,10 +75,10 @@ fn main() {
         .init();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
-        Some("publish") => Opts::parse(&args[1..]).and_then(|o| publish(&o)),
-        Some("subscribe") => Opts::parse(&args[1..]).and_then(|o| subscribe(&o)),
-        Some("claim-hang") => Opts::parse(&args[1..]).and_then(|o| claim_hang(&o)),
-        Some("denied") => Opts::parse(&args[1..]).and_then(|o| denied(&o)),
+        Some("publish") => Opts::parse(&args[1..], &FLAGS).and_then(|o| publish(&o)),
+        Some("subscribe") => Opts::parse(&args[1..], &FLAGS).and_then(|o| subscribe(&o)),
+        Some("claim-hang") => Opts::parse(&args[1..], &FLAGS).and_then(|o| claim_hang(&o)),
+        Some("denied") => Opts::parse(&args[1..], &FLAGS).and_then(|o| denied(&o)),
         _ => Err(anyhow!("usage: rill-worker publish|subscribe|claim-hang|denied --socket PATH ...")),
     };
     match result {

@@ -33,49 +33,20 @@ use rill_shm::idle::{IdleStrategy, SpinYield};
 use rill_shm::ring::{ClaimError, Ring, SharedPublication, Start, SubscribeError, Subscriber};
 use rill_shm::Access;
 use rill_tests::check::{Checker, Mode};
+use rill_tests::opts::Opts;
 use rill_tests::payload::{self, Prng};
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-/// `--key value` options after the role.
-struct Opts(HashMap<String, String>);
-
-impl Opts {
-    fn parse(args: &[String]) -> Result<Self> {
-        let mut map = HashMap::new();
-        let mut it = args.iter();
-        while let Some(a) = it.next() {
-            let key = a.strip_prefix("--").ok_or_else(|| anyhow!("expected --option, got {a:?}"))?;
-            let value = if key == "readonly" { "1".to_owned() } else { it.next().cloned().ok_or_else(|| anyhow!("--{key} needs a value"))? };
-            map.insert(key.to_owned(), value);
-        }
-        Ok(Opts(map))
-    }
-
-    fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key).map(String::as_str)
-    }
-
-    fn req(&self, key: &str) -> Result<&str> {
-        self.get(key).ok_or_else(|| anyhow!("missing --{key}"))
-    }
-
-    fn num(&self, key: &str, default: Option<u64>) -> Result<u64> {
-        match (self.get(key), default) {
-            (Some(v), _) => v.parse().with_context(|| format!("--{key} {v:?}")),
-            (None, Some(d)) => Ok(d),
-            (None, None) => bail!("missing --{key}"),
-        }
-    }
-}
+/// Options that take no value.
+const FLAGS: [&str; 1] = ["readonly"];
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
-        Some("publish") => Opts::parse(&args[1..]).and_then(|o| publish(&o)),
-        Some("subscribe") => Opts::parse(&args[1..]).and_then(|o| subscribe(&o)),
-        Some("hang-claim") => Opts::parse(&args[1..]).and_then(|o| hang_claim(&o)),
+        Some("publish") => Opts::parse(&args[1..], &FLAGS).and_then(|o| publish(&o)),
+        Some("subscribe") => Opts::parse(&args[1..], &FLAGS).and_then(|o| subscribe(&o)),
+        Some("hang-claim") => Opts::parse(&args[1..], &FLAGS).and_then(|o| hang_claim(&o)),
         _ => Err(anyhow!("usage: ring-worker publish|subscribe|hang-claim --ring PATH ...")),
     };
     match result {
