@@ -19,7 +19,7 @@
 use crate::batch::{BatchHeader, FormatError, BATCH_HEADER_LEN};
 use crate::parse_segment_file_name;
 use crate::reader::FrameReader;
-use crate::scan::IndexEntry;
+use crate::scan::{is_zero_tail, IndexEntry, MAX_ZERO_TAIL};
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
@@ -124,6 +124,10 @@ impl SegmentIndex {
                     continue;
                 }
             };
+            let zero_tail = zero_tail_at(&file, self.valid_len, file_len);
+            if zero_tail.map_err(|source| LogError::Io { path: self.path.clone(), source })? {
+                break; // the zero tail of a direct-I/O writer: a clean end
+            }
             if sealed {
                 return Err(LogError::Damaged { path: self.path.clone(), offset: self.valid_len, source: problem });
             }
@@ -155,6 +159,18 @@ impl SegmentIndex {
         // from batch to batch: look at each.
         self.batches.iter().find(|b| b.data_frames > 0 && b.last_timestamp >= ts_ns)
     }
+}
+
+/// Whether the bytes of `file` from `offset` to `file_len` are a zero
+/// tail ([`is_zero_tail`]).
+fn zero_tail_at(file: &File, offset: u64, file_len: u64) -> io::Result<bool> {
+    let rest = file_len - offset;
+    if rest >= MAX_ZERO_TAIL as u64 {
+        return Ok(false);
+    }
+    let mut buf = vec![0u8; rest as usize];
+    file.read_exact_at(&mut buf, offset)?;
+    Ok(is_zero_tail(&buf))
 }
 
 /// The header at `offset`: `None` if fewer than 64 bytes are in the file.

@@ -22,7 +22,14 @@
 //!
 //! The writer (the daemon's archiver) builds a header with
 //! [`BatchHeader::for_frames`] over the ring's one or two slices and
-//! writes header and slices with one vectored write. Everything that reads
+//! writes header and slices with one vectored write, or (direct I/O) from
+//! a block-aligned copy whose last block is filled up with zeros.
+//!
+//! # The zero tail
+//! A segment written with direct I/O ends with the rest of its last block
+//! zeroed: after the last batch, fewer than [`MAX_ZERO_TAIL`] bytes, all
+//! zero. That is a clean end, not damage ([`is_zero_tail`]); the next
+//! batch is written over it, at the end of the last batch. Everything that reads
 //! checks every length against what it holds: bad bytes give an error,
 //! never a panic or a read out of bounds.
 //!
@@ -61,7 +68,7 @@ pub use build::FrameBuf;
 pub use index::{list_segments, LogError, SegmentIndex, StreamLog};
 pub use reader::{FrameReader, ReadError};
 pub use recover::{recover_segment, Recovery};
-pub use scan::{batch_at, find_next_batch, scan_segment, Damage, DamageKind, IndexEntry, Scan};
+pub use scan::{batch_at, is_zero_tail, MAX_ZERO_TAIL, find_next_batch, scan_segment, Damage, DamageKind, IndexEntry, Scan};
 
 /// Digits of the position in a segment file's name (`u64::MAX` has 20).
 const NAME_DIGITS: usize = 20;

@@ -16,12 +16,26 @@
 //!   not a torn write but damaged in place (media, a stray write); they
 //!   must be kept aside before anything is cut.
 //!
+//! Zero bytes after the last batch, fewer than [`MAX_ZERO_TAIL`], are the
+//! zero tail a direct-I/O writer leaves in its last block: no damage.
+//!
 //! Nothing here reads outside the slice given or panics, whatever the
 //! bytes.
 
 use crate::batch::{BatchHeader, FormatError, BATCH_HEADER_LEN, BATCH_MAGIC};
 use rill_shm::frame::{parse_frame, FRAME_ALIGNMENT, HEADER_LEN};
 use std::fmt;
+
+/// A segment may end with fewer than this many zero bytes after its last
+/// batch (the rest of the last block of a direct-I/O write): a clean end.
+/// 64 KiB covers every direct-I/O alignment in use (512 B to 64 KiB).
+pub const MAX_ZERO_TAIL: usize = 64 << 10;
+
+/// Whether `rest`, the bytes after a segment's last valid batch, is a zero
+/// tail: shorter than [`MAX_ZERO_TAIL`] and all zero.
+pub fn is_zero_tail(rest: &[u8]) -> bool {
+    rest.len() < MAX_ZERO_TAIL && rest.iter().all(|&b| b == 0)
+}
 
 /// One valid batch of a segment: what the index keeps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -139,6 +153,7 @@ pub fn scan_segment(bytes: &[u8], expected_first: u64) -> Scan {
                 offset += header.batch_len();
                 position = header.end_position;
             }
+            Err(_) if is_zero_tail(&bytes[offset as usize..]) => break,
             Err(e) => {
                 let after = count_valid_batches(bytes, offset + FRAME_ALIGNMENT as u64);
                 let kind =
@@ -259,6 +274,22 @@ mod tests {
         let d = s.damage.unwrap();
         assert!(matches!(&d.kind, DamageKind::Corrupt { valid_batches_after: 2, reason } if reason.contains("CRC")), "{d}");
         assert_eq!(find_next_batch(&seg, offsets[1] + 32).map(|(o, _)| o), Some(offsets[2]));
+    }
+
+    #[test]
+    fn zero_tail_is_a_clean_end() {
+        let (mut seg, offsets) = segment(2);
+        seg.resize(seg.len() + 4000, 0);
+        let s = scan_segment(&seg, 1024);
+        assert!(s.is_whole(), "{s:?}");
+        assert_eq!((s.valid_len, s.file_len, s.batches.len()), (offsets[2], seg.len() as u64, 2));
+        // Too long a run of zeros, or one non-zero byte, is torn.
+        let mut long = seg.clone();
+        long.resize(offsets[2] as usize + MAX_ZERO_TAIL, 0);
+        assert_eq!(scan_segment(&long, 1024).damage.map(|d| d.kind), Some(DamageKind::Torn));
+        let last = seg.len() - 1;
+        seg[last] = 1;
+        assert_eq!(scan_segment(&seg, 1024).damage.map(|d| (d.offset, d.kind)), Some((offsets[2], DamageKind::Torn)));
     }
 
     #[test]

@@ -213,3 +213,55 @@ fn reader_reports_a_bad_batch_and_stays_before_it() {
     ));
     assert!(scan_segment(&seg.bytes, 64).is_whole());
 }
+
+/// A direct-I/O writer's pattern: each write fills its last block up with
+/// zeros, and the next batch is written over them. Readers and the index
+/// take the zeros as the end of what is there, then read the batch that
+/// replaced them; a sealed segment may end in its zero tail.
+#[test]
+fn zero_tail_is_an_end_and_is_written_over() {
+    let dir = temp_dir();
+    let seg = simple_segment(0, 2, 2);
+    let path = dir.path().join(segment_file_name(0));
+    let block = |len: usize| len.div_ceil(512) * 512;
+    let mut bytes = seg.bytes.clone();
+    bytes.resize(block(bytes.len()), 0);
+    std::fs::write(&path, &bytes).unwrap();
+    let mut log = StreamLog::open(dir.path()).unwrap();
+    assert_eq!(log.segments()[0].valid_len, seg.bytes.len() as u64);
+    let mut reader = FrameReader::new(File::open(&path).unwrap(), 0);
+    let mut count = 0;
+    while reader.next_data().unwrap().is_some() {
+        count += 1;
+    }
+    assert_eq!(count, 4);
+    assert!(reader.next_data().unwrap().is_none(), "the zero tail is an end, every time");
+
+    // The next batch goes over the tail, and gets a tail of its own.
+    let mut f = FrameBuf::new(seg.batch_positions[2]);
+    f.data(5000, 9, b"next");
+    let batch = encode_batch(f.first_position(), &[f.as_bytes()]).unwrap();
+    bytes.truncate(seg.bytes.len());
+    bytes.extend(&batch);
+    bytes.resize(block(bytes.len()), 0);
+    std::fs::write(&path, &bytes).unwrap();
+    assert_eq!(reader.next_data().unwrap().map(|f| f.payload.to_vec()), Some(b"next".to_vec()));
+    log.refresh().unwrap();
+    assert_eq!(log.segments()[0].batches.len(), 3);
+
+    // Sealed by a next segment: the zero tail is still a clean end...
+    let next = simple_segment(f.end_position(), 1, 1);
+    std::fs::write(dir.path().join(segment_file_name(f.end_position())), &next.bytes).unwrap();
+    log.refresh().unwrap();
+    assert!(log.segments()[0].sealed);
+    assert!(scan_segment(&bytes, 0).is_whole());
+    // ...but a non-zero byte in it is damage.
+    bytes.resize(bytes.len() + 600, 0);
+    let last = bytes.len() - 1;
+    bytes[last] = 7;
+    std::fs::write(&path, &bytes).unwrap();
+    assert!(matches!(StreamLog::open(dir.path()), Err(LogError::Damaged { .. })));
+    let mut reader = FrameReader::new(File::open(&path).unwrap(), 0);
+    while let Ok(Some(_)) = reader.next_data() {}
+    assert!(reader.next_data().is_err(), "a tail that is not all zeros is a bad batch");
+}
