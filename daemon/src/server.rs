@@ -242,7 +242,11 @@ impl Server {
     fn handle(&mut self, i: usize, req: Request) -> (Response, Vec<OwnedFd>) {
         let needs_hello = matches!(
             req,
-            Request::OpenPublisher { .. } | Request::OpenSubscriber { .. } | Request::CreateStream { .. } | Request::Resume { .. }
+            Request::OpenPublisher { .. }
+                | Request::OpenSubscriber { .. }
+                | Request::CreateStream { .. }
+                | Request::Resume { .. }
+                | Request::LogSegments { .. }
         );
         if needs_hello && !self.conns[i].hello {
             return (error(ErrorCode::NoHello, "send Hello first".into()), Vec::new());
@@ -276,6 +280,10 @@ impl Server {
             Request::OpenSubscriber { stream, start, create } => self.open_subscriber(i, &stream, start, create),
             Request::Close { handle } => self.close(i, handle).map(|()| (Response::Closed, Vec::new())),
             Request::Resume { handles } => Ok((self.resume(i, handles), Vec::new())),
+            Request::LogSegments { stream, from } => self
+                .check(i, Action::Subscribe, &stream)
+                .and_then(|()| self.streams.log_segments(&stream, from))
+                .map(|(log, fds)| (Response::LogSegments { log }, fds)),
         };
         result.unwrap_or_else(|r| (error(r.code, r.message), Vec::new()))
     }

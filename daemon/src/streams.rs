@@ -10,7 +10,10 @@
 
 use crate::archiver::{Archiver, ArchiveStatus, Job, Retention};
 use crate::config::Config;
-use rill::protocol::{Durability, ErrorCode, Policy, Replay, StartAt, StreamInfo, StreamOptions, SubscriberInfo, MAX_REPLAY_SEGMENTS};
+use rill::protocol::{
+    Durability, ErrorCode, LogSegments, Policy, Replay, StartAt, StreamInfo, StreamOptions, SubscriberInfo, MAX_LOG_SEGMENTS,
+    MAX_REPLAY_SEGMENTS,
+};
 use rill_shm::ring::{slot_page_path, wake_page_path, CreateError, PagePreference, Reclaimer, Ring, RingConfig, Start};
 use rill_shm::Access;
 use std::collections::BTreeMap;
@@ -228,6 +231,7 @@ impl Stream {
                     pid: s.pid,
                     position: s.position,
                     lag_bytes: tail.saturating_sub(s.position),
+                    holding: s.holding,
                 })
                 .collect(),
             padded_bytes: self.reclaimer.padded_bytes(),
@@ -270,7 +274,8 @@ pub struct Streams {
 struct StreamMeta {
     capacity: u64,
     max_message_len: u32,
-    /// `back-pressure` (persisted streams always are).
+    /// `back-pressure` or `overwrite` (whose archiver slot is a holding
+    /// slot: publishers still never overwrite what is not on disk).
     policy: String,
     /// `none`, `interval:<ms>` or `always`.
     durability: String,
@@ -280,8 +285,41 @@ struct StreamMeta {
 
 const META_FILE: &str = "stream.toml";
 
+/// `policy` in `stream.toml`.
+fn policy_name(policy: Policy) -> &'static str {
+    match policy {
+        Policy::BackPressure => "back-pressure",
+        Policy::Overwrite => "overwrite",
+    }
+}
+
+fn parse_policy(name: &str) -> Result<Policy, String> {
+    match name {
+        "back-pressure" => Ok(Policy::BackPressure),
+        "overwrite" => Ok(Policy::Overwrite),
+        other => Err(format!("unknown policy {other:?} (back-pressure or overwrite)")),
+    }
+}
+
 fn open_fd(path: &Path, write: bool) -> std::io::Result<OwnedFd> {
     std::fs::OpenOptions::new().read(true).write(write).open(path).map(OwnedFd::from)
+}
+
+/// A read-only fd of a segment file for a client; a file deleted since it
+/// was listed was deleted by retention: `Gone`.
+fn open_segment(name: &str, from: u64, path: &Path) -> Result<OwnedFd, Refusal> {
+    open_fd(path, false).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => gone(name, from, &format!("segment {} was deleted by retention meanwhile", path.display())),
+        _ => Refusal::new(ErrorCode::Internal, format!("opening {}: {e}", path.display())),
+    })
+}
+
+fn gone(name: &str, position: u64, why: &str) -> Refusal {
+    Refusal::new(ErrorCode::Gone, format!("stream {name:?}: position {position} is gone: {why}"))
+}
+
+fn deleted_by_retention(first_on_disk: u64) -> String {
+    format!("older positions were deleted by retention: the log starts at {first_on_disk}")
 }
 
 /// Writes `stream.toml` atomically (temporary file, fsync, rename).
@@ -425,11 +463,12 @@ impl Streams {
     }
 
     fn recover_ring(&mut self, name: &str, meta: &StreamMeta, durability: Durability, end: Option<u64>) -> Result<(), String> {
+        let policy = parse_policy(&meta.policy)?;
         if !self.streams.contains_key(name) {
             let options = StreamOptions {
                 capacity: meta.capacity,
                 max_message_len: meta.max_message_len,
-                policy: Policy::BackPressure,
+                policy,
                 keep: true,
                 persist: Some(durability),
             };
@@ -440,8 +479,18 @@ impl Streams {
             return self.start_archiving(name, durability, None, end);
         }
         let s = self.streams.get_mut(name).expect("checked");
+        let have = Policy::from(s.ring.info().policy);
+        if have != policy {
+            tracing::warn!(stream = name, ring = policy_name(have), log = %meta.policy, "the adopted ring's policy differs from stream.toml; the ring's applies");
+        }
         let slot = meta.archiver_slot;
-        let held = s.ring.subscribers().into_iter().find(|x| x.index == slot).map(|x| x.position);
+        // On an overwrite ring the archiver's slot must still be holding.
+        let held = s
+            .ring
+            .subscribers()
+            .into_iter()
+            .find(|x| x.index == slot && (have == Policy::BackPressure || x.holding))
+            .map(|x| x.position);
         match held {
             Some(held) => self.start_archiving(name, durability, Some((slot, held)), end),
             None => {
@@ -459,9 +508,12 @@ impl Streams {
         create_dir(&dir).map_err(|e| e.to_string())?;
         let pid = std::process::id();
         let s = self.streams.get_mut(name).ok_or("no such stream")?;
+        // A holding slot: on an overwrite ring too, publishers never pass
+        // it, so nothing is overwritten before it is on disk. (An adopted
+        // one is holding already.)
         let (slot, held) = match old {
             Some(x) => x,
-            None => s.ring.attach_subscriber(Start::Latest, pid).map_err(|e| format!("archiver slot: {e}"))?,
+            None => s.ring.attach_holding(Start::Latest, pid).map_err(|e| format!("archiver slot: {e}"))?,
         };
         let start = match log_end {
             Some(end) if end >= held && end <= s.ring.tail() => end,
@@ -485,7 +537,7 @@ impl Streams {
         let meta = StreamMeta {
             capacity: i.capacity,
             max_message_len: i.max_message_len,
-            policy: "back-pressure".into(),
+            policy: policy_name(i.policy.into()).into(),
             durability: durability.to_string(),
             archiver_slot: slot,
         };
@@ -532,10 +584,10 @@ impl Streams {
                 if p < oldest {
                     let why = match (&log, first_on_disk) {
                         (None, _) => format!("the ring holds from {ring_start} on and the stream is not persisted"),
-                        (Some(_), Some(f)) => format!("older positions were deleted by retention: the log starts at {f}"),
+                        (Some(_), Some(f)) => deleted_by_retention(f),
                         (Some(_), None) => format!("the log is empty and the ring holds from {ring_start} on"),
                     };
-                    return Err(Refusal::new(ErrorCode::Gone, format!("stream {name:?}: position {p} is gone: {why}")));
+                    return Err(gone(name, p, &why));
                 }
                 p
             }
@@ -557,7 +609,7 @@ impl Streams {
                     let msg = format!("stream {name:?}: a replay from {from} spans more than {MAX_REPLAY_SEGMENTS} segments; start later");
                     return Err(Refusal::new(ErrorCode::Invalid, msg));
                 }
-                let fd = open_fd(&seg.path, false).map_err(|e| Refusal::new(ErrorCode::Internal, format!("opening {}: {e}", seg.path.display())))?;
+                let fd = open_segment(name, from, &seg.path)?;
                 replay.segments.push(seg.first_position);
                 fds.push(fd);
             }
@@ -567,6 +619,60 @@ impl Streams {
             }
         }
         Ok(Some((replay, fds)))
+    }
+
+    /// For a subscriber of persisted stream `name` that publishers overran
+    /// at `from` (a frame boundary it could not read in the ring): the
+    /// segments holding `from` and what follows (read-only fds, in order,
+    /// at most [`MAX_LOG_SEGMENTS`]: it asks again for the rest), where
+    /// `from`'s batch is in the first, and the archiver's position, below
+    /// which everything is on disk in whole batches. `Gone` if retention
+    /// deleted `from`.
+    ///
+    /// Cost: one directory listing and the batch headers of the first
+    /// segment (64 bytes each); the client reads the frames itself.
+    pub fn log_segments(&self, name: &str, from: u64) -> Result<(LogSegments, Vec<OwnedFd>), Refusal> {
+        let s = self.streams.get(name).ok_or_else(|| Refusal::new(ErrorCode::UnknownStream, format!("no stream {name:?}")))?;
+        if s.persist.is_none() {
+            return Err(Refusal::new(ErrorCode::Invalid, format!("stream {name:?} is not persisted: it has no log")));
+        }
+        let archiver = s.owners.iter().position(|o| *o == SlotOwner::Archiver);
+        let archived = archiver.and_then(|i| s.ring.subscribers().into_iter().find(|x| x.index == i as u32)).map(|x| x.position);
+        let Some(archived) = archived else {
+            let why = s.setup_error.clone().unwrap_or_else(|| "no archiver slot".into());
+            return Err(Refusal::new(ErrorCode::Internal, format!("stream {name:?} is not being archived: {why}")));
+        };
+        let dir = self.data_dir.join(name);
+        let internal = |e: String| Refusal::new(ErrorCode::Internal, format!("stream {name:?}: reading its log: {e}"));
+        let listed = rill_store::list_segments(&dir).map_err(|e| internal(format!("{}: {e}", dir.display())))?;
+        // The segment holding `from`: the last one starting at or before it.
+        let i = listed.partition_point(|(first, _)| *first <= from);
+        if i == 0 {
+            return match listed.first() {
+                None if from >= archived => Ok((LogSegments { segments: Vec::new(), start_offset: 0, start_batch: from, archived }, Vec::new())),
+                None => Err(gone(name, from, &format!("the log is empty though the archiver is at {archived}"))),
+                Some((f, _)) => Err(gone(name, from, &deleted_by_retention(*f))),
+            };
+        }
+        let chosen = &listed[i - 1..listed.len().min(i - 1 + MAX_LOG_SEGMENTS)];
+        let (first, path) = &chosen[0];
+        let sealed = i < listed.len();
+        let index = rill_store::SegmentIndex::build(path, *first, sealed).map_err(|e| internal(e.to_string()))?;
+        let (start_offset, start_batch) = match index.entry_at(from) {
+            Some(e) => (e.file_offset, e.position),
+            None if sealed => {
+                let next = listed[i].0;
+                let why = format!("the log has a gap: {} ends at {}, the next segment starts at {next}", path.display(), index.end_position);
+                return Err(gone(name, from, &why));
+            }
+            // Not written yet: the next batch goes there.
+            None => (index.valid_len, index.end_position),
+        };
+        let fds = chosen.iter().map(|(_, p)| open_segment(name, from, p)).collect::<Result<Vec<_>, _>>()?;
+        let segments = chosen.iter().map(|(f, _)| *f).collect();
+        // Cut short: the reader must not expect more than these hold.
+        let archived = listed.get(i - 1 + chosen.len()).map_or(archived, |(next, _)| archived.min(*next));
+        Ok((LogSegments { segments, start_offset, start_batch, archived }, fds))
     }
 
     /// Refreshes each persisted stream's archiver status (for StreamInfo).
@@ -696,10 +802,9 @@ impl Streams {
             return Ok(self.streams.get_mut(name).expect("checked"));
         }
         if let Some(d) = options.persist {
-            if options.policy != Policy::BackPressure {
-                let msg = format!("stream {name:?}: a persisted stream must use back-pressure (overwrite would drop messages before they are on disk)");
-                return Err(Refusal::new(ErrorCode::Invalid, msg));
-            }
+            // Overwrite is fine: the archiver's slot is a holding slot, so
+            // publishers wait for it (only), and an overrun subscriber reads
+            // what it missed from the log (Request::LogSegments).
             if u64::from(options.max_message_len) > (rill_store::MAX_BATCH_BYTES as u64) / 2 {
                 let msg = format!("stream {name:?}: persisted messages are limited to {} bytes", rill_store::MAX_BATCH_BYTES / 2);
                 return Err(Refusal::new(ErrorCode::Invalid, msg));
@@ -790,6 +895,16 @@ impl Streams {
             }
             work += s.ring.free_revoked_slots();
             let subscribers = s.ring.subscribers();
+            // Only the archiver may hold an overwrite stream's publishers
+            // back; a client that marked its own slot holding (it can write
+            // its slot page) loses the slot.
+            for x in subscribers.iter().filter(|x| x.holding) {
+                if matches!(s.owners[x.index as usize], SlotOwner::Client { .. }) {
+                    tracing::warn!(stream = %s.name, slot = x.index, pid = x.pid, "a client made its slot a holding slot; taking it back");
+                    s.free_slot(x.index, true);
+                    work += 1;
+                }
+            }
             for i in 0..s.owners.len() {
                 if let SlotOwner::Adopted { deadline } = s.owners[i] {
                     let pid = subscribers.iter().find(|x| x.index == i as u32).map(|x| x.pid);

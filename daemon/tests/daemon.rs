@@ -1,7 +1,8 @@
 //! rilld end to end over its socket, speaking the protocol by hand: opens,
-//! fd passing, read-only subscribers, refusals, malformed requests.
+//! fd passing, read-only subscribers, refusals, malformed requests, the
+//! log of a persisted overwrite stream.
 
-use rill::protocol::{self, ErrorCode, Request, Response, StartAt, StreamOptions};
+use rill::protocol::{self, Durability, ErrorCode, Policy, Request, Response, StartAt, StreamOptions};
 use rill::wire;
 use rill_shm::ring::Ring;
 use rill_shm::Access;
@@ -29,6 +30,8 @@ impl Daemon {
             .arg(dir.join("rings"))
             .arg("--page-dir")
             .arg(dir.join("pages"))
+            .arg("--data-dir")
+            .arg(dir.join("data"))
             .args(extra)
             .spawn()
             .unwrap();
@@ -81,7 +84,11 @@ fn options() -> StreamOptions {
 }
 
 fn open_pub(c: &mut Conn, name: &str) -> Ring {
-    let (resp, mut fds) = c.call(&Request::OpenPublisher { stream: name.into(), create: Some(options()), exclusive: false });
+    open_pub_with(c, name, options())
+}
+
+fn open_pub_with(c: &mut Conn, name: &str, options: StreamOptions) -> Ring {
+    let (resp, mut fds) = c.call(&Request::OpenPublisher { stream: name.into(), create: Some(options), exclusive: false });
     let Response::Publisher { info, .. } = resp else { panic!("{resp:?}") };
     assert_eq!(fds.len(), 2 + info.slot_count as usize);
     let slots: Vec<_> = fds.drain(2..).map(|f| Some((f, Access::ReadOnly))).collect();
@@ -91,15 +98,22 @@ fn open_pub(c: &mut Conn, name: &str) -> Ring {
 }
 
 fn open_sub(c: &mut Conn, name: &str) -> (Ring, u32, u64) {
+    let (ring, slot, position, _) = open_sub_keeping_slot_page(c, name);
+    (ring, slot, position)
+}
+
+/// Also returns the fd of the subscriber's own slot page.
+fn open_sub_keeping_slot_page(c: &mut Conn, name: &str) -> (Ring, u32, u64, OwnedFd) {
     let (resp, mut fds) = c.call(&Request::OpenSubscriber { stream: name.into(), start: StartAt::Latest, create: None });
     let Response::Subscriber { slot, position, info, .. } = resp else { panic!("{resp:?}") };
     assert_eq!(fds.len(), 3);
     let own = fds.pop().unwrap();
+    let page = own.try_clone().unwrap();
     let wake = fds.pop().unwrap();
     let ring = fds.pop().unwrap();
     let mut own = Some(own);
     let slots = (0..info.slot_count).map(|i| if i == slot { own.take().map(|f| (f, Access::ReadWrite)) } else { None }).collect();
-    (Ring::from_fds(ring, Access::ReadOnly, slots, (wake, Access::ReadWrite)).unwrap(), slot, position)
+    (Ring::from_fds(ring, Access::ReadOnly, slots, (wake, Access::ReadWrite)).unwrap(), slot, position, page)
 }
 
 #[test]
@@ -176,4 +190,110 @@ fn malformed_requests_get_errors_and_the_daemon_serves_on() {
     let mut ok = Conn::hello(&d.socket);
     let ring = open_pub(&mut ok, "still-fine");
     ring.shared_publication().unwrap().offer(b"yes").unwrap();
+}
+
+fn info(c: &mut Conn, name: &str) -> protocol::StreamInfo {
+    let (resp, _) = c.call(&Request::StreamInfo { stream: name.into() });
+    let Response::Info { info } = resp else { panic!("{resp:?}") };
+    info
+}
+
+fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !cond() {
+        assert!(Instant::now() < deadline, "watchdog: {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A persisted overwrite stream: rilld creates it (it used to refuse), its
+/// archiver's slot is the only holding one, an ordinary subscriber that
+/// never reads holds nobody back, and `LogSegments` hands out the segment
+/// files from any position still kept (`Gone` for one retention deleted),
+/// which hold exactly the frames published from there on. A client that
+/// marks its own slot holding loses it.
+#[test]
+fn persisted_overwrite_stream_holds_only_at_the_archiver_and_serves_its_log() {
+    let d = Daemon::start("logsegs", &["--segment-bytes", "1048576", "--retention-bytes", "2097152"]);
+    let mut c = Conn::hello(&d.socket);
+    let name = "ow.persisted";
+    let options = StreamOptions { policy: Policy::Overwrite, persist: Some(Durability::None), ..options() };
+    let pub_ring = open_pub_with(&mut c, name, options);
+    let (_sub_ring, idle_slot, _, page) = open_sub_keeping_slot_page(&mut c, name);
+    let mut publ = pub_ring.shared_publication().unwrap();
+    let mut positions = Vec::new();
+    for i in 0..50_000u32 {
+        // Back-pressured by the archiver only, and only briefly.
+        let p = loop {
+            match publ.offer(&[i as u8; 100]) {
+                Ok(p) => break p,
+                Err(rill_shm::ring::ClaimError::BackPressured) => std::thread::yield_now(),
+                Err(e) => panic!("offer: {e}"),
+            }
+        };
+        positions.push(p);
+    }
+    let tail = pub_ring.tail();
+    wait_for("the archiver catches up", || info(&mut c, name).durable_position == tail);
+    let i = info(&mut c, name);
+    let holding: Vec<_> = i.subscribers.iter().filter(|s| s.holding).collect();
+    assert_eq!(holding.len(), 1, "{:?}", i.subscribers);
+    assert_eq!(holding[0].pid, d.child.id());
+    let idle = i.subscribers.iter().find(|s| s.slot == idle_slot).expect("the idle subscriber is listed");
+    assert!(!idle.holding && idle.lag_bytes == tail, "the idle subscriber never read, yet the publisher went on: {idle:?}");
+    // From a message in the last 10 000 (retention keeps 2 MiB of 6).
+    let k = positions.len() - 9_876;
+    let (resp, fds) = c.call(&Request::LogSegments { stream: name.into(), from: positions[k] });
+    let Response::LogSegments { log } = resp else { panic!("{resp:?}") };
+    assert_eq!(fds.len(), log.segments.len());
+    assert!(log.segments[0] <= positions[k] && log.start_batch <= positions[k], "{log:?}");
+    assert_eq!(log.archived, tail, "caught up: the archiver's slot is at the tail");
+    let mut got = Vec::new();
+    let mut end = positions[k];
+    for (n, (first, fd)) in log.segments.iter().zip(fds).enumerate() {
+        let file = std::fs::File::from(fd);
+        let mut r = if n == 0 {
+            rill_store::FrameReader::at(file, log.start_offset, positions[k]).expecting(log.start_batch)
+        } else {
+            assert_eq!(*first, end, "segments are contiguous");
+            rill_store::FrameReader::new(file, *first)
+        };
+        while let Some(f) = r.next_frame().unwrap() {
+            assert_eq!(f.header.position, end);
+            end += f.header.span() as u64;
+            if f.header.kind == rill_shm::frame::FrameKind::Data {
+                got.push((f.header.position, f.payload[0]));
+            }
+        }
+    }
+    let want: Vec<_> = positions[k..].iter().enumerate().map(|(j, &p)| (p, (k + j) as u8)).collect();
+    assert_eq!(got, want);
+    assert_eq!(end, tail);
+    // The start of the stream was deleted by retention.
+    wait_for("retention deletes the first segment", || {
+        !d.dir.join("data").join(name).join(rill_store::segment_file_name(0)).exists()
+    });
+    let (resp, fds) = c.call(&Request::LogSegments { stream: name.into(), from: 0 });
+    assert!(fds.is_empty());
+    assert!(matches!(&resp, Response::Error { code: ErrorCode::Gone, message } if message.contains("retention")), "{resp:?}");
+    // Not persisted, unknown, before Hello.
+    drop(open_pub(&mut c, "plain"));
+    let (resp, _) = c.call(&Request::LogSegments { stream: "plain".into(), from: 0 });
+    assert!(matches!(resp, Response::Error { code: ErrorCode::Invalid, .. }), "{resp:?}");
+    let (resp, _) = c.call(&Request::LogSegments { stream: "nope".into(), from: 0 });
+    assert!(matches!(resp, Response::Error { code: ErrorCode::UnknownStream, .. }), "{resp:?}");
+    let (resp, _) = Conn::new(&d.socket).call(&Request::LogSegments { stream: name.into(), from: 0 });
+    assert!(matches!(resp, Response::Error { code: ErrorCode::NoHello, .. }), "{resp:?}");
+    // A client that writes SLOT_HOLDING into its own slot page (it may
+    // write it) is taken back by the janitor: only the archiver holds.
+    use std::os::unix::fs::FileExt;
+    std::fs::File::from(page).write_all_at(&rill_shm::layout::SLOT_HOLDING.to_le_bytes(), 0).unwrap();
+    wait_for("the client's holding slot is taken back", || {
+        info(&mut c, name).subscribers.iter().all(|s| s.slot != idle_slot)
+    });
+    for _ in 0..1000 {
+        while publ.offer(&[0; 100]).is_err() {
+            std::thread::yield_now();
+        }
+    }
 }

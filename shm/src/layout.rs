@@ -17,8 +17,9 @@
 //!               |   640  next_publisher_id, fenced, slot_hwm       |
 //!               |   768  head (oldest frame that may be uncommitted)|
 //! offset 1024   +--------------------------------------------------+
-//!               | Slot[slot_count], 128 B each: state, pid,        |
-//!               |   position, heartbeat_ns, overrun_bytes          |
+//!               | Slot[slot_count], 128 B each: state (free,       |
+//!               |   active, revoked, holding), pid, position,      |
+//!               |   heartbeat_ns, overrun_bytes                    |
 //! data_offset   +--------------------------------------------------+  (page aligned)
 //!               | data: `capacity` bytes of frames (power of two)  |
 //! total_len     +--------------------------------------------------+  (page multiple)
@@ -63,6 +64,17 @@ pub const SLOT_ACTIVE: u32 = 1;
 /// publishers ignore it, but it is not handed out again until that owner
 /// has exited, because the owner may still store its position into it.
 pub const SLOT_REVOKED: u32 = 2;
+/// `Slot::state`: held by a live subscriber whose position bounds
+/// publishers even on an overwrite ring (the archiver of a persisted
+/// stream): publishers of either policy never claim more than one ring past
+/// it. Used on overwrite rings only; on a back-pressure ring every
+/// [`SLOT_ACTIVE`] slot holds publishers back already, so a holding slot
+/// there stays `SLOT_ACTIVE` and the ring's bytes mean what they always
+/// meant. (Added without a new [`LAYOUT_VERSION`]: a ring with no holding
+/// slot is laid out and read exactly as before, and only rilld speaking
+/// protocol version 3 or later marks slots holding, on persisted overwrite
+/// streams, which older clients cannot open.)
+pub const SLOT_HOLDING: u32 = 3;
 
 /// The ring's fixed metadata. Written once by the creator, then read-only.
 #[repr(C)]
@@ -184,7 +196,8 @@ pub struct Counters {
 #[repr(C, align(128))]
 #[derive(Debug)]
 pub struct Slot {
-    /// [`SLOT_FREE`], [`SLOT_ACTIVE`] or [`SLOT_REVOKED`].
+    /// [`SLOT_FREE`], [`SLOT_ACTIVE`], [`SLOT_REVOKED`] or
+    /// [`SLOT_HOLDING`].
     pub state: AtomicU32,
     /// Owner's pid (as the creator of the slot saw it).
     pub pid: AtomicU32,

@@ -18,7 +18,10 @@
 //! (b) an exclusive publisher and a subscriber across the wrap; (c) the
 //! overwrite policy lapping a slow subscriber; (d) joins at `Latest` and
 //! `Oldest` next to a back-pressured publisher; (e) stale payload that
-//! looks like a commit; (f) a join racing a publisher's limit refresh.
+//! looks like a commit; (f) a join racing a publisher's limit refresh;
+//! (g) a holding slot (a persisted overwrite stream's archiver) joining an
+//! overwrite ring while its publisher refreshes its limit to lap the frames
+//! the joiner starts at.
 //! They were seen to fail on deliberately broken rings: a `Relaxed` commit
 //! store (b), a publisher that skips its second look at the slots (f), a
 //! joiner that ignores the granted limit (d, f), and the old clean-ahead
@@ -587,4 +590,74 @@ fn join_oldest_races_limit_refresh() {
         assert_same(&got, &expected);
         drop(ahead);
     });
+}
+
+/// Executions of the holding-join model whose joiner started before the
+/// publisher's last refresh could pass it (at 0, the oldest frame).
+static HELD_FROM_ZERO: AtomicUsize = AtomicUsize::new(0);
+
+/// (g) The join handshake of a holding slot on an overwrite ring (the
+/// archiver of a persisted overwrite stream): it attaches at `Oldest`
+/// while the publisher, whose frames at 0, 64, 128 nobody holds, refreshes
+/// its limit to lap them. Either the joiner sees the new limit and starts
+/// later, or the publisher's second look sees the holding slot and stops a
+/// ring past it: the joiner reads every message from its start in place,
+/// untorn, exactly once. Seen to fail with a publisher that skips its
+/// second look under the overwrite policy, with a joiner that ignores the
+/// granted limit, and with a joiner that reads it with a plain SeqCst load
+/// instead of an RMW (loom models SeqCst loads as Acquire, so the
+/// handshake must hold by release/acquire alone; it does with the RMW).
+#[test]
+fn holding_join_races_overwrite_limit_refresh() {
+    check("holding_join_races_overwrite_limit_refresh", 2, || {
+        let ring = Ring::loom(CAPACITY, MAX_LEN, Policy::Overwrite, 2);
+        let mut publ = ring.exclusive_publication().unwrap();
+        publ.set_timestamps(false);
+        let idle = Notify::new();
+        // Frames at 0, 64, 128; the publisher's limit is 256 (head 0).
+        let mut sent = send_all(|m| publ.offer(m), &[(0xA1, 16), (0xA2, 16), (0xA3, 16)], &idle, &[]);
+        let (pub_bell, joiner_bell) = (bell(), bell());
+        let done = Arc::new(AtomicBool::new(false));
+        let joiner = {
+            let (ring, done, wake, bells) = (ring.clone(), done.clone(), joiner_bell.clone(), [pub_bell.clone()]);
+            thread::spawn(move || {
+                let (slot, start) = ring.attach_holding(Start::Oldest, 7).unwrap();
+                let mut joiner = ring.subscriber_on_slot(slot, start).unwrap();
+                assert!(joiner.is_holding());
+                // A publisher may have seen our slot before it was done
+                // (holding, at a stale position) and be waiting: look again.
+                ring_all(&bells);
+                let mut got = Vec::new();
+                let mut waits = 0;
+                loop {
+                    let finished = done.load(Ordering::Acquire);
+                    let n = poll_into(&mut joiner, &mut got, &bells);
+                    if finished && n == 0 {
+                        break;
+                    }
+                    if n == 0 {
+                        waits += 1;
+                        assert!(waits < MAX_WAITS, "holding joiner stuck at {} with {got:?}: livelock", joiner.position());
+                        wake.wait();
+                    }
+                }
+                assert_eq!(joiner.position(), ring.tail());
+                assert_eq!(joiner.overrun_bytes(), 0);
+                (start, got)
+            })
+        };
+        // 192..256 needs a new limit; 256..320 and 320..384 overwrite 0..128.
+        let bells = [joiner_bell.clone()];
+        sent.extend(send_all(|m| publ.offer(m), &[(0xB1, 16), (0xB2, 16), (0xB3, 16)], &pub_bell, &bells));
+        // SYNC: pairs with the joiner's Acquire load.
+        done.store(true, Ordering::Release);
+        ring_all(&bells);
+        let (start, got) = joiner.join().unwrap();
+        let expected: Vec<Sent> = sent.iter().copied().filter(|s| s.position >= start).collect();
+        assert_same(&got, &expected);
+        if start == 0 {
+            HELD_FROM_ZERO.fetch_add(1, StdOrdering::Relaxed);
+        }
+    });
+    assert!(HELD_FROM_ZERO.load(StdOrdering::Relaxed) > 0, "the holding joiner never started at the oldest frame");
 }

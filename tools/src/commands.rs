@@ -76,9 +76,6 @@ pub(crate) fn pub_options(
         PolicyArg::BackPressure => Policy::BackPressure,
         PolicyArg::Overwrite => Policy::Overwrite,
     };
-    if persist.is_some() && policy == Policy::Overwrite {
-        bail!("--persist needs --policy back-pressure: overwriting would drop messages before they are on disk");
-    }
     Ok(StreamOptions::default()
         .with_capacity(capacity)
         .with_max_message_len(max_message_len)
@@ -271,8 +268,9 @@ mod tests {
         assert_eq!(pub_options(1 << 16, PolicyArg::BackPressure, None, false, None).unwrap().max_message_len, (1 << 14) - 32);
         let o = pub_options(1 << 16, PolicyArg::BackPressure, None, false, Some(Durability::IntervalMs(20))).unwrap();
         assert_eq!(o.persist, Some(Durability::IntervalMs(20)));
-        let e = pub_options(1 << 16, PolicyArg::Overwrite, None, false, Some(Durability::Always)).unwrap_err();
-        assert!(e.to_string().contains("back-pressure"), "{e}");
+        // Persisted overwrite: publishers wait for the archiver only.
+        let o = pub_options(1 << 16, PolicyArg::Overwrite, None, false, Some(Durability::Always)).unwrap();
+        assert_eq!((o.policy, o.persist), (Policy::Overwrite, Some(Durability::Always)));
     }
 
     #[test]

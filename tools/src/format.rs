@@ -62,7 +62,10 @@ pub(crate) fn streams_table(streams: &[StreamInfo]) -> String {
     let mut rows: Vec<Vec<String>> = vec![head.iter().map(|h| h.to_string()).collect()];
     let mut notes = Vec::new();
     for s in streams {
-        let mut subs = s.subscribers.iter().map(|x| format!("{} {}: {}", x.slot, x.pid, bytes(x.lag_bytes)));
+        let mut subs = s
+            .subscribers
+            .iter()
+            .map(|x| format!("{} {}: {}{}", x.slot, x.pid, bytes(x.lag_bytes), if x.holding { " (holding)" } else { "" }));
         let mut row = vec![s.name.clone(), policy(s.policy).into(), bytes(s.capacity), bytes(u64::from(s.page_size)), s.tail.to_string()];
         row.extend(persistence(s, &mut notes));
         row.push(if s.exclusive { format!("{} (exclusive)", s.publishers) } else { s.publishers.to_string() });
@@ -169,7 +172,7 @@ mod tests {
             disk_bytes: 0,
             archive_error: None,
         };
-        let sub = |slot, lag| SubscriberInfo { slot, pid: 42, position: 8192 - lag, lag_bytes: lag };
+        let sub = |slot, lag| SubscriberInfo { slot, pid: 42, position: 8192 - lag, lag_bytes: lag, holding: false };
         let t = streams_table(&[info("orders", vec![sub(0, 0), sub(3, 2048)]), info("idle", vec![])]);
         let lines: Vec<&str> = t.lines().collect();
         assert_eq!(lines.len(), 4, "{t}");
@@ -197,7 +200,7 @@ mod tests {
             slot_count: 16,
             tail,
             publishers: 2,
-            subscribers: vec![SubscriberInfo { slot: 0, pid: 7, position: durable_position, lag_bytes: tail - durable_position }],
+            subscribers: vec![SubscriberInfo { slot: 0, pid: 7, position: durable_position, lag_bytes: tail - durable_position, holding: false }],
             padded_bytes: 0,
             reaped_subscribers: 0,
             keep: true,

@@ -74,7 +74,8 @@ enum Command {
         /// Persist the stream if it is created, to rilld's data directory:
         /// `none` (written, never synced), `interval:<ms>` (synced at most
         /// every <ms>) or `always` (synced before it counts as durable).
-        /// Needs --policy back-pressure.
+        /// With --policy overwrite, publishers wait for the archiver only,
+        /// and overrun subscribers read what they missed from the log.
         #[arg(long, value_name = "POLICY")]
         persist: Option<rill::Durability>,
         /// Wait until each line is durable (written, and synced as the

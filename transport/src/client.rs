@@ -410,6 +410,14 @@ impl HandleGuard {
     }
 }
 
+impl HandleGuard {
+    /// Asks the daemon for the segments of `stream`'s log from `from` on
+    /// (`Request::LogSegments`), reconnecting first if needed.
+    pub(crate) fn log_segments(&self, stream: &str, from: u64) -> Result<(crate::protocol::LogSegments, Vec<std::fs::File>), ClientError> {
+        open::log_segments(&self.token, stream, from)
+    }
+}
+
 impl Drop for HandleGuard {
     fn drop(&mut self) {
         self.token.shared.close(self.key);

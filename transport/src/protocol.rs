@@ -21,7 +21,15 @@
 //! * publisher: ring (read-write), wake page, then every slot page
 //!   (read-only), one per slot of the ring;
 //! * subscriber: ring (read-only), wake page, own slot page (read-write),
-//!   then one read-only fd per log segment to replay (see [`Replay`]).
+//!   then one read-only fd per log segment to replay (see [`Replay`]);
+//! * log segments ([`Request::LogSegments`]): one read-only fd per segment
+//!   (see [`LogSegments`]).
+//!
+//! Version 3 added [`Request::LogSegments`] (a subscriber of a persisted
+//! overwrite stream reading what publishers overwrote from the log) and
+//! allows persisted overwrite streams, whose archiver slot is a holding
+//! slot (`rill_shm::layout::SLOT_HOLDING`) that clients of version 2 would
+//! not heed.
 
 use rkyv::{Archive, Deserialize, Serialize};
 use thiserror::Error;
@@ -29,7 +37,7 @@ use thiserror::Error;
 /// `b"RL"` little-endian.
 pub const MAGIC: u16 = u16::from_le_bytes(*b"RL");
 /// Version of this protocol.
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 /// Header bytes before the body.
 pub const HEADER_LEN: usize = 8;
 /// Largest message (header + body) either side sends or accepts.
@@ -40,6 +48,9 @@ pub const MAX_MESSAGE_LEN: usize = 128 * 1024;
 pub const MAX_FDS: usize = 253;
 /// Most log segments one subscriber's replay may span.
 pub const MAX_REPLAY_SEGMENTS: usize = MAX_FDS - 3;
+/// Most segments one [`Request::LogSegments`] reply hands over (a reader
+/// asks again for the rest once it has read them).
+pub const MAX_LOG_SEGMENTS: usize = MAX_FDS;
 /// Most subscriber slots a daemon-managed stream has.
 pub const MAX_SLOTS_PER_STREAM: u32 = 64;
 /// Longest stream name.
@@ -50,7 +61,10 @@ pub const MAX_STREAM_NAME_LEN: usize = 200;
 pub enum Policy {
     /// Publishers wait for the slowest live subscriber.
     BackPressure,
-    /// Publishers never wait; slow subscribers are overrun and told.
+    /// Publishers never wait for subscribers; slow ones are overrun and
+    /// told. On a persisted stream, publishers wait for the archiver only
+    /// (nothing is overwritten before it is on disk), and an overrun
+    /// subscriber reads what it missed from the log: nothing is lost.
     Overwrite,
 }
 
@@ -125,7 +139,8 @@ pub struct StreamOptions {
     /// daemon's linger time).
     pub keep: bool,
     /// Persist it to the daemon's data directory with this durability
-    /// (persisted streams are always kept).
+    /// (persisted streams are always kept). Either policy: see
+    /// [`Policy::Overwrite`].
     pub persist: Option<Durability>,
 }
 
@@ -159,6 +174,29 @@ pub struct Replay {
     /// Read the log up to here, then go on in the ring (its start
     /// position).
     pub until: u64,
+}
+
+/// Where a persisted stream's log holds the positions from a given one on
+/// (the reply to [`Request::LogSegments`]): the daemon hands one read-only
+/// fd per segment, in this order.
+///
+/// Every position from the one asked for up to `archived` is in these
+/// segments, in whole batches with valid CRCs; what follows may be there
+/// too, but the last segment may still be growing and end in a batch that
+/// is half written (not an error: read up to it, and ask again later).
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct LogSegments {
+    /// First position of each segment handed over, in order (empty if the
+    /// log holds nothing at or after the position yet).
+    pub segments: Vec<u64>,
+    /// File offset, in the first segment, of the batch holding the
+    /// position asked for (or of where the next batch will be written, if
+    /// the segment has nothing from there yet).
+    pub start_offset: u64,
+    /// First position of that batch.
+    pub start_batch: u64,
+    /// The archiver's position: everything before it is on disk.
+    pub archived: u64,
 }
 
 /// What kind of handle a client holds.
@@ -242,6 +280,16 @@ pub enum Request {
         /// The handles held.
         handles: Vec<ResumeHandle>,
     },
+    /// Read-only fds of a persisted stream's segment files holding the
+    /// positions from `from` on (a subscriber of a persisted overwrite
+    /// stream that publishers overran at `from`); answered with
+    /// [`Response::LogSegments`], or `Gone` if retention deleted `from`.
+    LogSegments {
+        /// Stream name.
+        stream: String,
+        /// The first position wanted.
+        from: u64,
+    },
 }
 
 /// One subscriber of a stream, as `StreamInfo` reports it.
@@ -255,6 +303,10 @@ pub struct SubscriberInfo {
     pub position: u64,
     /// Bytes between it and the tail.
     pub lag_bytes: u64,
+    /// Its position holds publishers back on an overwrite stream: the
+    /// archiver's slot of a persisted one (on a back-pressure stream every
+    /// subscriber does, and this is false).
+    pub holding: bool,
 }
 
 /// A stream, as the daemon describes it.
@@ -391,6 +443,12 @@ pub enum Response {
     Resumed {
         /// New handles.
         handles: Vec<u64>,
+    },
+    /// The segments holding a range of a stream's log; fds: one per
+    /// segment, read-only, in order.
+    LogSegments {
+        /// Which segments, and where to start.
+        log: LogSegments,
     },
     /// The request failed.
     Error {
@@ -530,6 +588,27 @@ mod tests {
     }
 
     #[test]
+    fn log_segments_round_trip() {
+        let req = Request::LogSegments { stream: "audit".into(), from: 1 << 40 };
+        assert_eq!(decode_request(&encode_request(&req).unwrap()).unwrap(), req);
+        let log = LogSegments { segments: vec![0, 1 << 20, 3 << 20], start_offset: 4160, start_batch: 4096, archived: 3 << 20 | 64 };
+        let resp = Response::LogSegments { log };
+        assert_eq!(decode_response(&encode_response(&resp).unwrap()).unwrap(), resp);
+        let most = LogSegments { segments: (0..MAX_LOG_SEGMENTS as u64).map(|i| i << 26).collect(), start_offset: 0, start_batch: 0, archived: u64::MAX };
+        let resp = Response::LogSegments { log: most };
+        assert_eq!(decode_response(&encode_response(&resp).unwrap()).unwrap(), resp);
+        let gone = Response::Error { code: ErrorCode::Gone, message: "deleted by retention".into() };
+        assert_eq!(decode_response(&encode_response(&gone).unwrap()).unwrap(), gone);
+    }
+
+    #[test]
+    fn version_2_is_refused() {
+        let mut old = encode_request(&Request::Health).unwrap();
+        old[2..4].copy_from_slice(&2u16.to_le_bytes());
+        assert_eq!(decode_request(&old), Err(ProtocolError::Version(2)));
+    }
+
+    #[test]
     fn rejects_bad_headers() {
         let good = encode_request(&Request::Health).unwrap();
         assert!(matches!(decode_request(&good[..5]), Err(ProtocolError::Truncated { .. })));
@@ -572,6 +651,45 @@ mod tests {
             msg.extend_from_slice(&body);
             let _ = decode_request(&msg);
             let _ = decode_response(&msg);
+        }
+
+        #[test]
+        fn any_log_segments_request_and_reply_round_trip(
+            stream in "[A-Za-z0-9._-]{1,40}",
+            from in proptest::num::u64::ANY,
+            segments in proptest::collection::vec(proptest::num::u64::ANY, 0..300),
+            start_offset in proptest::num::u64::ANY,
+            start_batch in proptest::num::u64::ANY,
+            archived in proptest::num::u64::ANY,
+        ) {
+            let req = Request::LogSegments { stream, from };
+            proptest::prop_assert_eq!(decode_request(&encode_request(&req).unwrap()).unwrap(), req);
+            let resp = Response::LogSegments { log: LogSegments { segments, start_offset, start_batch, archived } };
+            proptest::prop_assert_eq!(decode_response(&encode_response(&resp).unwrap()).unwrap(), resp);
+        }
+
+        #[test]
+        fn damaged_log_segments_messages_never_panic(
+            from in proptest::num::u64::ANY,
+            segments in proptest::collection::vec(proptest::num::u64::ANY, 0..8),
+            flips in proptest::collection::vec((proptest::num::usize::ANY, 1u8..=255), 1..6),
+            cut in proptest::num::usize::ANY,
+        ) {
+            let req = encode_request(&Request::LogSegments { stream: "s".into(), from }).unwrap();
+            let log = LogSegments { segments, start_offset: from / 2, start_batch: from / 3, archived: from };
+            let resp = encode_response(&Response::LogSegments { log }).unwrap();
+            for good in [req, resp] {
+                let mut bad = good.clone();
+                for &(at, x) in &flips {
+                    // Body bytes only: a damaged header is covered above.
+                    let i = HEADER_LEN + at % (bad.len() - HEADER_LEN);
+                    bad[i] ^= x;
+                }
+                let _ = decode_request(&bad);
+                let _ = decode_response(&bad);
+                let short = &good[..HEADER_LEN + cut % (good.len() - HEADER_LEN)];
+                proptest::prop_assert!(decode_request(short).is_err() && decode_response(short).is_err());
+            }
         }
     }
 }

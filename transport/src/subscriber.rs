@@ -9,15 +9,42 @@
 //! the oldest intact message ([`overrun_bytes`](Subscriber::overrun_bytes)
 //! counts what it lost); it never sees torn data.
 //!
+//! On a *persisted* overwrite stream nothing is lost: rilld's archiver holds
+//! the publishers back until frames are on disk (a holding slot), so a
+//! subscriber overrun at position `p` reads the stream's log from `p` (the
+//! segment files, `Request::LogSegments`), then goes back to the ring where
+//! the log ends; the messages come in order, each exactly once.
+//! [`recovered_overruns`](Subscriber::recovered_overruns) counts those
+//! detours.
+//!
+//! ```no_run
+//! use rill::{Client, Durability, Policy, Start, StreamOptions};
+//!
+//! let client = Client::connect()?;
+//! let options = StreamOptions::new().with_policy(Policy::Overwrite).with_persist(Some(Durability::None));
+//! let mut slow = client.subscriber_with("ticks", Start::Latest, options)?;
+//! loop {
+//!     slow.poll(64, |m| std::thread::sleep(std::time::Duration::from_millis(1)))?;
+//!     // Publishers never wait for `slow`; it never loses a message either.
+//!     assert_eq!(slow.overrun_bytes(), 0);
+//! #   break;
+//! }
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
 //! A subscriber is owned by one thread (`&mut self` methods) and may be
 //! moved between threads. `poll` and the typed `poll_typed` never block;
 //! `poll_blocking` and the `recv*` methods sleep on the ring's futex until a
 //! publisher commits or the timeout passes. Nothing here talks to the
-//! daemon, so reading goes on while the daemon restarts.
+//! daemon except that detour to the log, so reading goes on while the
+//! daemon restarts (a subscriber that needs the log meanwhile waits for it:
+//! its polls hand out nothing until rilld answers).
 
 use crate::client::HandleGuard;
 use crate::protocol::StreamInfo;
-use crate::replay::Replay;
+use crate::error::ClientError;
+use crate::protocol::{ErrorCode, Policy};
+use crate::replay::{LogReader, LogState};
 use crate::typed::{self, Decode, DecodeError, DecodeOwned, RecvError, TypedMessage};
 use rill_shm::ring::{Message, PollError, Ring};
 use rkyv::util::AlignedVec;
@@ -48,27 +75,73 @@ pub struct Subscriber {
     guard: HandleGuard,
 }
 
-/// Where messages come from: the log on disk first (a replay), then the
-/// ring, skipping what lies before the start asked for.
+/// Where messages come from: the log on disk (a replay, first; later, on a
+/// persisted overwrite stream, whatever publishers overwrote before it was
+/// read), then the ring, skipping what lies before the start asked for.
 #[derive(Debug)]
 struct Source {
     inner: rill_shm::ring::Subscriber,
-    replay: Option<Replay>,
+    log: Option<LogReader>,
     /// Ring messages before this position are passed over.
     skip_before: u64,
+    /// Padding frames read from the log.
+    log_padding: u64,
+    /// A persisted overwrite stream: overruns continue from its log.
+    resume: Option<Resume>,
 }
 
+/// Continuing from the log after overruns (persisted overwrite streams).
+#[derive(Debug)]
+struct Resume {
+    stream: String,
+    /// Overruns continued from the log.
+    overruns: u64,
+    /// Stream bytes read from the log after overruns.
+    bytes: u64,
+    /// Where the continuation being read started.
+    from: u64,
+    /// A continuation from here found nothing more on disk: if the ring
+    /// has lost this position again, the log cannot have it.
+    stalled_at: Option<u64>,
+    /// rilld could not be reached: not asked again before then.
+    retry_at: Option<Instant>,
+}
+
+/// Most rounds of log, ring, log... in one poll (bounds its work).
+const MAX_ROUNDS: usize = 4;
+/// Wait before asking an unreachable rilld for the log again.
+const LOG_RETRY: Duration = Duration::from_millis(20);
+
 impl Source {
-    fn poll<F: FnMut(Message<'_>)>(&mut self, limit: usize, handler: &mut F) -> Result<usize, PollError> {
-        if let Some(r) = &mut self.replay {
-            let (n, done) = r.poll(limit, handler)?;
-            if done {
-                self.replay = None;
+    fn position(&self) -> u64 {
+        self.log.as_ref().map_or_else(|| self.inner.position(), LogReader::position)
+    }
+
+    fn poll<F: FnMut(Message<'_>)>(&mut self, guard: &HandleGuard, limit: usize, handler: &mut F) -> Result<usize, PollError> {
+        let mut n = 0;
+        for _ in 0..MAX_ROUNDS {
+            if let Some(log) = &mut self.log {
+                let (k, state) = log.poll(limit - n, handler)?;
+                n += k;
+                match state {
+                    LogState::More => return Ok(n),
+                    LogState::Done => self.finish_log(false),
+                    LogState::End => self.finish_log(true),
+                }
             }
-            if n > 0 || !done {
+            if n >= limit {
+                return Ok(n);
+            }
+            n += self.poll_ring(limit - n, handler)?;
+            let Some(at) = self.inner.overrun_at() else { return Ok(n) };
+            if n >= limit || !self.fetch_log(guard, at)? {
                 return Ok(n);
             }
         }
+        Ok(n)
+    }
+
+    fn poll_ring<F: FnMut(Message<'_>)>(&mut self, limit: usize, handler: &mut F) -> Result<usize, PollError> {
         if self.skip_before > self.inner.position() {
             let skip = self.skip_before;
             let mut n = 0;
@@ -83,18 +156,94 @@ impl Source {
         self.inner.poll(limit, handler)
     }
 
-    fn poll_blocking<F: FnMut(Message<'_>)>(&mut self, limit: usize, handler: &mut F, deadline: Instant) -> Result<usize, PollError> {
+    /// The log reader is through: a replay hands over to the ring where
+    /// the subscriber was attached; a continuation at the end of what is
+    /// on disk, where the ring holds on (or, if publishers have lapped that
+    /// too, the archiver has moved past it and the log holds more).
+    fn finish_log(&mut self, continuation: bool) {
+        let Some(log) = self.log.take() else { return };
+        self.log_padding += log.padding_bytes();
+        if continuation {
+            let end = log.position();
+            if let Some(r) = &mut self.resume {
+                r.bytes += end - r.from;
+                r.stalled_at = (end == r.from).then_some(end);
+            }
+            self.inner.seek(end);
+        }
+    }
+
+    /// The ring lost what it held from `at` on before it was read: asks
+    /// rilld for the log from there. Returns whether a log reader is set;
+    /// `false` while rilld cannot be reached (the subscriber waits at `at`,
+    /// and asks again a little later).
+    fn fetch_log(&mut self, guard: &HandleGuard, at: u64) -> Result<bool, PollError> {
+        let Some(r) = &mut self.resume else {
+            unreachable!("only a persisted overwrite stream's subscriber stops on overruns")
+        };
+        if r.retry_at.is_some_and(|t| Instant::now() < t) {
+            return Ok(false);
+        }
+        if r.stalled_at == Some(at) {
+            // The archiver's slot holds publishers back, so whatever they
+            // overwrite is on disk first: this is a lost archiver slot.
+            let reason = "publishers overwrote the ring from here, and the stream's log ends here: the messages from here on are lost".into();
+            return Err(PollError::Replay { position: at, reason });
+        }
+        match guard.log_segments(&r.stream, at) {
+            Ok((log, files)) => {
+                if r.retry_at.take().is_some() {
+                    tracing::info!(stream = %r.stream, position = at, "rilld reachable again: reading the log");
+                }
+                r.overruns += 1;
+                r.from = at;
+                let segments = log.segments.iter().copied().zip(files).collect();
+                let start = (log.start_offset, log.start_batch);
+                self.log = Some(LogReader::continuation(segments, at, start, at.max(self.skip_before), log.archived));
+                Ok(true)
+            }
+            Err(e) if matches!(e, ClientError::Connect { .. } | ClientError::Wire(_) | ClientError::TimedOut { .. })
+                || e.code() == Some(ErrorCode::ShuttingDown) =>
+            {
+                if r.retry_at.is_none() {
+                    tracing::warn!(stream = %r.stream, position = at, error = %e,
+                        "overrun on a persisted stream, and rilld cannot be reached to read the log; waiting for it");
+                }
+                r.retry_at = Some(Instant::now() + LOG_RETRY);
+                Ok(false)
+            }
+            Err(e) => Err(PollError::Replay { position: at, reason: format!("publishers overwrote the ring from here; reading the log: {e}") }),
+        }
+    }
+
+    fn poll_blocking<F: FnMut(Message<'_>)>(
+        &mut self,
+        guard: &HandleGuard,
+        limit: usize,
+        handler: &mut F,
+        deadline: Instant,
+    ) -> Result<usize, PollError> {
+        if limit == 0 {
+            return Ok(0);
+        }
         loop {
-            if self.replay.is_some() || self.skip_before > self.inner.position() {
-                let n = self.poll(limit, handler)?;
+            let off_ring = self.log.is_some() || self.inner.overrun_at().is_some();
+            if off_ring || self.skip_before > self.inner.position() {
+                let n = self.poll(guard, limit, handler)?;
                 if n > 0 {
                     return Ok(n);
                 }
-                if self.replay.is_some() {
+                let now = Instant::now();
+                if now >= deadline {
+                    return Ok(0);
+                }
+                if let Some(t) = self.resume.as_ref().and_then(|r| r.retry_at).filter(|_| self.inner.overrun_at().is_some()) {
+                    // Waiting for rilld to read the log.
+                    std::thread::sleep(t.min(deadline).saturating_duration_since(now));
                     continue;
                 }
-                if Instant::now() >= deadline {
-                    return Ok(0);
+                if self.log.is_some() || self.inner.overrun_at().is_some() {
+                    continue;
                 }
                 // Skipping in the ring: wait for more, then filter again.
                 if !self.inner.has_data() {
@@ -102,33 +251,42 @@ impl Source {
                 }
                 continue;
             }
-            return self.inner.poll_blocking(limit, handler, deadline);
+            let n = self.inner.poll_blocking(limit, &mut *handler, deadline)?;
+            if n > 0 || self.inner.overrun_at().is_none() {
+                return Ok(n);
+            }
         }
     }
 }
 
 impl Subscriber {
     pub(crate) fn new(
-        inner: rill_shm::ring::Subscriber,
+        mut inner: rill_shm::ring::Subscriber,
         info: StreamInfo,
         guard: HandleGuard,
-        replay: Option<Replay>,
+        replay: Option<LogReader>,
         skip_before: u64,
     ) -> Self {
-        Subscriber { src: Source { inner, replay, skip_before }, scratch: AlignedVec::new(), info, guard }
+        let resume = (info.persist.is_some() && info.policy == Policy::Overwrite).then(|| {
+            inner.set_stop_on_overrun(true);
+            Resume { stream: info.name.clone(), overruns: 0, bytes: 0, from: 0, stalled_at: None, retry_at: None }
+        });
+        let src = Source { inner, log: replay, skip_before, log_padding: 0, resume };
+        Subscriber { src, scratch: AlignedVec::new(), info, guard }
     }
 
-    /// Whether this subscriber is still reading the stream's log from disk
-    /// (it started before what the ring holds), before the live ring.
+    /// Whether this subscriber is reading the stream's log from disk: a
+    /// replay (it started before what the ring holds), or, on a persisted
+    /// overwrite stream, what publishers overwrote before it was read.
     pub fn is_replaying(&self) -> bool {
-        self.src.replay.is_some()
+        self.src.log.is_some()
     }
 
     /// Hands up to `limit` messages, in order, to `handler`; returns how
     /// many. Never blocks.
     #[inline]
     pub fn poll<F: FnMut(Message<'_>)>(&mut self, limit: usize, mut handler: F) -> Result<usize, PollError> {
-        self.src.poll(limit, &mut handler)
+        self.src.poll(&self.guard, limit, &mut handler)
     }
 
     /// How long the blocking calls (`poll_blocking`, `recv*`) spin for a
@@ -148,7 +306,7 @@ impl Subscriber {
         timeout: Duration,
         mut handler: F,
     ) -> Result<usize, PollError> {
-        self.src.poll_blocking(limit, &mut handler, Instant::now() + timeout)
+        self.src.poll_blocking(&self.guard, limit, &mut handler, Instant::now() + timeout)
     }
 
     /// Waits up to `timeout` for the next message and returns what `f`
@@ -157,6 +315,7 @@ impl Subscriber {
         let mut f = Some(f);
         let mut out = None;
         self.src.poll_blocking(
+            &self.guard,
             1,
             &mut |m| {
                 if let Some(f) = f.take() {
@@ -183,7 +342,7 @@ impl Subscriber {
         F: FnMut(Result<TypedMessage<'_, T>, DecodeError>),
     {
         let scratch = &mut self.scratch;
-        self.src.poll(limit, &mut |m| handler(decode::<T>(&m, scratch)))
+        self.src.poll(&self.guard, limit, &mut |m| handler(decode::<T>(&m, scratch)))
     }
 
     /// Waits up to `timeout` for the next message, validates it as an
@@ -217,6 +376,7 @@ impl Subscriber {
         let mut f = Some(f);
         let mut out = None;
         self.src.poll_blocking(
+            &self.guard,
             1,
             &mut |m| out = Some(decode::<T>(&m, scratch).map(|t| f.take().map(|f| f(t)))),
             Instant::now() + timeout,
@@ -226,25 +386,54 @@ impl Subscriber {
 
     /// Whether a message (or an overrun) is waiting.
     pub fn has_data(&self) -> bool {
-        self.src.inner.has_data()
+        self.src.log.is_some() || self.src.inner.has_data()
     }
 
-    /// The next position this subscriber reads.
+    /// The next position this subscriber reads (in the log while
+    /// [`is_replaying`](Self::is_replaying)).
     pub fn position(&self) -> u64 {
-        self.src.inner.position()
+        self.src.position()
     }
 
-    /// Bytes lost to overruns (overwrite streams only) since it opened.
+    /// Bytes lost to overruns since it opened: on an overwrite stream that
+    /// is not persisted, what publishers overwrote before this subscriber
+    /// read it (it is moved on to the oldest message still intact). Always
+    /// 0 on a persisted overwrite stream: there an overrun at position `p`
+    /// is continued from the stream's log on disk, from `p` on, without a
+    /// gap or a duplicate (see [`recovered_overruns`](Self::recovered_overruns));
+    /// the poll that meets it asks rilld for the segment files (one round
+    /// trip, and a wait while rilld cannot be reached), and a poll fails
+    /// with [`PollError::Replay`] only if the log no longer holds `p`
+    /// (deleted by retention, or damaged).
     pub fn overrun_bytes(&self) -> u64 {
         self.src.inner.overrun_bytes()
     }
 
+    /// Persisted overwrite streams: how often publishers overran this
+    /// subscriber and it continued from the stream's log.
+    pub fn recovered_overruns(&self) -> u64 {
+        self.src.resume.as_ref().map_or(0, |r| r.overruns)
+    }
+
+    /// Persisted overwrite streams: stream bytes read from the log after
+    /// overruns (what a subscriber of an unpersisted stream would have
+    /// lost).
+    pub fn recovered_bytes(&self) -> u64 {
+        let reading = match (&self.src.resume, &self.src.log) {
+            (Some(r), Some(log)) if self.src.inner.overrun_at().is_some() => log.position() - r.from,
+            _ => 0,
+        };
+        self.src.resume.as_ref().map_or(0, |r| r.bytes) + reading
+    }
+
     /// Bytes of padding frames passed over since it opened (wrap padding,
-    /// and claims abandoned by dead publishers that the daemon padded).
-    /// From the start position `s`: `position() - s` = the frame spans of
-    /// the messages handed out + `padding_bytes()` + `overrun_bytes()`.
+    /// and claims abandoned by dead publishers that the daemon padded), in
+    /// the ring and in the log. From the start position `s`: `position() -
+    /// s` = the frame spans of the messages handed out + `padding_bytes()`
+    /// + `overrun_bytes()`.
     pub fn padding_bytes(&self) -> u64 {
-        self.src.inner.padding_bytes()
+        let reading = self.src.log.as_ref().map_or(0, LogReader::padding_bytes);
+        self.src.inner.padding_bytes() + self.src.log_padding + reading
     }
 
     /// This subscriber's slot in the ring.

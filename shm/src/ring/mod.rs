@@ -32,11 +32,28 @@
 //! # Policies
 //! * Back-pressure (default): a publisher may not claim past the slowest
 //!   live subscriber plus one ring (`limit`). Readers get zero-copy slices.
-//! * Overwrite: publishers never wait. A reader copies each frame out and
-//!   then checks the tail (a seqlock read, as in Agrona's broadcast buffer):
-//!   if a publisher claimed over the frame meanwhile, the copy is discarded,
-//!   the reader is told it was overrun by how many bytes, and resumes at the
-//!   next lap boundary that is still intact.
+//! * Overwrite: publishers never wait for ordinary subscribers. A reader
+//!   copies each frame out and then checks the tail (a seqlock read, as in
+//!   Agrona's broadcast buffer): if a publisher claimed over the frame
+//!   meanwhile, the copy is discarded, the reader is told it was overrun by
+//!   how many bytes, and resumes at the next lap boundary that is still
+//!   intact (or, if it asked to, stops there: see
+//!   [`Subscriber::set_stop_on_overrun`]).
+//!
+//! # Holding slots
+//! An overwrite ring may also have *holding* slots ([`Ring::attach_holding`],
+//! [`Subscriber::set_hold`]; [`SLOT_HOLDING`] in the slot's state word):
+//! publishers treat them exactly as back-pressure publishers treat every
+//! slot, so their limit is the lowest holding position plus one ring (and,
+//! as always, at most one ring past `head`). A holding slot reads zero-copy.
+//! rilld gives one to the archiver of a persisted overwrite stream: no
+//! frame is overwritten before it is on disk, so an ordinary subscriber
+//! that is lapped at `p` finds everything from `p` up to the archiver's
+//! position in the log, and everything from there still in the ring.
+//! Publishers read the slots only when their cached limit runs out (about
+//! once a ring), never per message, so a ring without holding slots costs
+//! what it did. A holding slot joins by the same protocol as a
+//! back-pressure subscriber (see `subscription`).
 //!
 //! # Who may call what
 //! A [`Ring`] handle is `Send + Sync` and cheap to clone. A publication or
@@ -135,7 +152,8 @@ pub(crate) fn committed(mem: &RingMemory, salt: u64, off: usize, p: u64) -> Opti
 pub enum Policy {
     /// Wait for the slowest live subscriber (offer returns `BackPressured`).
     BackPressure,
-    /// Never wait; slow subscribers are overrun and told so.
+    /// Never wait, except for holding slots ([`Ring::attach_holding`]);
+    /// slow subscribers are overrun and told so.
     Overwrite,
 }
 
@@ -311,6 +329,10 @@ pub struct SlotInfo {
     pub heartbeat_ns: u64,
     /// Bytes lost to overruns.
     pub overrun_bytes: u64,
+    /// A holding slot of an overwrite ring ([`Ring::attach_holding`]):
+    /// its position holds publishers back. (On a back-pressure ring every
+    /// live slot does, and this is false.)
+    pub holding: bool,
 }
 
 #[derive(Debug)]
@@ -442,12 +464,14 @@ impl Ring {
         (0..hwm)
             .filter_map(|i| {
                 let s = mem.slot(i)?;
-                (s.state.load(Ordering::Acquire) == SLOT_ACTIVE).then(|| SlotInfo {
+                let state = s.state.load(Ordering::Acquire);
+                (state == SLOT_ACTIVE || state == SLOT_HOLDING).then(|| SlotInfo {
                     index: i,
                     pid: s.pid.load(Ordering::Relaxed),
                     position: s.position.load(Ordering::Acquire),
                     heartbeat_ns: s.heartbeat_ns.load(Ordering::Relaxed),
                     overrun_bytes: s.overrun_bytes.load(Ordering::Relaxed),
+                    holding: state == SLOT_HOLDING,
                 })
             })
             .collect()
@@ -533,8 +557,10 @@ impl Ring {
         Publication::new(self.clone())
     }
 
-    /// A subscriber with its own slot: zero-copy reads, and (back-pressure
-    /// policy) its position holds publishers back.
+    /// A subscriber with its own slot: on a back-pressure ring, zero-copy
+    /// reads, and its position holds publishers back; on an overwrite ring,
+    /// copied and validated reads that never hold anyone back (see
+    /// [`Ring::attach_holding`] for a slot that does).
     pub fn subscribe(&self, start: Start) -> Result<Subscriber, SubscribeError> {
         Subscriber::join(self.clone(), start)
     }
@@ -544,7 +570,18 @@ impl Ring {
     /// calls this and hands the subscriber its slot page; the subscriber
     /// then builds its reader with [`Ring::subscriber_on_slot`].
     pub fn attach_subscriber(&self, start: Start, pid: u32) -> Result<(u32, u64), SubscribeError> {
-        Subscriber::attach(self, start, pid)
+        Subscriber::attach(self, start, pid, false)
+    }
+
+    /// Like [`Ring::attach_subscriber`], for a slot that holds publishers
+    /// back whatever the ring's policy: on an overwrite ring it becomes a
+    /// holding slot ([`SLOT_HOLDING`]) by the join protocol, so from the
+    /// position returned on no publisher overwrites a frame before the
+    /// slot has moved past it, and its subscriber reads zero-copy. The
+    /// daemon takes one for the archiver of every persisted stream. (On a
+    /// back-pressure ring this is `attach_subscriber`.)
+    pub fn attach_holding(&self, start: Start, pid: u32) -> Result<(u32, u64), SubscribeError> {
+        Subscriber::attach(self, start, pid, true)
     }
 
     /// A subscriber on slot `slot`, attached at `position` by

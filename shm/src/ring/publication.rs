@@ -25,7 +25,7 @@
 use super::{claimed, commit, committed, Policy, Ring};
 use crate::frame::{frame_span, pack_len_kind, FrameKind, HEADER_LEN, WORD_LEN_KIND, WORD_POSITION};
 use crate::frame::WORD_TIMESTAMP;
-use crate::layout::SLOT_ACTIVE;
+use crate::layout::{SLOT_ACTIVE, SLOT_HOLDING};
 use crate::sync::{fence, Ordering};
 use std::marker::PhantomData;
 use std::time::Instant;
@@ -35,8 +35,10 @@ use thiserror::Error;
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum ClaimError {
     /// The slowest live subscriber is a whole ring behind (back-pressure
-    /// policy), or another publisher's unfinished claim is (either policy:
-    /// a publisher never laps an uncommitted frame); retry later.
+    /// policy), or a holding slot is (either policy: the archiver of a
+    /// persisted stream, until it has the frames on disk), or another
+    /// publisher's unfinished claim is (either policy: a publisher never
+    /// laps an uncommitted frame); retry later.
     #[error("back-pressured: a subscriber or an unfinished claim is a whole ring behind")]
     BackPressured,
     /// The message is longer than the ring's maximum.
@@ -325,37 +327,42 @@ impl<M: ClaimMode> Publication<M> {
         }
     }
 
-    /// Recomputes the limit: one ring past the slowest live subscriber
-    /// (back-pressure), or, with no slotted subscriber or under the
-    /// overwrite policy, one ring past `head`, the oldest frame that may
-    /// still be uncommitted. The second bound is what keeps a publisher from
-    /// lapping another publisher's unfinished claim (whose late writes would
-    /// land in newer frames and tear them).
+    /// Recomputes the limit. Back-pressure: one ring past the slowest live
+    /// subscriber, or, with none, one ring past `head`, the oldest frame
+    /// that may still be uncommitted. Overwrite: one ring past `head`, and
+    /// no more than one ring past the slowest holding slot (a persisted
+    /// stream's archiver), if any. The `head` bound is what keeps a
+    /// publisher from lapping another publisher's unfinished claim (whose
+    /// late writes would land in newer frames and tear them); an overwrite
+    /// ring keeps it even with holding slots, because a holding slot may
+    /// join at the tail, past a claim not yet committed.
     ///
     /// Joiners read `limit_granted` after publishing their slot; we publish
     /// our limit there and then look at the slots again. Both sides use
     /// SeqCst, so (Dekker) either the joiner sees our new limit and starts
     /// within it, or our second look sees the joiner and we lower our limit.
+    /// Under the overwrite policy only joiners of holding slots take part
+    /// (an ordinary reader validates what it copies and needs no promise),
+    /// but every refresh publishes its limit, so that a holding slot can
+    /// join at any time. All of it runs here, once a ring or so, never per
+    /// message.
     #[cold]
     fn refresh_limit(&mut self, tail: u64) {
         let counters = self.ring.inner.mem.counters();
-        let first = if self.back_pressure { self.min_subscriber() } else { None };
+        let first = self.min_holding();
         let limit = match first {
-            Some(min) => {
-                // A subscriber position is a boundary with everything before
-                // it committed: a valid head.
+            Some(min) if self.back_pressure => {
+                // A back-pressure subscriber's position is a boundary with
+                // everything before it committed: a valid head.
                 // SYNC(head): Release pairs with the Acquire loads of head.
                 counters.head.value.fetch_max(min, Ordering::Release);
                 min + self.capacity
             }
+            Some(min) => min.min(self.advance_head(tail)) + self.capacity,
             None => self.advance_head(tail) + self.capacity,
         };
-        if !self.back_pressure {
-            self.limit = limit;
-            return;
-        }
         counters.limit_granted.value.fetch_max(limit, Ordering::SeqCst);
-        let second = self.min_subscriber().map_or(limit, |m| m + self.capacity);
+        let second = self.min_holding().map_or(limit, |m| m + self.capacity);
         self.limit = limit.min(second);
     }
 
@@ -391,17 +398,23 @@ impl<M: ClaimMode> Publication<M> {
         head.load(Ordering::Acquire)
     }
 
-    fn min_subscriber(&self) -> Option<u64> {
+    /// The lowest position of the slots that hold publishers back: every
+    /// live slot of a back-pressure ring, the holding slots of an
+    /// overwrite ring.
+    fn min_holding(&self) -> Option<u64> {
         let mem = &self.ring.inner.mem;
         let hwm = mem.counters().publishers.value.slot_hwm.load(Ordering::SeqCst).min(mem.slot_count());
+        let back_pressure = self.back_pressure;
         (0..hwm)
             .filter_map(|i| {
                 let s = mem.slot(i)?;
-                // SYNC(slot): SeqCst loads pair with the joiner's SeqCst store
+                // SYNC(slot): SeqCst loads pair with the joiner's SeqCst stores
                 // (Dekker, above) and, being at least Acquire, with the
                 // subscriber's Release position store: data it has read is no
                 // longer read once we see its position past it.
-                (s.state.load(Ordering::SeqCst) == SLOT_ACTIVE).then(|| s.position.load(Ordering::SeqCst))
+                let state = s.state.load(Ordering::SeqCst);
+                let holds = state == SLOT_HOLDING || (back_pressure && state == SLOT_ACTIVE);
+                holds.then(|| s.position.load(Ordering::SeqCst))
             })
             .min()
     }

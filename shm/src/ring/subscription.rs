@@ -4,19 +4,29 @@
 //! A subscriber with a slot (`Ring::subscribe`) on a back-pressure ring
 //! reads zero-copy: the handler gets `&[u8]` into the ring, valid for the
 //! call, because publishers cannot pass the subscriber's position until
-//! `poll` publishes it (once per call, with release). Every other reader
-//! (overwrite policy, or detached) copies each frame out, then checks that
-//! no publisher claimed over it meanwhile (seqlock validation); a lapped
-//! reader skips to the next intact lap boundary and reports the bytes it
-//! lost, and never hands out torn data.
+//! `poll` publishes it (once per call, with release). So does a *holding*
+//! slot on an overwrite ring (`Ring::attach_holding`, or
+//! [`Subscriber::set_hold`]): publishers of an overwrite ring heed holding
+//! slots exactly as back-pressure publishers heed every slot. Every other
+//! reader (an ordinary overwrite subscriber, or a detached one) copies each
+//! frame out, then checks that no publisher claimed over it meanwhile
+//! (seqlock validation); a lapped reader skips to the next intact lap
+//! boundary and reports the bytes it lost, and never hands out torn data.
+//! Asked to ([`Subscriber::set_stop_on_overrun`]), it stops where it was
+//! lapped instead, so that its owner can fetch the lost frames elsewhere
+//! (a persisted stream's log) and [`Subscriber::seek`] past them.
 //!
 //! Joining (the protocol publishers' `refresh_limit` pairs with): store our
 //! slot position (SeqCst), load `limit_granted` (SeqCst); if a publisher may
-//! already write over our start, pick a later start and repeat.
+//! already write over our start, pick a later start and repeat. A holding
+//! slot of an overwrite ring joins the same way, except that its state
+//! becomes `SLOT_HOLDING` after its position is stored, and it reads
+//! `limit_granted` with an RMW (see `granted_after_publishing`); an
+//! ordinary overwrite slot needs no promise and just takes its start.
 
 use super::{committed, Policy, Ring};
 use crate::frame::{frame_span, unpack_len_kind, FrameKind, HEADER_LEN, WORD_LEN_KIND, WORD_TIMESTAMP};
-use crate::layout::{SLOT_ACTIVE, SLOT_FREE};
+use crate::layout::{SLOT_ACTIVE, SLOT_FREE, SLOT_HOLDING};
 use crate::sync::{fence, Ordering};
 use std::time::{Duration, Instant};
 use thiserror::Error;
@@ -135,18 +145,31 @@ pub struct Subscriber {
     /// Free the slot when dropped (else it stays, holding publishers back,
     /// for whoever takes it over: the archiver after a daemon restart).
     release_on_drop: bool,
+    /// The state our slot is in while it is ours: `SLOT_ACTIVE`, or
+    /// `SLOT_HOLDING` for a holding slot of an overwrite ring.
+    slot_state: u32,
+    /// Validated reads: stop where publishers lapped us instead of skipping
+    /// ahead (see `set_stop_on_overrun`).
+    stop_on_overrun: bool,
+    /// Where a validated reader stopped because it was lapped there.
+    stopped_at: Option<u64>,
 }
 
 impl Subscriber {
     pub(crate) fn join(ring: Ring, start: Start) -> Result<Self, SubscribeError> {
-        let (slot, position) = Self::attach(&ring, start, std::process::id())?;
+        let (slot, position) = Self::attach(&ring, start, std::process::id(), false)?;
         Ok(Self::with_slot(ring, slot, position))
     }
 
     /// Takes a free slot for a subscriber of process `pid` and finds its
     /// start (the join protocol); returns the slot index and position.
-    pub(crate) fn attach(ring: &Ring, start: Start, pid: u32) -> Result<(u32, u64), SubscribeError> {
-        if !ring.inner.mem.slots_writable() {
+    /// `hold`: the slot holds publishers back whatever the policy (on an
+    /// overwrite ring it becomes `SLOT_HOLDING`).
+    pub(crate) fn attach(ring: &Ring, start: Start, pid: u32, hold: bool) -> Result<(u32, u64), SubscribeError> {
+        let back_pressure = ring.inner.info.policy == Policy::BackPressure;
+        // A holding join reads `limit_granted` with an RMW (see
+        // `granted_after_publishing`).
+        if !ring.inner.mem.slots_writable() || (!back_pressure && hold && !ring_writable(ring)) {
             return Err(SubscribeError::ReadOnly);
         }
         let mem = &ring.inner.mem;
@@ -162,7 +185,7 @@ impl Subscriber {
         s.overrun_bytes.store(0, Ordering::Relaxed);
         s.heartbeat_ns.store(0, Ordering::Relaxed);
         let probe = Self::detached(ring.clone(), start);
-        if ring.inner.info.policy != Policy::BackPressure {
+        if !back_pressure && !hold {
             s.position.store(probe.position, Ordering::Release);
             // Listed like any other slot (monitoring, reaping, reclaimer).
             mem.counters().publishers.value.slot_hwm.fetch_max(slot + 1, Ordering::SeqCst);
@@ -176,7 +199,16 @@ impl Subscriber {
         loop {
             s.position.store(p, Ordering::SeqCst);
             counters.publishers.value.slot_hwm.fetch_max(slot + 1, Ordering::SeqCst);
-            let granted = counters.limit_granted.value.load(Ordering::SeqCst);
+            let granted = if back_pressure {
+                counters.limit_granted.value.load(Ordering::SeqCst)
+            } else {
+                // From here on publishers heed the slot (at `p`, or at a
+                // later start stored by a later round: only ever later).
+                // SYNC(join): pairs with the publishers' SeqCst slot scan in
+                // `min_holding`, through the RMW below (see there).
+                s.state.store(SLOT_HOLDING, Ordering::SeqCst);
+                granted_after_publishing(ring)
+            };
             if granted <= p + cap {
                 return Ok((slot, p));
             }
@@ -189,13 +221,24 @@ impl Subscriber {
     }
 
     /// A subscriber on a slot already attached (by `attach`, here or in the
-    /// daemon) at `position`.
+    /// daemon) at `position`. A holding slot of an overwrite ring
+    /// (`SLOT_HOLDING`) reads zero-copy like any slot of a back-pressure
+    /// ring.
     pub(crate) fn with_slot(ring: Ring, slot: u32, position: u64) -> Self {
         let mut sub = Self::detached(ring, Start::Latest);
-        sub.slot_pid = sub.ring.inner.mem.slot(slot).map_or(0, |s| s.pid.load(Ordering::Relaxed));
+        let (pid, state) = sub
+            .ring
+            .inner
+            .mem
+            .slot(slot)
+            .map_or((0, SLOT_ACTIVE), |s| (s.pid.load(Ordering::Relaxed), s.state.load(Ordering::Acquire)));
+        sub.slot_pid = pid;
         sub.slot = Some(slot);
         sub.position = position;
-        sub.zero_copy = sub.ring.inner.info.policy == Policy::BackPressure;
+        sub.held = position;
+        let holding = state == SLOT_HOLDING;
+        sub.slot_state = if holding { SLOT_HOLDING } else { SLOT_ACTIVE };
+        sub.zero_copy = sub.ring.inner.info.policy == Policy::BackPressure || holding;
         sub
     }
 
@@ -218,6 +261,9 @@ impl Subscriber {
             hold: false,
             held: tail,
             release_on_drop: true,
+            slot_state: SLOT_ACTIVE,
+            stop_on_overrun: false,
+            stopped_at: None,
             ring,
         };
         if start == Start::Oldest {
@@ -252,7 +298,9 @@ impl Subscriber {
         self.position
     }
 
-    /// Total bytes lost to overruns so far.
+    /// Total bytes lost to overruns so far (skipped over; a reader that
+    /// stops on overruns, see [`set_stop_on_overrun`](Self::set_stop_on_overrun),
+    /// loses none).
     pub fn overrun_bytes(&self) -> u64 {
         self.overrun_bytes
     }
@@ -304,7 +352,7 @@ impl Subscriber {
     fn check_slot(&self) -> Result<(), PollError> {
         let Some(i) = self.slot else { return Ok(()) };
         let ours = self.ring.inner.mem.slot(i).is_some_and(|s| {
-            s.state.load(Ordering::Relaxed) == SLOT_ACTIVE && s.pid.load(Ordering::Relaxed) == self.slot_pid
+            s.state.load(Ordering::Relaxed) == self.slot_state && s.pid.load(Ordering::Relaxed) == self.slot_pid
         });
         if ours {
             Ok(())
@@ -321,14 +369,16 @@ impl Subscriber {
     }
 
     /// Like [`poll`](Self::poll), but sleeps on the ring's futex until a
-    /// message arrives or `deadline` passes. Returns 0 on timeout.
+    /// message arrives or `deadline` passes. Returns 0 on timeout, and at
+    /// once when it stopped at an overrun
+    /// ([`set_stop_on_overrun`](Self::set_stop_on_overrun)).
     pub fn poll_blocking<F>(&mut self, limit: usize, mut handler: F, deadline: Instant) -> Result<usize, PollError>
     where
         F: FnMut(Message<'_>),
     {
         loop {
             let n = self.poll(limit, &mut handler)?;
-            if n > 0 {
+            if n > 0 || self.stopped_at.is_some() {
                 return Ok(n);
             }
             let now = Instant::now();
@@ -345,9 +395,38 @@ impl Subscriber {
     /// else (the archiver's io_uring writes straight from the ring): polls
     /// move [`position`](Self::position) on, but the slot keeps holding
     /// publishers back where it was until [`release_to`](Self::release_to),
-    /// so the frames between stay in place. Needs a slot (zero-copy).
+    /// so the frames between stay in place. Needs a slot.
+    ///
+    /// On an overwrite ring the slot becomes a holding slot (publishers
+    /// heed it as back-pressure publishers heed every slot) and reads turn
+    /// zero-copy; attach it holding in the first place
+    /// ([`Ring::attach_holding`](super::Ring::attach_holding)) when
+    /// publishers may be running, because turning an ordinary slot into a
+    /// holding one asserts that no publisher may yet write over its
+    /// position (the join protocol). Leaving hold mode there makes the slot
+    /// ordinary again (copied, validated reads).
+    ///
+    /// ```
+    /// use rill_shm::ring::{PagePreference, Policy, Ring, RingConfig, Start};
+    ///
+    /// let config = RingConfig { capacity: 4096, max_message_len: 256, policy: Policy::Overwrite,
+    ///                           slot_count: 4, pages: PagePreference::NormalOnly };
+    /// let ring = Ring::private(&config).unwrap();
+    /// let (slot, start) = ring.attach_holding(Start::Latest, std::process::id()).unwrap();
+    /// let mut archiver = ring.subscriber_on_slot(slot, start).unwrap();
+    /// archiver.set_hold(true);
+    /// let mut publ = ring.exclusive_publication().unwrap();
+    /// while publ.offer(&[7; 200]).is_ok() {}      // stops a ring past `start`
+    /// assert!(ring.tail() <= start + 4096);
+    /// archiver.poll(64, |_| ()).unwrap();         // read, not yet released
+    /// archiver.release_to(archiver.position());   // e.g. once written to disk
+    /// assert!(publ.offer(&[7; 200]).is_ok());
+    /// ```
     pub fn set_hold(&mut self, hold: bool) {
-        assert!(self.zero_copy, "hold mode needs a subscriber with a slot");
+        assert!(self.slot.is_some(), "hold mode needs a subscriber with a slot");
+        if hold && !self.zero_copy {
+            self.make_holding();
+        }
         if hold && !self.hold {
             self.held = self.position;
         }
@@ -356,7 +435,87 @@ impl Subscriber {
             let p = self.position;
             self.position = self.held;
             self.advance(p);
+            if self.slot_state == SLOT_HOLDING {
+                self.make_ordinary();
+            }
         }
+    }
+
+    /// Overwrite ring: turns our ordinary slot into a holding one at our
+    /// position, by the join protocol (see the module docs).
+    #[cold]
+    fn make_holding(&mut self) {
+        let i = self.slot.expect("checked by the caller");
+        let s = self.ring.inner.mem.slot(i).expect("a subscriber's own slot is mapped");
+        assert!(ring_writable(&self.ring), "hold mode on an overwrite ring needs the ring mapped read-write");
+        s.position.store(self.position, Ordering::SeqCst);
+        // A slot taken back meanwhile stays taken back: the next poll says so.
+        // SYNC(join): as in `attach`.
+        let _ = s.state.compare_exchange(SLOT_ACTIVE, SLOT_HOLDING, Ordering::SeqCst, Ordering::Relaxed);
+        let granted = granted_after_publishing(&self.ring);
+        assert!(
+            granted <= self.position + self.capacity,
+            "hold mode at position {} on an overwrite ring whose publishers may already write up to {granted}: \
+             attach the slot with Ring::attach_holding instead",
+            self.position
+        );
+        self.slot_state = SLOT_HOLDING;
+        self.zero_copy = true;
+        self.stopped_at = None;
+    }
+
+    /// Overwrite ring: our holding slot goes back to an ordinary one.
+    #[cold]
+    fn make_ordinary(&mut self) {
+        let i = self.slot.expect("checked by the caller");
+        if let Some(s) = self.ring.inner.mem.slot(i) {
+            // SYNC(slot-state): Release pairs with the publishers' SeqCst scan.
+            let _ = s.state.compare_exchange(SLOT_HOLDING, SLOT_ACTIVE, Ordering::Release, Ordering::Relaxed);
+        }
+        self.slot_state = SLOT_ACTIVE;
+        self.zero_copy = false;
+    }
+
+    /// Whether this subscriber's slot holds publishers back: always on a
+    /// back-pressure ring; on an overwrite ring, a holding slot.
+    pub fn is_holding(&self) -> bool {
+        self.slot.is_some() && self.zero_copy
+    }
+
+    /// Validated readers (an ordinary subscriber of an overwrite ring, or a
+    /// detached one): when publishers have lapped the reader, stop there
+    /// instead of skipping ahead to the oldest intact frame. A poll then
+    /// hands out nothing more, [`overrun_at`](Self::overrun_at) says from
+    /// where the frames were lost and nothing is counted in
+    /// [`overrun_bytes`](Self::overrun_bytes), until the owner has found
+    /// them elsewhere (the stream's log) and [`seek`](Self::seek)s on.
+    pub fn set_stop_on_overrun(&mut self, stop: bool) {
+        self.stop_on_overrun = stop;
+        if !stop {
+            self.stopped_at = None;
+        }
+    }
+
+    /// With [`set_stop_on_overrun`](Self::set_stop_on_overrun): the
+    /// position from which publishers overwrote what this reader had not
+    /// read yet, if it stopped there.
+    pub fn overrun_at(&self) -> Option<u64> {
+        self.stopped_at
+    }
+
+    /// Moves a validated reader to `position`, which must be a frame
+    /// boundary of the stream (where a frame starts: the end of what its
+    /// owner read elsewhere, say). Reads go on from there; if the ring no
+    /// longer holds it, the next poll reports an overrun as usual. Panics
+    /// for a zero-copy reader, whose position holds publishers back.
+    pub fn seek(&mut self, position: u64) {
+        assert!(!self.zero_copy, "seek on a zero-copy subscriber");
+        assert!(
+            position.is_multiple_of(crate::frame::FRAME_ALIGNMENT as u64),
+            "seek to {position}, not a frame boundary"
+        );
+        self.stopped_at = None;
+        self.advance(position);
     }
 
     /// Hold mode: lets publishers reuse the ring up to `pos` (at most
@@ -533,11 +692,18 @@ impl Subscriber {
         let mut pos = self.position;
         let mut delivered = 0;
         let mut result = Ok(());
+        if self.stopped_at.is_some() {
+            return Ok(0);
+        }
         for _ in 0..limit {
             let off = self.off(pos);
             let Some(publisher_id) = committed(mem, self.salt, off, pos) else {
                 let tail = counters.tail.value.load(Ordering::Acquire);
                 if self.lapped_at(pos, tail) {
+                    if self.stop_on_overrun {
+                        self.stopped_at = Some(pos);
+                        break;
+                    }
                     pos = Self::overrun(self.capacity, pos, tail, &mut self.overrun_bytes, slot);
                     continue;
                 }
@@ -556,6 +722,10 @@ impl Subscriber {
             fence(Ordering::Acquire);
             let tail = counters.tail.value.load(Ordering::Relaxed);
             if self.lapped_at(pos, tail) {
+                if self.stop_on_overrun {
+                    self.stopped_at = Some(pos);
+                    break;
+                }
                 pos = Self::overrun(self.capacity, pos, tail, &mut self.overrun_bytes, slot);
                 continue;
             }
@@ -641,6 +811,29 @@ impl Subscriber {
     fn off(&self, p: u64) -> usize {
         (p & self.mask) as usize
     }
+}
+
+/// Whether this process may write the ring's counters.
+fn ring_writable(ring: &Ring) -> bool {
+    #[cfg(not(loom))]
+    return !ring.is_read_only();
+    #[cfg(loom)]
+    return {
+        let _ = ring;
+        true
+    };
+}
+
+/// A holding joiner's read of `limit_granted`, after it made its slot
+/// holding at its start: an RMW, not a load, so the handshake with
+/// `Publication::refresh_limit` holds by release/acquire alone. Either our
+/// RMW comes first in the word's modification order, and the publisher's
+/// `fetch_max` reads from it, synchronises with it and so sees our slot in
+/// its second look; or the publisher's comes first, and we read its limit
+/// (or a higher one). (The back-pressure join relies on SeqCst loads for
+/// the same; an RMW needs the ring writable, which a holding joiner's is.)
+fn granted_after_publishing(ring: &Ring) -> u64 {
+    ring.inner.mem.counters().limit_granted.value.fetch_max(0, Ordering::SeqCst)
 }
 
 impl Drop for Subscriber {

@@ -246,3 +246,106 @@ fn fresh_ring_starts_at_a_recovered_position() {
     sub.poll(8, |m| got.push((m.position, m.payload.to_vec()))).unwrap();
     assert_eq!(got, vec![(1 << 20, b"after recovery".to_vec())]);
 }
+
+/// Offers `[i; len]` until back-pressured (at most `max` times); returns
+/// the positions.
+fn fill(publ: &mut ExclusivePublication, len: usize, max: usize) -> Vec<u64> {
+    let mut positions = Vec::new();
+    while let Ok(p) = publ.offer(&vec![positions.len() as u8; len]) {
+        positions.push(p);
+        assert!(positions.len() <= max, "never back-pressured");
+    }
+    positions
+}
+
+#[test]
+fn overwrite_holding_slot_back_pressures_and_ordinary_reader_is_overrun() {
+    let ring = Ring::private(&cfg(4096, 256, Policy::Overwrite)).unwrap();
+    let (slot, start) = ring.attach_holding(Start::Latest, std::process::id()).unwrap();
+    let mut holder = ring.subscriber_on_slot(slot, start).unwrap();
+    holder.set_hold(true);
+    assert!(holder.is_holding());
+    let mut slow = ring.subscribe(Start::Latest).unwrap();
+    assert!(!slow.is_holding());
+    let listed = ring.subscribers();
+    assert_eq!(listed.iter().map(|s| (s.index, s.holding)).collect::<Vec<_>>(), [(slot, true), (slow.slot().unwrap(), false)]);
+    let mut publ = ring.exclusive_publication().unwrap();
+    // Held at the holding slot's position plus one ring, less the header of
+    // slack every claim keeps, exactly as under back-pressure.
+    let sent = fill(&mut publ, 32, 1000);
+    assert_eq!(sent.len(), (4096 - HEADER_LEN) / message_span(32));
+    assert_eq!(publ.offer(&[0; 32]), Err(ClaimError::BackPressured));
+    assert!(ring.tail() <= start + 4096);
+    // The holder reads every frame in place; polled past is still held.
+    let mut got = Vec::new();
+    while holder.poll(64, |m| got.push(m.position)).unwrap() > 0 {}
+    assert_eq!(got, sent);
+    assert_eq!(publ.offer(&[0; 32]), Err(ClaimError::BackPressured), "polled past, not released");
+    // Release half: the limit moves by exactly that much.
+    let half = sent[sent.len() / 2];
+    holder.release_to(half);
+    assert_eq!(ring.subscribers()[0].position, half);
+    let more = fill(&mut publ, 32, 1000);
+    assert_eq!(more.len() as u64, (half - start) / message_span(32) as u64);
+    assert!(ring.tail() + HEADER_LEN as u64 <= half + 4096);
+    // The ordinary reader, still at the start, was lapped and is told so;
+    // what it got is intact and in order, and it never held anyone back.
+    let mut seen = Vec::new();
+    while slow.poll(64, |m| seen.push((m.position, m.payload[0]))).unwrap() > 0 {}
+    assert!(slow.overrun_bytes() > 0);
+    assert_eq!(slow.position(), ring.tail());
+    let tagged = |v: &[u64]| v.iter().enumerate().map(|(i, &p)| (p, i as u8)).collect::<Vec<_>>();
+    let all: Vec<(u64, u8)> = tagged(&sent).into_iter().chain(tagged(&more)).collect();
+    assert!(seen.windows(2).all(|w| w[0].0 < w[1].0));
+    assert!(seen.iter().all(|m| all.contains(m)), "{seen:?} not all sent as such");
+    assert_eq!(seen.len() as u64 * message_span(32) as u64 + slow.overrun_bytes(), ring.tail() - start);
+    // Out of hold mode the slot is ordinary again: nothing holds the
+    // publisher back any more.
+    holder.set_hold(false);
+    assert!(!holder.is_holding() && !ring.subscribers()[0].holding);
+    for _ in 0..300 {
+        publ.offer(&[1; 32]).unwrap();
+    }
+}
+
+#[test]
+fn a_reader_that_stops_on_overrun_loses_nothing_and_seeks_on() {
+    let ring = Ring::private(&cfg(4096, 256, Policy::Overwrite)).unwrap();
+    let mut sub = ring.subscribe(Start::Latest).unwrap();
+    sub.set_stop_on_overrun(true);
+    let mut publ = ring.exclusive_publication().unwrap();
+    let positions: Vec<u64> = (0..300u32).map(|i| publ.offer(&i.to_le_bytes()).unwrap()).collect();
+    // Lapped at 0: it stops there, hands out nothing, counts nothing lost.
+    assert!(sub.has_data());
+    assert_eq!(sub.poll(64, |_| panic!("handed a message after the overrun")).unwrap(), 0);
+    assert_eq!((sub.overrun_at(), sub.position(), sub.overrun_bytes()), (Some(0), 0, 0));
+    assert_eq!(sub.poll(64, |_| panic!("moved on by itself")).unwrap(), 0);
+    // Its owner found messages 0..250 elsewhere: on from message 250.
+    sub.seek(positions[250]);
+    assert_eq!(sub.overrun_at(), None);
+    let mut got = Vec::new();
+    while sub.poll(64, |m| got.push(u32::from_le_bytes(m.payload.try_into().unwrap()))).unwrap() > 0 {}
+    assert_eq!(got, (250..300).collect::<Vec<_>>());
+    assert_eq!(sub.overrun_bytes(), 0);
+}
+
+#[test]
+fn an_ordinary_overwrite_slot_can_become_a_holding_one() {
+    let ring = Ring::private(&cfg(4096, 256, Policy::Overwrite)).unwrap();
+    let mut publ = ring.exclusive_publication().unwrap();
+    for i in 0..200u32 {
+        publ.offer(&i.to_le_bytes()).unwrap();
+    }
+    let mut sub = ring.subscribe(Start::Latest).unwrap();
+    let start = sub.position();
+    sub.set_hold(true);
+    assert!(sub.is_holding() && ring.subscribers()[0].holding);
+    let sent = fill(&mut publ, 32, 1000);
+    assert!(ring.tail() <= start + 4096);
+    let mut got = Vec::new();
+    while sub.poll(64, |m| got.push(m.position)).unwrap() > 0 {}
+    assert_eq!(got, sent);
+    drop(sub);
+    assert!(ring.subscribers().is_empty(), "dropping frees a holding slot too");
+    assert!(publ.offer(&[0; 32]).is_ok());
+}

@@ -15,9 +15,14 @@
 //! rill-worker claim-hang --socket S --stream NAME --publisher K --count N --seed S
 //! rill-worker denied     --socket S --deny NAME[,NAME..] --stream NAME --seed S --expect N [--ro-checks]
 //! ```
-//! Every role also takes `[--capacity BYTES] [--max-len BYTES]` (the shape
-//! of the stream if it creates it: default 64 KiB and 2048, back-pressure)
-//! and `[--stall-secs S]` (give up after that long without progress).
+//! Every role also takes `[--capacity BYTES] [--max-len BYTES]
+//! [--policy back-pressure|overwrite]` (the shape of the stream if it
+//! creates it: default 64 KiB, 2048, back-pressure) and `[--stall-secs S]`
+//! (give up after that long without progress). `subscribe` also takes
+//! `[--wait-file PATH]` (prints READY, then reads nothing until the file
+//! exists) and `[--sleep-us U [--sleep-every N]]` (a slow application:
+//! sleeps U microseconds in its handler after every N-th message, default
+//! every one).
 //!
 //! * `publish` sends messages `0..N` of publisher `K` (`rill_tests::payload`),
 //!   or as many as it can until the file `--until-file` exists, retrying
@@ -31,6 +36,9 @@
 //!   and stop; `--publishers P` exactly once and in order from sequence 0,
 //!   any count, until the done file exists and the tail is reached;
 //!   `--follow P` the same for a subscriber that joins mid-stream.
+//!   Its summary counts `recovered_overruns` and `recovered_bytes`: how
+//!   often a persisted overwrite stream's publishers overran it and it read
+//!   on from the log, and how much.
 //!   `--stop-after N` prints `STOPPED position=P` after N messages and then
 //!   sleeps without reading until killed. `--ro-checks` first probes, in
 //!   this process, whether the ring handed over can be written (see
@@ -105,7 +113,16 @@ fn connect(o: &Opts, role: &str) -> Result<Client> {
 fn stream_options(o: &Opts) -> Result<StreamOptions> {
     let max_len = u32::try_from(o.num("max-len", Some(2048))?).context("--max-len")?;
     let persist = o.get("persist").map(str::parse::<rill::Durability>).transpose().map_err(|e| anyhow!(e))?;
-    Ok(StreamOptions::new().with_capacity(o.num("capacity", Some(64 << 10))?).with_max_message_len(max_len).with_persist(persist))
+    let policy = match o.get("policy").unwrap_or("back-pressure") {
+        "back-pressure" => rill::Policy::BackPressure,
+        "overwrite" => rill::Policy::Overwrite,
+        other => bail!("unknown --policy {other:?} (back-pressure, overwrite)"),
+    };
+    Ok(StreamOptions::new()
+        .with_capacity(o.num("capacity", Some(64 << 10))?)
+        .with_max_message_len(max_len)
+        .with_policy(policy)
+        .with_persist(persist))
 }
 
 /// A stuck publisher or subscriber gives up after this long without
@@ -401,6 +418,15 @@ fn run_subscriber(o: &Opts, client: &Client, sub: Subscriber) -> Result<bool> {
     };
     let start = sub.position();
     println!("READY pid={} slot={} start={start} replaying={} {}", std::process::id(), sub.slot(), sub.is_replaying(), connection_fields(client, sub.daemon_handle()));
+    if let Some(f) = o.get("wait-file").map(PathBuf::from) {
+        let since = Instant::now();
+        while !f.exists() {
+            if since.elapsed() > stall_limit(o)? {
+                bail!("{} did not appear", f.display());
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
     let mut r = Reader {
         sub,
         client,
@@ -410,6 +436,8 @@ fn run_subscriber(o: &Opts, client: &Client, sub: Subscriber) -> Result<bool> {
         stall: stall_limit(o)?,
         done_file,
         progress: Progress::new(),
+        sleep: Duration::from_micros(o.num("sleep-us", Some(0))?),
+        sleep_every: o.num("sleep-every", Some(1))?.max(1),
     };
     let outcome = r.run();
     let c = &r.checker;
@@ -418,12 +446,14 @@ fn run_subscriber(o: &Opts, client: &Client, sub: Subscriber) -> Result<bool> {
     let end = r.sub.position();
     let counts: Vec<String> = c.counts().iter().map(u64::to_string).collect();
     println!(
-        "SUMMARY role=subscribe ok={ok} delivered={} span={} padding={} overrun={} start={start} end={end} tail={} \
-         damaged={} retracted={} order={} header={} counts={} {}{}{}",
+        "SUMMARY role=subscribe ok={ok} delivered={} span={} padding={} overrun={} recovered_overruns={} recovered_bytes={} \
+         start={start} end={end} tail={} damaged={} retracted={} order={} header={} counts={} {}{}{}",
         c.delivered,
         c.span_bytes,
         r.sub.padding_bytes(),
         r.sub.overrun_bytes(),
+        r.sub.recovered_overruns(),
+        r.sub.recovered_bytes(),
         r.sub.ring().tail(),
         c.damaged,
         c.retracted,
@@ -447,6 +477,10 @@ struct Reader<'a> {
     stall: Duration,
     done_file: Option<PathBuf>,
     progress: Progress,
+    /// A slow application: sleeps this long in the handler after every
+    /// `sleep_every`-th message.
+    sleep: Duration,
+    sleep_every: u64,
 }
 
 impl Reader<'_> {
@@ -464,10 +498,17 @@ impl Reader<'_> {
             };
             let before = self.sub.position();
             let checker = &mut self.checker;
+            let (sleep, every) = (self.sleep, self.sleep_every);
+            let handler = |m: rill::Message<'_>| {
+                checker.on_message(&m);
+                if !sleep.is_zero() && checker.delivered.is_multiple_of(every) {
+                    std::thread::sleep(sleep);
+                }
+            };
             let polled = if self.futex {
-                self.sub.poll_blocking(limit, Duration::from_millis(100), |m| checker.on_message(&m))
+                self.sub.poll_blocking(limit, Duration::from_millis(100), handler)
             } else {
-                self.sub.poll(limit, |m| checker.on_message(&m))
+                self.sub.poll(limit, handler)
             };
             if let Err(rill::PollError::RevokedDuringRead { position, .. }) = &polled {
                 self.checker.retract(*position);

@@ -10,7 +10,7 @@
 use super::{Entry, HandleGuard, Shared, State, Token};
 use crate::connection::Reply;
 use crate::error::ClientError;
-use crate::protocol::{HandleKind, Request, Response, StartAt, StreamInfo, StreamOptions, MAX_SLOTS_PER_STREAM};
+use crate::protocol::{HandleKind, LogSegments, Request, Response, StartAt, StreamInfo, StreamOptions, MAX_SLOTS_PER_STREAM};
 use crate::publisher::Publisher;
 use crate::subscriber::Subscriber;
 use rill_shm::ring::{ClaimMode, OpenError, Ring};
@@ -68,7 +68,7 @@ pub(super) fn subscriber(
     let (replay, skip_before) = match replay {
         Some(r) => {
             let files = r.segments.iter().copied().zip(log_fds.into_iter().map(std::fs::File::from)).collect::<Vec<_>>();
-            (Some(crate::replay::Replay::new(files, r.from, r.until)), r.from)
+            (Some(crate::replay::LogReader::replay(files, r.from, r.until)), r.from)
         }
         None => (None, 0),
     };
@@ -82,6 +82,23 @@ pub(super) fn subscriber(
     drop(st);
     tracing::debug!(stream, handle, slot, position, "subscriber open");
     Ok(Subscriber::new(inner, info, HandleGuard { token: token.clone(), key }, replay, skip_before))
+}
+
+/// `Request::LogSegments`: the segments of persisted stream `stream` that
+/// hold the positions from `from` on, as files.
+pub(super) fn log_segments(token: &Arc<Token>, stream: &str, from: u64) -> Result<(LogSegments, Vec<std::fs::File>), ClientError> {
+    let shared = &token.shared;
+    let mut st = shared.lock_state();
+    let req = Request::LogSegments { stream: stream.to_owned(), from };
+    let mut reply = shared.request(&mut st, &req)?;
+    drop(st);
+    let log = match &reply.response {
+        Response::LogSegments { log } => Some(log.clone()),
+        _ => None,
+    };
+    let Some(log) = log else { return Err(reply.unexpected("LogSegments")) };
+    let fds = reply.take_fds(log.segments.len())?;
+    Ok((log, fds.into_iter().map(std::fs::File::from).collect()))
 }
 
 /// Closes a handle whose setup failed; returns the setup error.

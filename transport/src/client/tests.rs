@@ -195,7 +195,7 @@ impl FakeState {
             subscribers: r
                 .subscribers()
                 .iter()
-                .map(|s| SubscriberInfo { slot: s.index, pid: s.pid, position: s.position, lag_bytes: r.tail() - s.position })
+                .map(|s| SubscriberInfo { slot: s.index, pid: s.pid, position: s.position, lag_bytes: r.tail() - s.position, holding: s.holding })
                 .collect(),
             padded_bytes: 0,
             reaped_subscribers: 0,
