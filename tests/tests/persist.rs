@@ -215,8 +215,9 @@ fn seqs_of(log: &[(u64, u32, u64)], publisher: u32) -> Result<Vec<u64>> {
 /// The data directory's filesystem fills up: a 2 MiB tmpfs, under a
 /// stream persisted with `always` and two publishers: 0 waits for
 /// durability every 16 messages until told to stop, 1 never waits and
-/// sends 30,000 messages (about 5 MiB). rilld keeps running and answering
-/// `health`, reports ENOSPC in `StreamInfo::archive_error`, and holds the
+/// sends 30,000 messages (about 5 MiB). rilld keeps running, answers
+/// `health` with "no" naming the stream and ENOSPC, reports ENOSPC in
+/// `StreamInfo::archive_error`, and holds the
 /// publishers back with the archiver's slot: the ring fills, tail and
 /// durable position stop, publisher 0 is told nothing more is durable,
 /// and neither publisher fails. Everything up to the durable position
@@ -286,7 +287,10 @@ fn a_full_filesystem_holds_publishers_back_and_loses_nothing() -> Result<()> {
     ensure!(info.disk_bytes > 1 << 20, "archiving stopped after {} bytes of the 2 MiB free: {error}", info.disk_bytes);
     d.ensure_alive()?;
     let health = client.health()?;
-    ensure!(health.healthy, "rilld unhealthy with a full data directory: {}", health.detail);
+    ensure!(
+        !health.healthy && health.detail.contains(stream) && health.detail.contains("No space left"),
+        "health with a full data directory should be no, naming the stream and ENOSPC: {health:?}"
+    );
 
     // 2. The archiver's slot holds the publishers back: the ring fills up
     //    behind it (publisher 1 never waits) and then nothing moves.
@@ -343,6 +347,8 @@ fn a_full_filesystem_holds_publishers_back_and_loses_nothing() -> Result<()> {
     })?;
     let info = client.stream_info(stream)?;
     ensure!(info.archive_error.is_none(), "archiving resumed but reports {:?}", info.archive_error);
+    let health = client.health()?;
+    ensure!(health.healthy, "archiving resumed but health says {health:?}");
     eprintln!("{name}: {:?}: archiving resumed", t0.elapsed());
 
     // 5. Everything sent is on disk, once, in order.
