@@ -43,6 +43,13 @@ impl Replay {
             }
             if self.reader.is_none() {
                 match self.segments.pop_front() {
+                    // Each segment starts where the one before ended (a
+                    // reader stops at an all-zero header, so zeroed bytes
+                    // inside a segment would otherwise skip to the next).
+                    Some((first, _)) if first != self.pos => {
+                        let reason = format!("the log has a gap: a segment starts at {first}, the one before it ends at {}", self.pos);
+                        return Err(PollError::Replay { position: self.pos, reason });
+                    }
                     Some((first, file)) => self.reader = Some(FrameReader::new(file, first)),
                     None => {
                         let reason = format!("the log handed over ends at {} before the ring's start at {}", self.pos, self.until);
