@@ -82,18 +82,25 @@ fn read_log(dir: &Path, seed: u64) -> Result<Vec<(u64, u32, u64)>> {
 /// in order, exactly once, intact, and nothing else but later messages of
 /// the same publisher, also in order.
 ///
-/// `always` is written through the page cache and synced per batch;
-/// `interval:2` with direct I/O, in /var/tmp (a disk filesystem on any
-/// usual system), so a kill lands between direct writes, their zero tails
-/// and the syncs. That direct I/O was used shows in the files: every
-/// direct write ends on a 4 KiB boundary.
+/// Three ways of writing, each in /var/tmp (a disk filesystem on any usual
+/// system): `always` with direct I/O into preallocated segments (written
+/// zeros, renamed into place), `always` through the page cache
+/// (`--buffered-io`), and `interval:2` with direct I/O appending, so kills
+/// land between direct writes, their zero tails, preallocation, renames
+/// and syncs. The files show which way was taken: a preallocated segment
+/// is exactly the segment size, and a direct write ends on a 4 KiB
+/// boundary.
 fn durable_messages_survive_twenty_kill9s(name: &str, policy: &str, direct: bool) -> Result<()> {
     let seed = seed(name);
     let deadline = deadline();
     let mut rng = Prng::new(seed);
-    let disk = if direct { Some(rill_tests::harness::TempRingDir::new_in(Path::new("/var/tmp"), name)?) } else { None };
-    let extra = ["--segment-bytes".into(), (1u64 << 20).to_string()];
-    let mut d = Rilld::start_with_data_dir(name, &extra, disk.as_ref().map(|t| t.path()), deadline)?;
+    let disk = rill_tests::harness::TempRingDir::new_in(Path::new("/var/tmp"), name)?;
+    let mut extra = vec!["--segment-bytes".into(), (1u64 << 20).to_string()];
+    if !direct {
+        extra.push("--buffered-io".into());
+    }
+    let preallocated = direct && policy == "always";
+    let mut d = Rilld::start_with_data_dir(name, &extra, Some(disk.path()), deadline)?;
     let stream = format!("durable.{name}");
     let stream = stream.as_str();
     let stop = d.dir.join("stop");
@@ -141,10 +148,14 @@ fn durable_messages_survive_twenty_kill9s(name: &str, policy: &str, direct: bool
     ensure!(seqs.len() as u64 >= durable, "only {} messages on disk, {durable} were acknowledged durable", seqs.len());
     ensure!(seqs.len() as u64 == sent, "{} messages on disk after a clean stop, {sent} sent", seqs.len());
     let segments = list_segments(&dir)?;
-    if direct {
+    let lens = segments.iter().map(|(_, p)| std::fs::metadata(p).map(|m| m.len())).collect::<std::io::Result<Vec<u64>>>()?;
+    if preallocated {
+        // (One created while its preallocation was not ready is plain.)
+        let full = lens.iter().filter(|&&l| l == 1 << 20).count();
+        ensure!(full * 2 >= lens.len(), "segment lengths {lens:?}: not preallocated (is /var/tmp a disk filesystem?)");
+    } else if direct {
         // (A segment cut at recovery and sealed before its next write may
         // end elsewhere; the last one was written last by a clean stop.)
-        let lens = segments.iter().map(|(_, p)| std::fs::metadata(p).map(|m| m.len())).collect::<std::io::Result<Vec<u64>>>()?;
         let aligned = lens.iter().filter(|&&l| l % 4096 == 0).count();
         ensure!(
             lens.last().is_some_and(|l| l % 4096 == 0) && aligned * 2 >= lens.len(),
@@ -159,7 +170,12 @@ fn durable_messages_survive_twenty_kill9s(name: &str, policy: &str, direct: bool
 
 #[test]
 fn durable_messages_survive_twenty_kill9s_of_rilld() -> Result<()> {
-    durable_messages_survive_twenty_kill9s("persist_kill9", "always", false)
+    durable_messages_survive_twenty_kill9s("persist_kill9", "always", true)
+}
+
+#[test]
+fn buffered_always_survives_twenty_kill9s_of_rilld() -> Result<()> {
+    durable_messages_survive_twenty_kill9s("persist_kill9_buffered", "always", false)
 }
 
 #[test]
