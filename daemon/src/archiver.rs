@@ -853,6 +853,15 @@ impl Worker {
         let j = &mut self.jobs[i];
         debug_assert!(j.write.is_none());
         if let Some(old) = j.segment.take() {
+            // A direct-I/O segment ends in a zero tail (all of a
+            // preallocated one's unused end): cut it, so that sealed
+            // segments end with their last batch and checking them at
+            // start reads no zeros. The seal sync below commits the cut.
+            if old.align.is_some() {
+                if let Err(e) = old.file.set_len(old.planned) {
+                    tracing::warn!(stream = %j.job.name, segment = %old.path.display(), error = %e, "could not cut the zero tail of a sealed segment");
+                }
+            }
             let s = opcode::Fsync::new(types::Fd(old.file.as_raw_fd())).flags(types::FsyncFlags::DATASYNC).build().user_data(seal + 1);
             // SAFETY: no buffers; the file is kept in the SyncOp until the
             // completion is reaped. make_room (caller) left room.
