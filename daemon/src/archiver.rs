@@ -97,10 +97,12 @@ use std::time::{Duration, Instant};
 
 /// A batch grows to about this many bytes of frames before it is written
 /// (less when fewer are waiting: the archiver never waits to fill one).
-pub const BATCH_BYTES: u64 = 1 << 20;
+pub const BATCH_BYTES: u64 = 4 << 20;
 /// `always`: longest a sync waits for the publishers the last one woke
 /// (at most as long as a sync takes, and never longer than this).
 pub const GATHER_MAX: Duration = Duration::from_micros(200);
+/// A direct write goes in pieces of at most this, all in flight at once.
+pub const WRITE_CHUNK: usize = 256 << 10;
 /// How often retention is checked.
 const RETENTION_EVERY: Duration = Duration::from_millis(100);
 /// Longest wait on the io_uring, or nap, between looks at the rings.
@@ -308,10 +310,13 @@ struct Prepared {
 /// The one write of a stream in flight.
 #[derive(Debug)]
 struct WriteOp {
-    token: u64,
+    /// Each piece of the write (a direct write goes in pieces of at most
+    /// [`WRITE_CHUNK`], all in flight at once): its token and the bytes it
+    /// must report, until it completes.
+    pieces: Vec<(u64, u64)>,
+    /// Why a piece failed, if one did.
+    failed: Option<String>,
     end: u64,
-    /// Bytes the write must report.
-    len: u64,
     batch_len: u64,
     /// For a buffered write: header bytes and iovecs, kept alive here
     /// until the kernel is done with them. (A direct write's buffer is one
@@ -668,17 +673,21 @@ impl Worker {
     }
 
     /// Polls job `i`'s ring for frames after those gathered, up to about
-    /// [`BATCH_BYTES`]; the range, if any.
+    /// [`BATCH_BYTES`] or a quarter of the ring (a batch in flight and one
+    /// prepared then leave half the ring to the publishers); the range, if
+    /// any.
     fn gather(&mut self, i: usize) -> Result<Option<(u64, u64)>, String> {
         let j = &mut self.jobs[i];
-        let max_span = message_span(j.job.sub.ring().info().max_message_len as usize) as u64;
+        let info = j.job.sub.ring().info();
+        let max_span = message_span(info.max_message_len as usize) as u64;
+        let most = BATCH_BYTES.min(info.capacity / 4).max(1);
         let from = j.gathered;
         loop {
             let have = j.job.sub.position() - from;
-            if have >= BATCH_BYTES {
+            if have >= most {
                 break;
             }
-            let limit = ((BATCH_BYTES - have) / max_span).max(1) as usize;
+            let limit = ((most - have) / max_span).max(1) as usize;
             match j.job.sub.poll(limit, |_| {}) {
                 Ok(0) => break,
                 Ok(n) => j.arrivals += n as u32,
@@ -730,7 +739,7 @@ impl Worker {
         let len = data_len.div_ceil(align) * align;
         let b = j.next_buf;
         if j.bufs[b].as_ref().is_none_or(|buf| buf.len() < len) {
-            j.bufs[b] = Some(AlignedBuf::new(len.max(BATCH_BYTES as usize + 2 * MAX_DIRECT_ALIGN), MAX_DIRECT_ALIGN));
+            j.bufs[b] = Some(AlignedBuf::new(len.next_power_of_two().max(64 << 10), MAX_DIRECT_ALIGN));
         }
         let buf = j.bufs[b].as_mut().expect("allocated above").as_mut_slice();
         let (a, bb) = j.job.sub.held_bytes(from, to);
@@ -758,10 +767,11 @@ impl Worker {
     /// Submits job `i`'s prepared batch (rolling first if it says so),
     /// with its linked sync under `always`.
     fn submit_prepared(&mut self, i: usize) -> Result<(), String> {
-        // Room for a seal sync, a directory sync and the write, so no push
-        // below fails (a write queued without its in-flight
-        // record would outlive the buffers it points to).
-        self.make_room(3)?;
+        // Room for a seal sync, a directory sync and the write's pieces, so
+        // no push below fails (a write queued without its in-flight record
+        // would outlive the buffers it points to).
+        let pieces = self.jobs[i].prepared.as_ref().map_or(1, |p| p.len.div_ceil(WRITE_CHUNK).max(1));
+        self.make_room(2 + pieces)?;
         let mut p = self.jobs[i].prepared.take().expect("checked by the caller");
         if p.roll {
             self.roll(i, p.from)?;
@@ -778,14 +788,30 @@ impl Worker {
             }
         }
         let write = self.token();
+        for _ in 1..pieces {
+            self.token();
+        }
         let j = &mut self.jobs[i];
         let seg = j.segment.as_ref().ok_or("no segment file open")?;
         let fd = types::Fd(seg.file.as_raw_fd());
-        let (entry, op) = if p.len > 0 {
+        let (entries, op) = if p.len > 0 {
+            // Pieces of one batch never overlap (only its first block is
+            // the last one of the batch before, whose write completed), so
+            // they may all be in flight at once: the device gets a deeper
+            // queue than one write, and a piece lost to a crash only tears
+            // this batch, whose CRC then fails.
             let buf = j.bufs[p.buf].as_mut().expect("prepared into it").as_mut_slice();
-            let w = opcode::Write::new(fd, buf.as_ptr(), p.len as u32).offset(p.offset).build();
-            let op = WriteOp { token: write, end: p.to, len: p.len as u64, batch_len: p.batch_len, _header: None, _iovecs: None };
-            (w, op)
+            let mut entries = Vec::new();
+            let mut pieces = Vec::new();
+            for (k, at) in (0..p.len).step_by(WRITE_CHUNK).enumerate() {
+                let n = (p.len - at).min(WRITE_CHUNK);
+                let token = write + 2 * k as u64;
+                let w = opcode::Write::new(fd, buf[at..].as_ptr(), n as u32).offset(p.offset + at as u64).build().user_data(token);
+                entries.push(w);
+                pieces.push((token, n as u64));
+            }
+            let op = WriteOp { pieces, failed: None, end: p.to, batch_len: p.batch_len, _header: None, _iovecs: None };
+            (entries, op)
         } else {
             let offset = seg.planned - p.batch_len;
             let (a, b) = j.job.sub.held_bytes(p.from, p.to);
@@ -794,19 +820,27 @@ impl Worker {
             let iov = |p: *const u8, len: usize| libc::iovec { iov_base: p as *mut libc::c_void, iov_len: len };
             let iovecs = Box::new([iov(header.as_ptr(), header.len()), iov(a.as_ptr(), a.len()), iov(b.as_ptr(), b.len())]);
             let count = if b.is_empty() { 2 } else { 3 };
-            let w = opcode::Writev::new(fd, iovecs.as_ptr(), count).offset(offset).build();
-            let op =
-                WriteOp { token: write, end: p.to, len: p.batch_len, batch_len: p.batch_len, _header: Some(header), _iovecs: Some(iovecs) };
-            (w, op)
+            let w = opcode::Writev::new(fd, iovecs.as_ptr(), count).offset(offset).build().user_data(write);
+            let op = WriteOp {
+                pieces: vec![(write, p.batch_len)],
+                failed: None,
+                end: p.to,
+                batch_len: p.batch_len,
+                _header: Some(header),
+                _iovecs: Some(iovecs),
+            };
+            (vec![w], op)
         };
-        let entry = entry.user_data(write);
         // SAFETY: the buffer (one of the job's two, not touched again
         // before this write completes), or the header and iovecs (boxed in
         // the WriteOp stored below) and the ring bytes they point to (held:
         // our slot does not move before the completion), stay valid until
         // the completion is reaped; the file stays open as long as the
         // job. make_room above left room.
-        unsafe { self.ring.submission().push(&entry) }.map_err(|_| "io_uring submission queue full".to_owned())?;
+        for entry in &entries {
+            // SAFETY: as above, for each piece.
+            unsafe { self.ring.submission().push(entry) }.map_err(|_| "io_uring submission queue full".to_owned())?;
+        }
         j.write = Some(op);
 
         Ok(())
@@ -883,6 +917,18 @@ impl Worker {
         if prealloc {
             self.prealloc.request(&j.job.dir, j.job.segment_bytes);
         }
+        if align.is_some() && !preallocated {
+            // Allocated (unwritten) blocks up to the segment size: a write
+            // into them does not extend the file, so the filesystem lets
+            // the pieces of a batch run at once, where extending writes
+            // would go one after the other. They read as zeros: a zero
+            // tail, cut when the segment is sealed.
+            let len = libc::off_t::try_from(j.job.segment_bytes).unwrap_or(libc::off_t::MAX);
+            // SAFETY: fallocate on an fd we own, integer arguments only.
+            if unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len) } != 0 {
+                tracing::debug!(stream = %j.job.name, error = %std::io::Error::last_os_error(), "fallocate of a new segment failed; writing it extends it");
+            }
+        }
         let dir = File::open(&j.job.dir).map_err(|e| format!("opening {}: {e}", j.job.dir.display()))?;
         let s = opcode::Fsync::new(types::Fd(dir.as_raw_fd())).build().user_data(dir_sync + 1);
         // SAFETY: as above; the directory is kept open in its SyncOp.
@@ -931,7 +977,7 @@ impl Worker {
         let done: Vec<(u64, i32)> = self.ring.completion().map(|c| (c.user_data(), c.result())).collect();
         for &(token, res) in &done {
             let found = self.jobs.iter().enumerate().find_map(|(i, j)| {
-                if j.write.as_ref().is_some_and(|w| w.token == token) {
+                if j.write.as_ref().is_some_and(|w| w.pieces.iter().any(|&(t, _)| t == token)) {
                     Some((i, TokenKind::Write))
                 } else if j.syncs.iter().any(|s| s.token == token) {
                     Some((i, TokenKind::Sync))
@@ -940,7 +986,7 @@ impl Worker {
                 }
             });
             match found {
-                Some((i, TokenKind::Write)) => self.write_completed(i, res),
+                Some((i, TokenKind::Write)) => self.piece_completed(i, token, res),
                 Some((i, TokenKind::Sync)) => self.sync_completed(i, token, res),
                 None => tracing::warn!(token, res, "completion for nothing in flight"),
             }
@@ -948,27 +994,35 @@ impl Worker {
         done.len()
     }
 
-    fn write_completed(&mut self, i: usize, res: i32) {
+    /// A piece of job `i`'s write completed; the write is done once all
+    /// are.
+    fn piece_completed(&mut self, i: usize, token: u64, res: i32) {
         let j = &mut self.jobs[i];
-        let w = j.write.take().expect("found by token");
-        if res < 0 || res as u64 != w.len {
-            let why = if res < 0 {
+        let w = j.write.as_mut().expect("found by token");
+        let k = w.pieces.iter().position(|&(t, _)| t == token).expect("found by token");
+        let (_, want) = w.pieces.swap_remove(k);
+        if w.failed.is_none() && (res < 0 || res as u64 != want) {
+            w.failed = Some(if res < 0 {
                 std::io::Error::from_raw_os_error(-res).to_string()
             } else {
                 // A short write is how a full filesystem shows first.
                 // (fsblkcnt_t and c_ulong are u64 here, not everywhere.)
                 #[allow(clippy::unnecessary_cast)]
                 let full = nix::sys::statvfs::statvfs(&j.job.dir)
-                    .is_ok_and(|v| (v.blocks_available() as u64).saturating_mul(v.fragment_size() as u64) < w.len);
-                let short = format!("short write: {res} of {} bytes", w.len);
+                    .is_ok_and(|v| (v.blocks_available() as u64).saturating_mul(v.fragment_size() as u64) < want);
+                let short = format!("short write: {res} of {want} bytes");
                 if full {
                     format!("{} ({short})", std::io::Error::from_raw_os_error(libc::ENOSPC))
                 } else {
                     short
                 }
-            };
-            // A linked sync is cancelled by the kernel; its completion
-            // (ECANCELED) still comes and finds the stream stopped.
+            });
+        }
+        if !w.pieces.is_empty() {
+            return;
+        }
+        let w = j.write.take().expect("checked above");
+        if let Some(why) = w.failed {
             self.stop(i, format!("writing batch ending at {}: {why}", w.end));
             return;
         }
