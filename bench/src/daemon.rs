@@ -30,7 +30,7 @@ impl Daemon {
     /// whose rings go in a fresh directory under `ring_parent` (default:
     /// /dev/hugepages with free huge pages, else /dev/shm).
     pub(crate) fn for_run(socket: Option<&Path>, ring_parent: Option<&Path>) -> Result<Daemon> {
-        Daemon::for_run_in(socket, ring_parent, None)
+        Daemon::for_run_in(socket, ring_parent, None, &[])
     }
 
     /// [`Daemon::for_run`], and a daemon started here keeps persisted
@@ -38,7 +38,7 @@ impl Daemon {
     /// daemon's own default). The caller owns `data_dir`: it is left in
     /// place when the daemon drops. Refused with `socket`, whose daemon
     /// has a data directory of its own.
-    pub(crate) fn for_run_in(socket: Option<&Path>, ring_parent: Option<&Path>, data_dir: Option<&Path>) -> Result<Daemon> {
+    pub(crate) fn for_run_in(socket: Option<&Path>, ring_parent: Option<&Path>, data_dir: Option<&Path>, extra: &[&str]) -> Result<Daemon> {
         if let Some(s) = socket {
             if data_dir.is_some() {
                 bail!("a data directory is for a rilld started here, not the one at {}", s.display());
@@ -79,6 +79,7 @@ impl Daemon {
             .arg("--page-dir")
             .arg(base.join("pages"))
             .args(data_dir.map(|d| [OsStr::new("--data-dir"), d.as_os_str()]).into_iter().flatten())
+            .args(extra)
             .env("RILL_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

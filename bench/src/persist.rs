@@ -132,6 +132,10 @@ pub(crate) struct PersistArgs {
     /// Ring capacity of every stream (a power of two).
     #[arg(long, default_value_t = 16 << 20)]
     capacity: u64,
+    /// Start rilld with `--buffered-io`: segment files written through the
+    /// page cache instead of with direct I/O.
+    #[arg(long)]
+    buffered_io: bool,
     /// One JSON object on stdout instead of the table.
     #[arg(long)]
     json: bool,
@@ -214,7 +218,7 @@ pub(crate) fn run(args: &PersistArgs) -> Result<()> {
     eprintln!("persist: in {} ({fs})", work.path.display());
     let data = work.path.join("data");
     std::fs::create_dir(&data).with_context(|| format!("create {}", data.display()))?;
-    let daemon = Daemon::for_run_in(None, None, Some(&data))?;
+    let daemon = Daemon::for_run_in(None, None, Some(&data), if args.buffered_io { &["--buffered-io"] } else { &[] })?;
     let block = RAW_BLOCK as u64;
     let round = Round {
         raw_bytes: (args.raw_bytes / args.rounds / block).max(1) * block,

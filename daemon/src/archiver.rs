@@ -1,43 +1,95 @@
 //! The archiver: writes every persisted stream to segment files with
-//! io_uring, straight from the ring's memory, and publishes how far each
-//! stream is durable.
+//! io_uring and publishes how far each stream is durable.
 //!
 //! One thread, one io_uring, every persisted stream. For each stream it
 //! holds a subscriber slot in *hold mode*: it polls frames as they are
 //! committed, but its slot keeps holding publishers back at the first
-//! frame not yet on disk, so a persisted message is never overwritten in
-//! the ring before it is written (and, for `always`, synced). A batch is
-//! the frames polled since the last one (up to [`BATCH_BYTES`]): one
-//! `writev` of the 64-byte batch header (rill-store's format, CRC32C over
-//! header and frames) and one or two iovecs pointing into the ring mapping,
-//! at the end of the current segment file.
+//! frame not yet on disk (for `always`: not yet synced), so a persisted
+//! message is never overwritten in the ring before that. A batch is the
+//! frames polled since the last one (up to [`BATCH_BYTES`]; the archiver
+//! never waits to fill one), written as rill-store's 64-byte batch header
+//! (CRC32C over header and frames) and the frames.
 //!
-//! Durability (per stream, `rill::Durability`):
-//! * `always`: the write is linked to an `fdatasync` (IOSQE_IO_LINK); the
-//!   durable position moves, and the ring space is released, when the
-//!   sync completes. Frames that arrive meanwhile go in the next batch:
-//!   one sync covers everything written before it (group commit).
-//! * `interval:<ms>`: the space is released when the write completes; an
-//!   `fdatasync` runs at most every `ms`, and the durable position moves
-//!   to what was written before it.
-//! * `none`: no sync; the durable position moves when the write completes.
+//! # How a batch is written
+//! * **Direct I/O** (the default wherever the filesystem supports it): the
+//!   header and frames are copied into a block-aligned buffer and written
+//!   with `O_DIRECT`, so the data goes to the device without passing
+//!   through the page cache (no second copy by the kernel, no writeback
+//!   later). O_DIRECT needs block-aligned memory, offsets and lengths; ring
+//!   frames are not block-aligned, hence the one copy. A write starts at
+//!   the block holding the end of the previous batch (whose bytes it
+//!   writes again, unchanged) and fills its last block up with zeros, which
+//!   the next batch overwrites: rill-store's *zero tail*. While one write is
+//!   in flight, the next batch is already copied into a second buffer, so
+//!   the device never waits for the CPU.
+//! * **Buffered** (tmpfs and other filesystems without direct I/O, or
+//!   `direct_io = false`): one `writev` of the header and one or two
+//!   iovecs pointing straight into the ring mapping.
 //!
+//! Writes of one stream go one at a time, at explicit offsets, so a file
+//! never has a hole before a later batch.
+//!
+//! An `always` stream with direct I/O writes into *preallocated* segments
+//! (`Preallocator` in the source): written zeros, so a sync after a write changes no
+//! filesystem metadata and is a mere device flush, about half the cost of
+//! syncing an append here.
+//!
+//! # Durability (per stream, `rill::Durability`)
+//! * `always`: group commit. Writes go as frames arrive; one `fdatasync` at
+//!   a time per stream covers everything written before it started, and
+//!   the next one starts when it completes. (Two syncs of one file at once
+//!   gain nothing: the filesystem runs its journal commits one after the
+//!   other, and many small queued syncs only lengthen the queue.) When a
+//!   sync completes, the durable position moves to what it covered, the
+//!   ring space is released, and the publishers asleep in `wait_durable`
+//!   are woken; the next sync then waits (at most [`GATHER_MAX`], and no
+//!   longer than a sync takes) until as many messages as it woke have
+//!   arrived, since publishers that wait for each message publish the next
+//!   one right away, and one sync should cover them all. Syncs are
+//!   finalized in order (the final sync of a sealed segment and a directory
+//!   sync may run beside a data sync).
+//! * `interval:<ms>`: ring space is released when a write completes; an
+//!   `fdatasync` runs at most every `ms`, and the durable position moves to
+//!   what was written before it.
+//! * `none`: no sync; the durable position moves when a write completes.
+//!
+//! Rolling to a new segment never blocks the thread: the old file's final
+//! `fdatasync` and the directory's `fsync` (for the new file's name) are
+//! queued like any sync, and nothing in the new file counts as durable
+//! before both completed.
+//!
+//! # Errors
 //! A failed or short write, or a failed sync, stops archiving that stream:
 //! the error is logged and reported in `StreamInfo::archive_error`, the
 //! durable position stays where the last successful sync left it (a failed
 //! fsync is never retried as if it had worked: the kernel may have dropped
 //! the dirty pages), and the held slot back-pressures the publishers, so
 //! nothing not yet durable is overwritten. Other streams go on.
+//!
+//! # Waiting
+//! The thread never spins while it waits for the disk: on a busy host a
+//! spinning thread takes the CPU the kernel's I/O and journal threads need
+//! to finish the very sync it waits for. While anything is in flight it
+//! waits on the io_uring for at most [`IDLE`] at a time (so new frames are
+//! seen within that even while a sync runs); when nothing is, it naps for
+//! [`IDLE`], and longer once everything has been quiet for a while. It
+//! polls without sleeping only while an `always` sync waits for the
+//! messages of the publishers the last one woke (at most [`GATHER_MAX`]).
+//!
+//! Publishers waiting in `wait_durable` sleep on a futex in the ring, which
+//! [`Ring::set_durable_position`](rill_shm::ring::Ring::set_durable_position)
+//! wakes; it also says how many it woke, which is how the archiver knows
+//! how many messages to wait for before the next `always` sync.
 
-use io_uring::{opcode, squeue, types, IoUring};
+use io_uring::{opcode, types, IoUring};
 use rill::protocol::Durability;
 use rill_shm::frame::message_span;
 use rill_shm::ring::Subscriber;
 use rill_store::{segment_file_name, BatchHeader, BATCH_HEADER_LEN};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::os::fd::AsRawFd;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -45,15 +97,22 @@ use std::time::{Duration, Instant};
 
 /// A batch grows to about this many bytes of frames before it is written
 /// (less when fewer are waiting: the archiver never waits to fill one).
-pub const BATCH_BYTES: u64 = 1 << 20;
+pub const BATCH_BYTES: u64 = 4 << 20;
+/// `always`: longest a sync waits for the publishers the last one woke
+/// (at most as long as a sync takes, and never longer than this).
+pub const GATHER_MAX: Duration = Duration::from_micros(200);
+/// A direct write goes in pieces of at most this, all in flight at once.
+pub const WRITE_CHUNK: usize = 256 << 10;
 /// How often retention is checked.
 const RETENTION_EVERY: Duration = Duration::from_millis(100);
-/// Idle wait between looks at the rings when nothing is in flight.
-const IDLE: Duration = Duration::from_micros(20);
-/// Idle wait once nothing happened for [`QUIET_AFTER`] looks (about 20 ms).
+/// Longest wait on the io_uring, or nap, between looks at the rings.
+pub const IDLE: Duration = Duration::from_micros(20);
+/// Nap once nothing happened for [`QUIET_AFTER`] naps (about 20 ms).
 const IDLE_QUIET: Duration = Duration::from_micros(200);
-/// Empty looks before the archiver naps longer.
+/// Naps before the archiver naps longer.
 const QUIET_AFTER: u32 = 1000;
+/// Largest direct-I/O alignment used; larger ones fall back to buffered.
+const MAX_DIRECT_ALIGN: usize = 4096;
 
 /// What the archiver reports about one stream.
 #[derive(Debug, Clone, Default)]
@@ -81,12 +140,15 @@ pub struct Job {
     pub durability: Durability,
     /// Roll to a new segment file past this many bytes.
     pub segment_bytes: u64,
-    /// The last segment (where writing goes on) and its length, if any.
+    /// The last segment (where writing goes on) and the length of the
+    /// batches in it (its data end; a zero tail may follow), if any.
     pub segment: Option<(PathBuf, u64)>,
     /// Bytes in all its segment files so far.
     pub disk_bytes: u64,
     /// What to delete, and when.
     pub retention: Retention,
+    /// Write with direct I/O where the filesystem supports it.
+    pub direct_io: bool,
 }
 
 /// Retention of a stream's log: whole sealed segments (never the one being
@@ -128,9 +190,13 @@ impl Archiver {
         let (tx, rx) = mpsc::channel();
         let statuses: Statuses = Arc::default();
         let st = statuses.clone();
-        let thread = std::thread::Builder::new()
-            .name("rill-archiver".into())
-            .spawn(move || Worker { ring, rx, statuses: st, jobs: Vec::new(), next_token: 2 }.run())?;
+        let thread = std::thread::Builder::new().name("rill-archiver".into()).spawn(move || {
+            // Naps of IDLE should last IDLE, not IDLE plus the default
+            // 50 us of timer slack.
+            // SAFETY: prctl with an integer argument; no memory involved.
+            unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1000 as libc::c_ulong) };
+            Worker { ring, rx, statuses: st, jobs: Vec::new(), next_token: 2, prealloc: Preallocator::start() }.run()
+        })?;
         Ok(Archiver { tx: Some(tx), thread: Some(thread), statuses })
     }
 
@@ -170,43 +236,163 @@ impl Drop for Archiver {
     }
 }
 
-/// A write (and maybe its sync) in flight for one stream.
+/// A zeroed, `align`-aligned heap buffer the kernel may read from while a
+/// direct write is in flight.
+struct AlignedBuf {
+    ptr: std::ptr::NonNull<u8>,
+    layout: std::alloc::Layout,
+}
+
+impl AlignedBuf {
+    fn new(len: usize, align: usize) -> AlignedBuf {
+        let layout = std::alloc::Layout::from_size_align(len.max(align), align).expect("a power-of-two alignment");
+        // SAFETY: the layout has a non-zero size.
+        let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
+        let ptr = std::ptr::NonNull::new(ptr).unwrap_or_else(|| std::alloc::handle_alloc_error(layout));
+        AlignedBuf { ptr, layout }
+    }
+
+    fn len(&self) -> usize {
+        self.layout.size()
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: `len` bytes allocated (and initialised) by `new`, owned
+        // by self; `&mut self` makes this the only reference.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.layout.size()) }
+    }
+}
+
+impl Drop for AlignedBuf {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with this layout.
+        unsafe { std::alloc::dealloc(self.ptr.as_ptr(), self.layout) }
+    }
+}
+
+impl std::fmt::Debug for AlignedBuf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "AlignedBuf({} bytes)", self.layout.size())
+    }
+}
+
+// SAFETY: a plain owned allocation.
+unsafe impl Send for AlignedBuf {}
+
+/// The segment file being written.
 #[derive(Debug)]
-struct InFlight {
-    /// Stream position the batch ends at.
+struct Segment {
+    file: File,
+    path: PathBuf,
+    /// Length of the batches in it as planned (prepared or written): where
+    /// the next batch goes.
+    planned: u64,
+    /// The direct-I/O alignment, if the file is open with O_DIRECT.
+    align: Option<usize>,
+}
+
+/// A batch copied into a direct-I/O buffer, ready to be written.
+#[derive(Debug, Clone, Copy)]
+struct Prepared {
+    from: u64,
+    to: u64,
+    /// Which of the two buffers.
+    buf: usize,
+    /// File offset the write starts at, and its length (both aligned).
+    offset: u64,
+    len: usize,
+    /// Header and frames: what the write adds to the log.
+    batch_len: u64,
+    /// It goes at the start of a new segment named by `from`.
+    roll: bool,
+}
+
+/// The one write of a stream in flight.
+#[derive(Debug)]
+struct WriteOp {
+    /// Each piece of the write (a direct write goes in pieces of at most
+    /// [`WRITE_CHUNK`], all in flight at once): its token and the bytes it
+    /// must report, until it completes.
+    pieces: Vec<(u64, u64)>,
+    /// Why a piece failed, if one did.
+    failed: Option<String>,
     end: u64,
-    /// Bytes the write must report.
-    len: u64,
-    /// Token of the write (even); the sync (if any) is `write + 1`.
-    write: u64,
-    /// A linked or lone sync is part of it.
-    sync: bool,
-    /// Only a sync (interval policy), no write.
-    sync_only: bool,
-    /// The write completed (and how).
-    write_done: bool,
-    /// Header bytes and iovecs: only kept alive here until the kernel is
-    /// done with them.
-    _header: Box<[u8; BATCH_HEADER_LEN]>,
-    _iovecs: Box<[libc::iovec; 3]>,
+    batch_len: u64,
+    /// For a buffered write: header bytes and iovecs, kept alive here
+    /// until the kernel is done with them. (A direct write's buffer is one
+    /// of the job's two, not reused before the write completes.)
+    _header: Option<Box<[u8; BATCH_HEADER_LEN]>>,
+    _iovecs: Option<Box<[libc::iovec; 3]>>,
 }
 
 // SAFETY: the iovecs point into the ring mapping and the boxed header,
 // both owned by the same job, which the worker thread alone touches.
-unsafe impl Send for InFlight {}
+unsafe impl Send for WriteOp {}
+
+/// A sync in flight: a write's linked fdatasync, an interval sync, the
+/// final sync of a sealed segment, or the directory's fsync after a new
+/// segment was created.
+#[derive(Debug)]
+struct SyncOp {
+    token: u64,
+    /// Durable up to here once this and every sync before it completed.
+    end: u64,
+    done: bool,
+    /// A sealed segment's file or the directory, kept open until done.
+    _file: Option<File>,
+}
 
 struct JobState {
     job: Job,
     /// Sealed segments, oldest first.
-    sealed: std::collections::VecDeque<Sealed>,
-    file: Option<File>,
-    /// Next stream position to write (end of what is written).
+    sealed: VecDeque<Sealed>,
+    segment: Option<Segment>,
+    /// End of the frames gathered into batches (prepared or written).
+    gathered: u64,
+    /// End of what is written (completed writes).
     written: u64,
-    /// What a sync would cover (interval policy).
-    unsynced: u64,
     last_sync: Instant,
-    in_flight: Option<InFlight>,
+    write: Option<WriteOp>,
+    prepared: Option<Prepared>,
+    syncs: VecDeque<SyncOp>,
+    /// Two direct-I/O buffers: one being written, one being filled.
+    bufs: [Option<AlignedBuf>; 2],
+    /// Buffer the next batch is copied into.
+    next_buf: usize,
+    /// The bytes of the segment's last partial block (direct I/O), which
+    /// the next write writes again.
+    tail: Vec<u8>,
     error: Option<String>,
+    /// Publishers the last durable position woke (`always`), when, and
+    /// how many messages arrived since.
+    woken: u32,
+    woken_at: Instant,
+    arrivals: u32,
+    /// A sync (`always`) is held back for messages on their way.
+    gathering: bool,
+    /// When the archiver took the stream on.
+    added: Instant,
+    /// Moving average of how long a sync takes.
+    sync_ns_avg: u64,
+}
+
+impl JobState {
+    fn busy(&self) -> bool {
+        self.write.is_some() || !self.syncs.is_empty()
+    }
+
+    /// A sync is held back for frames that may still come: look again
+    /// soon, without sleeping.
+    fn gathering(&self) -> bool {
+        self.gathering && self.error.is_none()
+    }
+}
+
+/// What a completion token belongs to.
+#[derive(Debug, Clone, Copy)]
+enum TokenKind {
+    Write,
+    Sync,
 }
 
 struct Worker {
@@ -215,13 +401,14 @@ struct Worker {
     statuses: Statuses,
     jobs: Vec<JobState>,
     next_token: u64,
+    prealloc: Preallocator,
 }
 
 impl Worker {
     fn run(mut self) {
         let mut stopping = false;
         let mut last_retention = Instant::now();
-        let mut idle_loops = 0u32;
+        let mut naps = 0u32;
         loop {
             loop {
                 match self.rx.try_recv() {
@@ -244,46 +431,60 @@ impl Worker {
                     self.apply_retention(i);
                 }
             }
-            let mut submitted = 0;
+            let mut work = self.reap();
             for i in 0..self.jobs.len() {
-                submitted += self.start_batch(i);
+                work += self.pump(i);
             }
-            let in_flight = self.jobs.iter().any(|j| j.in_flight.is_some());
-            if in_flight {
-                if let Err(e) = self.ring.submit_and_wait(1) {
-                    if e.raw_os_error() != Some(libc::EINTR) {
-                        tracing::error!(error = %e, "io_uring submit failed");
-                    }
+            if let Err(e) = self.ring.submit() {
+                if e.raw_os_error() != Some(libc::EINTR) && e.raw_os_error() != Some(libc::EBUSY) {
+                    tracing::error!(error = %e, "io_uring submit failed");
                 }
-                self.reap();
-            } else if submitted == 0 {
-                // Short naps while streams are busy; longer ones once all
-                // have been quiet for a while (an idle daemon should not
-                // cost a core).
-                idle_loops = idle_loops.saturating_add(1);
-                std::thread::sleep(if idle_loops < QUIET_AFTER { IDLE } else { IDLE_QUIET });
+            }
+            if work > 0 {
+                naps = 0;
                 continue;
             }
-            idle_loops = 0;
+            let busy = self.jobs.iter().any(JobState::busy);
+            if self.jobs.iter().any(JobState::gathering) {
+                std::hint::spin_loop();
+                continue;
+            }
+            if busy {
+                self.wait_completion(IDLE);
+                continue;
+            }
+            // Short naps while streams are busy; longer ones once all
+            // have been quiet for a while (an idle daemon should not cost
+            // a core).
+            naps = naps.saturating_add(1);
+            std::thread::sleep(if naps < QUIET_AFTER { IDLE } else { IDLE_QUIET });
+        }
+    }
+
+    /// Waits until a completion arrives or `timeout` passes.
+    fn wait_completion(&mut self, timeout: Duration) {
+        let ts = types::Timespec::from(timeout);
+        let args = types::SubmitArgs::new().timespec(&ts);
+        match self.ring.submitter().submit_with_args(1, &args) {
+            Ok(_) => {}
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ETIME | libc::EINTR | libc::EBUSY)) => {}
+            Err(e) => {
+                // Kernels before 5.11 have no timed wait: nap instead.
+                tracing::debug!(error = %e, "io_uring timed wait failed");
+                std::thread::sleep(timeout);
+            }
         }
     }
 
     fn add(&mut self, job: Job) {
-        let written = job.sub.position();
-        tracing::info!(stream = %job.name, position = written, durability = %job.durability, dir = %job.dir.display(), "archiving stream");
-        let file = match &job.segment {
-            Some((path, _)) => match std::fs::OpenOptions::new().append(true).open(path) {
-                Ok(f) => Some(f),
-                Err(e) => {
-                    let msg = format!("opening segment {}: {e}", path.display());
-                    self.fail_new(job, written, msg);
-                    return;
-                }
-            },
-            None => None,
-        };
+        let gathered = job.sub.position();
+        tracing::info!(stream = %job.name, position = gathered, durability = %job.durability, dir = %job.dir.display(), "archiving stream");
         let mut job = job;
         job.sub.set_hold(true);
+        if job.direct_io && job.durability == Durability::Always {
+            let _ = std::fs::remove_file(job.dir.join(PREALLOC_TMP));
+            self.prealloc.request(&job.dir, job.segment_bytes);
+        }
         let current = job.segment.as_ref().map(|(p, _)| p.clone());
         let sealed = rill_store::list_segments(&job.dir)
             .unwrap_or_default()
@@ -294,33 +495,43 @@ impl Worker {
                 Some(Sealed { len: m.len(), modified: m.modified().ok()?, path })
             })
             .collect();
-        self.jobs.push(JobState {
-            job,
+        let mut state = JobState {
             sealed,
-            file,
-            written,
-            unsynced: written,
+            segment: None,
+            gathered,
+            written: gathered,
             last_sync: Instant::now(),
-            in_flight: None,
+            write: None,
+            prepared: None,
+            syncs: VecDeque::new(),
+            bufs: [None, None],
+            next_buf: 0,
+            tail: Vec::new(),
             error: None,
-        });
-    }
-
-    fn fail_new(&mut self, mut job: Job, written: u64, msg: String) {
-        tracing::error!(stream = %job.name, error = %msg, "archiving stopped");
-        job.sub.set_hold(true);
-        let name = job.name.clone();
-        self.jobs.push(JobState {
+            woken: 0,
+            woken_at: Instant::now(),
+            arrivals: 0,
+            gathering: false,
+            added: Instant::now(),
+            sync_ns_avg: 0,
             job,
-            sealed: Default::default(),
-            file: None,
-            written,
-            unsynced: written,
-            last_sync: Instant::now(),
-            in_flight: None,
-            error: Some(msg.clone()),
-        });
-        self.set_status(&name, |s| s.error = Some(msg));
+        };
+        if let Some((path, len)) = state.job.segment.clone() {
+            match open_segment(&path, None, state.job.direct_io, len) {
+                Ok((file, align, tail)) => {
+                    state.segment = Some(Segment { file, path, planned: len, align });
+                    state.tail = tail;
+                }
+                Err(e) => {
+                    let msg = format!("opening segment {}: {e}", path.display());
+                    state.error = Some(msg.clone());
+                    tracing::error!(stream = %state.job.name, error = %msg, "archiving stopped");
+                    let name = state.job.name.clone();
+                    self.set_status(&name, |s| s.error = Some(msg));
+                }
+            }
+        }
+        self.jobs.push(state);
     }
 
     fn remove(&mut self, name: &str) {
@@ -333,9 +544,11 @@ impl Worker {
 
     /// Waits until job `i` has nothing in flight.
     fn drain(&mut self, i: usize) {
-        while self.jobs[i].in_flight.is_some() {
-            if self.ring.submit_and_wait(1).is_err() {
-                std::thread::sleep(IDLE);
+        while self.jobs[i].busy() {
+            if let Err(e) = self.ring.submit_and_wait(1) {
+                if e.raw_os_error() != Some(libc::EINTR) {
+                    std::thread::sleep(IDLE);
+                }
             }
             self.reap();
         }
@@ -344,24 +557,30 @@ impl Worker {
     /// Final flush: every write completes, every stream is synced.
     fn shutdown(&mut self) {
         for i in 0..self.jobs.len() {
-            self.drain(i);
             // Write out what is still waiting in the ring.
-            while self.jobs[i].error.is_none() && self.start_batch(i) > 0 {
+            loop {
                 self.drain(i);
+                if self.jobs[i].error.is_some() || self.pump(i) == 0 {
+                    break;
+                }
+                let _ = self.ring.submit();
             }
+            self.drain(i);
             self.sync_now(i);
         }
+        self.prealloc.stop();
         tracing::info!(streams = self.jobs.len(), "archiver flushed and stopped");
     }
 
-    /// A blocking sync of job `i`'s segment (removal, shutdown).
+    /// A blocking sync of job `i`'s segment (removal, shutdown), with
+    /// nothing in flight.
     fn sync_now(&mut self, i: usize) {
         let j = &mut self.jobs[i];
         if j.error.is_some() || j.job.durability == Durability::None {
             return;
         }
-        if let Some(f) = &j.file {
-            match f.sync_data() {
+        if let Some(s) = &j.segment {
+            match s.file.sync_data() {
                 Ok(()) => {
                     j.job.sub.ring().set_durable_position(j.written);
                     j.job.sub.release_to(j.written);
@@ -377,120 +596,271 @@ impl Worker {
         t
     }
 
-    /// Starts a write of job `i`'s waiting frames (or an interval sync).
-    /// Returns 1 if something was submitted.
-    fn start_batch(&mut self, i: usize) -> usize {
-        if self.jobs[i].in_flight.is_some() || self.jobs[i].error.is_some() {
+    /// Moves job `i` on: an interval sync if due, the prepared batch or a
+    /// new one written if no write is in flight, the next batch prepared
+    /// while one is. Returns how many things it started.
+    fn pump(&mut self, i: usize) -> usize {
+        if self.jobs[i].error.is_some() {
             return 0;
         }
-        // Interval policy: a sync is due.
-        if let Durability::IntervalMs(ms) = self.jobs[i].job.durability {
-            let j = &self.jobs[i];
-            if j.unsynced > j.job.sub.ring().durable_position() && j.last_sync.elapsed() >= Duration::from_millis(u64::from(ms)) {
-                return self.submit_sync(i);
+        let mut work = 0;
+        // A sync is due: `always`, when none is running and something
+        // written is not yet synced (group commit: it covers everything
+        // written since the last one started) — but while the publishers
+        // the last sync woke from `wait_durable` have not all published
+        // again, it waits for them, up to as long as a sync takes: their next
+        // messages are on the way, and one sync should cover them all.
+        // `interval`: every `ms`.
+        let due = {
+            let j = &mut self.jobs[i];
+            let unsynced = j.written > j.job.sub.ring().durable_position() && j.syncs.is_empty();
+            j.gathering = false;
+            match j.job.durability {
+                Durability::Always if unsynced => {
+                    let cap = Duration::from_nanos(j.sync_ns_avg).min(GATHER_MAX);
+                    j.gathering = j.arrivals < j.woken && j.woken_at.elapsed() < cap;
+                    !j.gathering
+                }
+                Durability::Always => false,
+                Durability::IntervalMs(ms) => unsynced && j.last_sync.elapsed() >= Duration::from_millis(u64::from(ms)),
+                Durability::None => false,
+            }
+        };
+        if due {
+            work += self.submit_sync(i);
+        }
+        let j = &self.jobs[i];
+        let write_free = j.write.is_none();
+        if j.segment.is_none() && j.job.direct_io && j.job.durability == Durability::Always {
+            // A new `always` stream's first segment: preallocated too, so
+            // wait a little for it (its messages wait in the ring).
+            let ready = std::fs::metadata(j.job.dir.join(PREALLOC)).is_ok_and(|m| m.len() == j.job.segment_bytes);
+            if !ready && j.added.elapsed() < PREALLOC_WAIT {
+                return work;
             }
         }
-        let max_span = message_span(self.jobs[i].job.sub.ring().info().max_message_len as usize) as u64;
-        let (from, to) = {
-            let j = &mut self.jobs[i];
-            let from = j.written;
-            loop {
-                let have = j.job.sub.position() - from;
-                if have >= BATCH_BYTES {
-                    break;
-                }
-                let limit = ((BATCH_BYTES - have) / max_span).max(1) as usize;
-                match j.job.sub.poll(limit, |_| {}) {
-                    Ok(0) => break,
-                    Ok(_) => {}
-                    Err(e) => {
-                        let msg = format!("reading the ring: {e}");
-                        j.error = Some(msg);
-                        break;
+        if j.prepared.is_none() {
+            let direct = j.segment.as_ref().is_none_or(|s| s.align.is_some()) && j.job.direct_io;
+            // Buffered writes go straight from the ring: nothing to
+            // prepare while another is in flight.
+            if j.write.is_some() && !direct {
+                return work;
+            }
+            match self.gather(i) {
+                Ok(Some((from, to))) => {
+                    if let Err(msg) = self.prepare(i, from, to) {
+                        self.stop(i, msg);
+                        return work;
+                    }
+                    if self.jobs[i].prepared.is_some() {
+                        work += 1;
                     }
                 }
-            }
-            (from, j.job.sub.position())
-        };
-        if let Some(msg) = self.jobs[i].error.clone() {
-            self.stop(i, msg);
-            return 0;
-        }
-        if to == from {
-            return 0;
-        }
-        match self.submit_write(i, from, to) {
-            Ok(()) => 1,
-            Err(msg) => {
-                self.stop(i, msg);
-                0
+                Ok(None) => {}
+                Err(msg) => {
+                    self.stop(i, msg);
+                    return work;
+                }
             }
         }
+        if write_free && self.jobs[i].prepared.is_some() {
+            match self.submit_prepared(i) {
+                Ok(()) => work += 1,
+                Err(msg) => self.stop(i, msg),
+            }
+        }
+        work
     }
 
-    fn submit_write(&mut self, i: usize, from: u64, to: u64) -> Result<(), String> {
-        // Room for the write and its sync, so neither push below can fail
-        // (a write queued without its in-flight record would outlive the
-        // header and iovecs it points to).
-        self.make_room(2)?;
-        self.roll_if_needed(i, from, to)?;
-        let write = self.token();
+    /// Polls job `i`'s ring for frames after those gathered, up to about
+    /// [`BATCH_BYTES`] or a quarter of the ring (a batch in flight and one
+    /// prepared then leave half the ring to the publishers); the range, if
+    /// any.
+    fn gather(&mut self, i: usize) -> Result<Option<(u64, u64)>, String> {
         let j = &mut self.jobs[i];
-        let (a, b) = j.job.sub.held_bytes(from, to);
-        let header = BatchHeader::for_frames(from, &[a, b]).map_err(|e| format!("frames at {from}..{to} in the ring: {e}"))?;
-        let header = Box::new(header.to_bytes());
-        let iov = |p: *const u8, len: usize| libc::iovec { iov_base: p as *mut libc::c_void, iov_len: len };
-        let iovecs = Box::new([iov(header.as_ptr(), header.len()), iov(a.as_ptr(), a.len()), iov(b.as_ptr(), b.len())]);
-        let count = if b.is_empty() { 2 } else { 3 };
-        let len = (BATCH_HEADER_LEN + a.len() + b.len()) as u64;
-        let (file, offset) = match (&j.file, &j.job.segment) {
-            (Some(f), Some((_, off))) => (f.as_raw_fd(), *off),
-            _ => return Err("no segment file open".into()),
-        };
-        let sync = j.job.durability == Durability::Always;
-        let mut w = opcode::Writev::new(types::Fd(file), iovecs.as_ptr(), count).offset(offset).build().user_data(write);
-        if sync {
-            w = w.flags(squeue::Flags::IO_LINK);
-        }
-        let s = opcode::Fsync::new(types::Fd(file)).flags(types::FsyncFlags::DATASYNC).build().user_data(write + 1);
-        // SAFETY: the header and iovecs are boxed in the InFlight stored
-        // below, and the ring bytes they point to stay held (our slot does
-        // not move) until the completions are reaped; the file stays open
-        // as long as the job.
-        unsafe {
-            let mut sq = self.ring.submission();
-            sq.push(&w).map_err(|_| "io_uring submission queue full".to_owned())?;
-            if sync {
-                sq.push(&s).map_err(|_| "io_uring submission queue full".to_owned())?;
+        let info = j.job.sub.ring().info();
+        let max_span = message_span(info.max_message_len as usize) as u64;
+        let most = BATCH_BYTES.min(info.capacity / 4).max(1);
+        let from = j.gathered;
+        loop {
+            let have = j.job.sub.position() - from;
+            if have >= most {
+                break;
+            }
+            let limit = ((most - have) / max_span).max(1) as usize;
+            match j.job.sub.poll(limit, |_| {}) {
+                Ok(0) => break,
+                Ok(n) => j.arrivals += n as u32,
+                Err(e) => return Err(format!("reading the ring: {e}")),
             }
         }
-        j.in_flight = Some(InFlight { end: to, len, write, sync, sync_only: false, write_done: false, _header: header, _iovecs: iovecs });
+        let to = j.job.sub.position();
+        if to == from {
+            return Ok(None);
+        }
+        j.gathered = to;
+        Ok(Some((from, to)))
+    }
+
+    /// Plans the batch of frames `from..to` of job `i`: rolls to a new
+    /// segment if it would not fit, and copies it into a direct-I/O buffer
+    /// if the segment is written with direct I/O (else it is written from
+    /// the ring when submitted).
+    fn prepare(&mut self, i: usize, from: u64, to: u64) -> Result<(), String> {
+        let j = &mut self.jobs[i];
+        let batch_len = BATCH_HEADER_LEN as u64 + (to - from);
+        let roll = match &j.segment {
+            None => true,
+            Some(s) => s.planned > 0 && s.planned + batch_len > j.job.segment_bytes,
+        };
+        let align = if roll {
+            // The next segment's alignment is known once it exists; plan
+            // for direct I/O if asked and find out when creating it.
+            j.job.direct_io.then_some(MAX_DIRECT_ALIGN)
+        } else {
+            j.segment.as_ref().and_then(|s| s.align)
+        };
+        let Some(align) = align else {
+            j.prepared = Some(Prepared { from, to, buf: 0, offset: 0, len: 0, batch_len, roll });
+            if let Some(s) = &mut j.segment {
+                if !roll {
+                    s.planned += batch_len;
+                }
+            }
+            return Ok(());
+        };
+        // Direct: [bytes of the last partial block][header][frames][zeros].
+        let start = if roll { 0 } else { j.segment.as_ref().map_or(0, |s| s.planned) };
+        let offset = start - start % align as u64;
+        let prefix = (start - offset) as usize;
+        debug_assert!(roll || prefix == j.tail.len());
+        let prefix_bytes: &[u8] = if roll { &[] } else { &j.tail };
+        let data_len = prefix + batch_len as usize;
+        let len = data_len.div_ceil(align) * align;
+        let b = j.next_buf;
+        if j.bufs[b].as_ref().is_none_or(|buf| buf.len() < len) {
+            j.bufs[b] = Some(AlignedBuf::new(len.next_power_of_two().max(64 << 10), MAX_DIRECT_ALIGN));
+        }
+        let buf = j.bufs[b].as_mut().expect("allocated above").as_mut_slice();
+        let (a, bb) = j.job.sub.held_bytes(from, to);
+        let header = BatchHeader::for_frames(from, &[a, bb]).map_err(|e| format!("frames at {from}..{to} in the ring: {e}"))?;
+        buf[..prefix].copy_from_slice(prefix_bytes);
+        let mut at = prefix;
+        for part in [&header.to_bytes()[..], a, bb] {
+            buf[at..at + part.len()].copy_from_slice(part);
+            at += part.len();
+        }
+        buf[data_len..len].fill(0);
+        let new_tail_from = data_len - data_len % align;
+        j.tail.clear();
+        j.tail.extend_from_slice(&buf[new_tail_from..data_len]);
+        j.next_buf = 1 - b;
+        if let Some(s) = &mut j.segment {
+            if !roll {
+                s.planned += batch_len;
+            }
+        }
+        j.prepared = Some(Prepared { from, to, buf: b, offset, len, batch_len, roll });
         Ok(())
     }
 
+    /// Submits job `i`'s prepared batch (rolling first if it says so),
+    /// with its linked sync under `always`.
+    fn submit_prepared(&mut self, i: usize) -> Result<(), String> {
+        // Room for a seal sync, a directory sync and the write's pieces, so
+        // no push below fails (a write queued without its in-flight record
+        // would outlive the buffers it points to).
+        let pieces = self.jobs[i].prepared.as_ref().map_or(1, |p| p.len.div_ceil(WRITE_CHUNK).max(1));
+        self.make_room(2 + pieces)?;
+        let mut p = self.jobs[i].prepared.take().expect("checked by the caller");
+        if p.roll {
+            self.roll(i, p.from)?;
+            let j = &mut self.jobs[i];
+            let seg = j.segment.as_mut().expect("just created");
+            seg.planned = p.batch_len;
+            if p.len > 0 && seg.align.is_none() {
+                // Planned for direct I/O, got a filesystem without it:
+                // write this one from the ring.
+                p.len = 0;
+                j.tail.clear();
+            } else if p.len == 0 && seg.align.is_some() {
+                unreachable!("a roll planned without direct I/O opens the file without it");
+            }
+        }
+        let write = self.token();
+        for _ in 1..pieces {
+            self.token();
+        }
+        let j = &mut self.jobs[i];
+        let seg = j.segment.as_ref().ok_or("no segment file open")?;
+        let fd = types::Fd(seg.file.as_raw_fd());
+        let (entries, op) = if p.len > 0 {
+            // Pieces of one batch never overlap (only its first block is
+            // the last one of the batch before, whose write completed), so
+            // they may all be in flight at once: the device gets a deeper
+            // queue than one write, and a piece lost to a crash only tears
+            // this batch, whose CRC then fails.
+            let buf = j.bufs[p.buf].as_mut().expect("prepared into it").as_mut_slice();
+            let mut entries = Vec::new();
+            let mut pieces = Vec::new();
+            for (k, at) in (0..p.len).step_by(WRITE_CHUNK).enumerate() {
+                let n = (p.len - at).min(WRITE_CHUNK);
+                let token = write + 2 * k as u64;
+                let w = opcode::Write::new(fd, buf[at..].as_ptr(), n as u32).offset(p.offset + at as u64).build().user_data(token);
+                entries.push(w);
+                pieces.push((token, n as u64));
+            }
+            let op = WriteOp { pieces, failed: None, end: p.to, batch_len: p.batch_len, _header: None, _iovecs: None };
+            (entries, op)
+        } else {
+            let offset = seg.planned - p.batch_len;
+            let (a, b) = j.job.sub.held_bytes(p.from, p.to);
+            let header = BatchHeader::for_frames(p.from, &[a, b]).map_err(|e| format!("frames at {}..{} in the ring: {e}", p.from, p.to))?;
+            let header = Box::new(header.to_bytes());
+            let iov = |p: *const u8, len: usize| libc::iovec { iov_base: p as *mut libc::c_void, iov_len: len };
+            let iovecs = Box::new([iov(header.as_ptr(), header.len()), iov(a.as_ptr(), a.len()), iov(b.as_ptr(), b.len())]);
+            let count = if b.is_empty() { 2 } else { 3 };
+            let w = opcode::Writev::new(fd, iovecs.as_ptr(), count).offset(offset).build().user_data(write);
+            let op = WriteOp {
+                pieces: vec![(write, p.batch_len)],
+                failed: None,
+                end: p.to,
+                batch_len: p.batch_len,
+                _header: Some(header),
+                _iovecs: Some(iovecs),
+            };
+            (vec![w], op)
+        };
+        // SAFETY: the buffer (one of the job's two, not touched again
+        // before this write completes), or the header and iovecs (boxed in
+        // the WriteOp stored below) and the ring bytes they point to (held:
+        // our slot does not move before the completion), stay valid until
+        // the completion is reaped; the file stays open as long as the
+        // job. make_room above left room.
+        for entry in &entries {
+            // SAFETY: as above, for each piece.
+            unsafe { self.ring.submission().push(entry) }.map_err(|_| "io_uring submission queue full".to_owned())?;
+        }
+        j.write = Some(op);
+
+        Ok(())
+    }
+
+    /// An fdatasync of job `i`'s segment covering what is written (interval
+    /// policy). Returns 1 if submitted.
     fn submit_sync(&mut self, i: usize) -> usize {
         if self.make_room(1).is_err() {
             return 0;
         }
-        let write = self.token();
+        let token = self.token();
         let j = &mut self.jobs[i];
-        let Some(file) = j.file.as_ref().map(AsRawFd::as_raw_fd) else { return 0 };
-        let s = opcode::Fsync::new(types::Fd(file)).flags(types::FsyncFlags::DATASYNC).build().user_data(write + 1);
+        let Some(fd) = j.segment.as_ref().map(|s| s.file.as_raw_fd()) else { return 0 };
+        let s = opcode::Fsync::new(types::Fd(fd)).flags(types::FsyncFlags::DATASYNC).build().user_data(token + 1);
         // SAFETY: no buffers; the file stays open as long as the job.
         if unsafe { self.ring.submission().push(&s) }.is_err() {
             return 0;
         }
-        let iov = libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 };
-        j.in_flight = Some(InFlight {
-            end: j.unsynced,
-            len: 0,
-            write,
-            sync: true,
-            sync_only: true,
-            write_done: true,
-            _header: Box::new([0; BATCH_HEADER_LEN]),
-            _iovecs: Box::new([iov, iov, iov]),
-        });
+        j.syncs.push_back(SyncOp { token: token + 1, end: j.written, done: false, _file: None });
         j.last_sync = Instant::now();
         1
     }
@@ -508,39 +878,65 @@ impl Worker {
         Ok(())
     }
 
-    /// Opens a new segment named by `from` when there is none yet or the
-    /// current one would grow past the segment size.
-    fn roll_if_needed(&mut self, i: usize, from: u64, to: u64) -> Result<(), String> {
+    /// Seals job `i`'s segment (its final fdatasync queued, the file kept
+    /// open until it completes) and creates the next one, named by `from`
+    /// (the directory's fsync queued). No write is in flight.
+    fn roll(&mut self, i: usize, from: u64) -> Result<(), String> {
+        let seal = self.token();
+        let dir_sync = self.token();
         let j = &mut self.jobs[i];
-        let batch = BATCH_HEADER_LEN as u64 + (to - from);
-        let roll = match &j.job.segment {
-            None => true,
-            Some((_, len)) => *len > 0 && len + batch > j.job.segment_bytes,
-        };
-        if !roll {
-            return Ok(());
-        }
-        if let Some(f) = &j.file {
-            // Sealing a segment: whatever the policy, it is synced whole.
-            f.sync_data().map_err(|e| format!("fdatasync before rolling the segment: {e}"))?;
-        }
-        if let Some((path, len)) = j.job.segment.take() {
-            let modified = std::fs::metadata(&path).and_then(|m| m.modified()).unwrap_or_else(|_| std::time::SystemTime::now());
-            j.sealed.push_back(Sealed { path, len, modified });
+        debug_assert!(j.write.is_none());
+        if let Some(old) = j.segment.take() {
+            // A direct-I/O segment ends in a zero tail (all of a
+            // preallocated one's unused end): cut it, so that sealed
+            // segments end with their last batch and checking them at
+            // start reads no zeros. The seal sync below commits the cut.
+            if old.align.is_some() {
+                if let Err(e) = old.file.set_len(old.planned) {
+                    tracing::warn!(stream = %j.job.name, segment = %old.path.display(), error = %e, "could not cut the zero tail of a sealed segment");
+                }
+            }
+            let s = opcode::Fsync::new(types::Fd(old.file.as_raw_fd())).flags(types::FsyncFlags::DATASYNC).build().user_data(seal + 1);
+            // SAFETY: no buffers; the file is kept in the SyncOp until the
+            // completion is reaped. make_room (caller) left room.
+            unsafe { self.ring.submission().push(&s) }.map_err(|_| "io_uring submission queue full".to_owned())?;
+            j.syncs.push_back(SyncOp { token: seal + 1, end: from, done: false, _file: Some(old.file) });
+            let modified = std::fs::metadata(&old.path).and_then(|m| m.modified()).unwrap_or_else(|_| std::time::SystemTime::now());
+            j.sealed.push_back(Sealed { path: old.path, len: old.planned, modified });
         }
         let path = j.job.dir.join(segment_file_name(from));
-        let f = std::fs::OpenOptions::new()
-            .create_new(true)
-            .read(true)
-            .append(true)
-            .open(&path)
-            .map_err(|e| format!("creating segment {}: {e}", path.display()))?;
-        File::open(&j.job.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| format!("syncing {}: {e}", j.job.dir.display()))?;
-        tracing::info!(stream = %j.job.name, segment = %path.display(), "new segment");
-        j.file = Some(f);
-        j.job.segment = Some((path, 0));
+        // `always` with direct I/O: the preallocated segment, if ready.
+        let prealloc = j.job.direct_io && j.job.durability == Durability::Always;
+        let ready = j.job.dir.join(PREALLOC);
+        let preallocated = prealloc
+            && std::fs::metadata(&ready).is_ok_and(|m| m.len() == j.job.segment_bytes)
+            && std::fs::rename(&ready, &path).is_ok();
+        let create = (!preallocated).then_some(());
+        let (file, align, _) =
+            open_segment(&path, create, j.job.direct_io, 0).map_err(|e| format!("creating segment {}: {e}", path.display()))?;
+        if prealloc {
+            self.prealloc.request(&j.job.dir, j.job.segment_bytes);
+        }
+        if align.is_some() && !preallocated {
+            // Allocated (unwritten) blocks up to the segment size: a write
+            // into them does not extend the file, so the filesystem lets
+            // the pieces of a batch run at once, where extending writes
+            // would go one after the other. They read as zeros: a zero
+            // tail, cut when the segment is sealed.
+            let len = libc::off_t::try_from(j.job.segment_bytes).unwrap_or(libc::off_t::MAX);
+            // SAFETY: fallocate on an fd we own, integer arguments only.
+            if unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len) } != 0 {
+                tracing::debug!(stream = %j.job.name, error = %std::io::Error::last_os_error(), "fallocate of a new segment failed; writing it extends it");
+            }
+        }
+        let dir = File::open(&j.job.dir).map_err(|e| format!("opening {}: {e}", j.job.dir.display()))?;
+        let s = opcode::Fsync::new(types::Fd(dir.as_raw_fd())).build().user_data(dir_sync + 1);
+        // SAFETY: as above; the directory is kept open in its SyncOp.
+        unsafe { self.ring.submission().push(&s) }.map_err(|_| "io_uring submission queue full".to_owned())?;
+        j.syncs.push_back(SyncOp { token: dir_sync + 1, end: from, done: false, _file: Some(dir) });
+        tracing::info!(stream = %j.job.name, segment = %path.display(), direct_io = align.is_some(), preallocated, "new segment");
+        // The tail is already the first batch's (prepared for this file).
+        j.segment = Some(Segment { file, path, planned: 0, align });
         Ok(())
     }
 
@@ -576,89 +972,120 @@ impl Worker {
         }
     }
 
-    /// Handles every completion waiting.
-    fn reap(&mut self) {
+    /// Handles every completion waiting; returns how many.
+    fn reap(&mut self) -> usize {
         let done: Vec<(u64, i32)> = self.ring.completion().map(|c| (c.user_data(), c.result())).collect();
-        for (token, res) in done {
-            let write = token & !1;
-            let Some(i) = self.jobs.iter().position(|j| j.in_flight.as_ref().is_some_and(|f| f.write == write)) else {
-                tracing::warn!(token, res, "completion for no write in flight");
-                continue;
-            };
-            if token & 1 == 0 {
-                self.write_completed(i, res);
-            } else {
-                self.sync_completed(i, res);
+        for &(token, res) in &done {
+            let found = self.jobs.iter().enumerate().find_map(|(i, j)| {
+                if j.write.as_ref().is_some_and(|w| w.pieces.iter().any(|&(t, _)| t == token)) {
+                    Some((i, TokenKind::Write))
+                } else if j.syncs.iter().any(|s| s.token == token) {
+                    Some((i, TokenKind::Sync))
+                } else {
+                    None
+                }
+            });
+            match found {
+                Some((i, TokenKind::Write)) => self.piece_completed(i, token, res),
+                Some((i, TokenKind::Sync)) => self.sync_completed(i, token, res),
+                None => tracing::warn!(token, res, "completion for nothing in flight"),
             }
         }
+        done.len()
     }
 
-    fn write_completed(&mut self, i: usize, res: i32) {
+    /// A piece of job `i`'s write completed; the write is done once all
+    /// are.
+    fn piece_completed(&mut self, i: usize, token: u64, res: i32) {
         let j = &mut self.jobs[i];
-        let f = j.in_flight.as_mut().expect("found by token");
-        if res < 0 || res as u64 != f.len {
-            let why = if res < 0 {
+        let w = j.write.as_mut().expect("found by token");
+        let k = w.pieces.iter().position(|&(t, _)| t == token).expect("found by token");
+        let (_, want) = w.pieces.swap_remove(k);
+        if w.failed.is_none() && (res < 0 || res as u64 != want) {
+            w.failed = Some(if res < 0 {
                 std::io::Error::from_raw_os_error(-res).to_string()
             } else {
                 // A short write is how a full filesystem shows first.
                 // (fsblkcnt_t and c_ulong are u64 here, not everywhere.)
                 #[allow(clippy::unnecessary_cast)]
                 let full = nix::sys::statvfs::statvfs(&j.job.dir)
-                    .is_ok_and(|v| (v.blocks_available() as u64).saturating_mul(v.fragment_size() as u64) < f.len);
-                let short = format!("short write: {res} of {} bytes", f.len);
+                    .is_ok_and(|v| (v.blocks_available() as u64).saturating_mul(v.fragment_size() as u64) < want);
+                let short = format!("short write: {res} of {want} bytes");
                 if full {
                     format!("{} ({short})", std::io::Error::from_raw_os_error(libc::ENOSPC))
                 } else {
                     short
                 }
-            };
-            // A linked sync is cancelled by the kernel; its completion
-            // (ECANCELED) still comes and finds the stream stopped.
-            let msg = format!("writing batch ending at {}: {why}", f.end);
-            if !f.sync {
-                j.in_flight = None;
-            } else {
-                f.write_done = true;
-            }
-            self.stop(i, msg);
+            });
+        }
+        if !w.pieces.is_empty() {
             return;
         }
-        f.write_done = true;
-        let (end, len, sync) = (f.end, f.len, f.sync);
-        if let Some((_, seg_len)) = &mut j.job.segment {
-            *seg_len += len;
+        let w = j.write.take().expect("checked above");
+        if let Some(why) = w.failed {
+            self.stop(i, format!("writing batch ending at {}: {why}", w.end));
+            return;
         }
-        j.job.disk_bytes += len;
-        j.written = end;
-        let disk = j.job.disk_bytes;
-        if !sync {
-            j.in_flight = None;
-            j.unsynced = end;
-            j.job.sub.release_to(end);
-            if j.job.durability == Durability::None {
-                j.job.sub.ring().set_durable_position(end);
+        j.job.disk_bytes += w.batch_len;
+        j.written = w.end;
+        match j.job.durability {
+            Durability::Always => {}
+            Durability::IntervalMs(_) => j.job.sub.release_to(w.end),
+            Durability::None => {
+                j.job.sub.release_to(w.end);
+                // Durable at once, unless a seal or directory sync queued
+                // before is still running.
+                if j.syncs.is_empty() {
+                    j.job.sub.ring().set_durable_position(w.end);
+                }
             }
         }
-        let name = j.job.name.clone();
+        let (name, disk) = (j.job.name.clone(), j.job.disk_bytes);
         self.set_status(&name, |s| s.disk_bytes = disk);
     }
 
-    fn sync_completed(&mut self, i: usize, res: i32) {
+    fn sync_completed(&mut self, i: usize, token: u64, res: i32) {
         let j = &mut self.jobs[i];
-        let f = j.in_flight.take().expect("found by token");
+        let Some(op) = j.syncs.iter_mut().find(|s| s.token == token) else { return };
+        op.done = true;
+        let took = j.last_sync.elapsed().as_nanos() as u64;
+        j.sync_ns_avg = if j.sync_ns_avg == 0 { took } else { (j.sync_ns_avg * 7 + took) / 8 };
         if j.error.is_some() {
-            return; // the write before it failed; already reported
+            // The write before it failed (ECANCELED), already reported.
+            j.syncs.retain(|s| !s.done);
+            return;
         }
         if res < 0 {
             let e = std::io::Error::from_raw_os_error(-res);
             let durable = j.job.sub.ring().durable_position();
+            j.syncs.retain(|s| !s.done);
             self.stop(i, format!("fdatasync failed ({e}); durable position stays at {durable}; archiving stopped (a failed sync is never retried)"));
             return;
         }
-        debug_assert!(f.write_done || f.sync_only);
-        j.job.sub.ring().set_durable_position(f.end);
-        j.job.sub.release_to(f.end);
-        j.last_sync = Instant::now();
+        // In order: a sync covers only what was written before it, and a
+        // later one may finish first.
+        let mut durable = None;
+        while j.syncs.front().is_some_and(|s| s.done) {
+            let s = j.syncs.pop_front().expect("front exists");
+            durable = Some(s.end);
+        }
+        if let Some(end) = durable {
+            let end = match j.job.durability {
+                // Everything written is durable once the queue is empty.
+                Durability::None if j.syncs.is_empty() => j.written,
+                Durability::None => end.min(j.written),
+                _ => end,
+            };
+            if end > j.job.sub.ring().durable_position() {
+                j.woken = j.job.sub.ring().set_durable_position(end);
+                j.woken_at = Instant::now();
+                j.arrivals = 0;
+            }
+            if j.job.durability == Durability::Always {
+                j.job.sub.release_to(end);
+            }
+            j.last_sync = Instant::now();
+        }
     }
 
     fn stop(&mut self, i: usize, msg: String) {
@@ -667,6 +1094,7 @@ impl Worker {
             tracing::error!(stream = %j.job.name, error = %msg, "archiving stopped; publishers will be back-pressured");
             j.error = Some(msg.clone());
         }
+        j.prepared = None;
         let name = j.job.name.clone();
         self.set_status(&name, |s| s.error = Some(msg));
     }
@@ -675,4 +1103,151 @@ impl Worker {
         let mut st = self.statuses.lock().unwrap_or_else(|e| e.into_inner());
         f(st.entry(name.to_owned()).or_default());
     }
+}
+
+/// A stream's next segment, preallocated (`always` with direct I/O):
+/// `segment_bytes` of written zeros, renamed to the segment's name when
+/// the current one is sealed.
+pub const PREALLOC: &str = ".next-segment";
+/// The preallocated segment while it is being written.
+const PREALLOC_TMP: &str = ".next-segment.tmp";
+/// Zeros written per call while preallocating...
+const PREALLOC_CHUNK: usize = 1 << 20;
+/// ...with this pause after each, so that preallocating (in the background,
+/// at most 1 GiB/s) leaves the disk to the syncs it is there to speed up.
+const PREALLOC_PAUSE: Duration = Duration::from_millis(1);
+/// How long a new `always` stream's first batch waits for its first
+/// segment to be preallocated before it goes to a plain file.
+const PREALLOC_WAIT: Duration = Duration::from_millis(500);
+
+/// Writes preallocated segments on a thread of its own.
+///
+/// An `always` stream syncs after every batch. Appending to a file changes
+/// its size, and each sync then commits the filesystem's journal as well
+/// as flushing the device (ext4 here: 135 us for a 4 KiB append, 216 us
+/// for 32 KiB). Overwriting blocks already written changes no metadata:
+/// the sync is a device flush (75-80 us for 4 to 32 KiB, same machine). So
+/// the next segment of such a stream is written full of zeros ahead of
+/// time, with direct I/O (no page cache), synced, and only then renamed to
+/// [`PREALLOC`]; the archiver renames it to the new segment's name when it
+/// rolls (or creates a plain file if it is not ready). Its zeros are a
+/// zero tail to every reader.
+#[derive(Debug)]
+struct Preallocator {
+    tx: Option<Sender<(PathBuf, u64)>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Preallocator {
+    fn start() -> Preallocator {
+        let (tx, rx) = mpsc::channel::<(PathBuf, u64)>();
+        let thread = std::thread::Builder::new()
+            .name("rill-prealloc".into())
+            .spawn(move || {
+                while let Ok((dir, size)) = rx.recv() {
+                    if let Err(e) = preallocate(&dir, size) {
+                        tracing::warn!(dir = %dir.display(), error = %e, "could not preallocate the next segment; it will be created when needed");
+                        let _ = std::fs::remove_file(dir.join(PREALLOC_TMP));
+                    }
+                }
+            })
+            .map_err(|e| tracing::warn!(error = %e, "no preallocation thread; segments are created when needed"))
+            .ok();
+        Preallocator { tx: thread.is_some().then_some(tx), thread }
+    }
+
+    /// Asks for a preallocated next segment of `size` bytes in `dir`.
+    fn request(&self, dir: &Path, size: u64) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send((dir.to_path_buf(), size));
+        }
+    }
+
+    /// Lets the current preallocation finish, then stops the thread.
+    fn stop(&mut self) {
+        self.tx.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Writes `dir`/[`PREALLOC`]: `size` bytes of zeros, synced (unless one of
+/// that size is already there).
+fn preallocate(dir: &Path, size: u64) -> std::io::Result<()> {
+    use std::os::unix::fs::{FileExt, OpenOptionsExt};
+    let ready = dir.join(PREALLOC);
+    if std::fs::metadata(&ready).is_ok_and(|m| m.len() == size) {
+        return Ok(());
+    }
+    let tmp = dir.join(PREALLOC_TMP);
+    let file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o640).open(&tmp)?;
+    let mut direct = supports_direct_io(&file);
+    if direct {
+        // SAFETY: fcntl on an fd we own, integer arguments only.
+        let flags = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) };
+        // SAFETY: as above.
+        direct = flags >= 0 && unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETFL, flags | libc::O_DIRECT) } >= 0;
+    }
+    let mut zeros = AlignedBuf::new(PREALLOC_CHUNK, MAX_DIRECT_ALIGN);
+    let zeros = zeros.as_mut_slice();
+    let mut at = 0u64;
+    while at < size {
+        let n = (size - at).min(PREALLOC_CHUNK as u64) as usize;
+        // Direct I/O wants whole blocks; segment sizes are MiB multiples.
+        let n = if direct { n.div_ceil(MAX_DIRECT_ALIGN) * MAX_DIRECT_ALIGN } else { n };
+        file.write_all_at(&zeros[..n], at)?;
+        at += n as u64;
+        std::thread::sleep(PREALLOC_PAUSE);
+    }
+    file.set_len(size)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, &ready)?;
+    tracing::debug!(dir = %dir.display(), size, "next segment preallocated");
+    Ok(())
+}
+
+/// Opens a segment for writing (or with `create`, creates it), with
+/// O_DIRECT if `direct` is asked and the filesystem supports it. Returns
+/// the file, its direct-I/O alignment ([`MAX_DIRECT_ALIGN`], a multiple of
+/// whatever the filesystem needs) and, for direct I/O, the bytes of its
+/// last partial block before `data_len` (which the next write rewrites).
+fn open_segment(path: &Path, create: Option<()>, direct: bool, data_len: u64) -> std::io::Result<(File, Option<usize>, Vec<u8>)> {
+    use std::os::unix::fs::{FileExt, OpenOptionsExt};
+    let mut o = std::fs::OpenOptions::new();
+    o.read(true).write(true);
+    if create.is_some() {
+        o.create_new(true).mode(0o640);
+    }
+    let file = o.open(path)?;
+    if !direct || !supports_direct_io(&file) {
+        return Ok((file, None, Vec::new()));
+    }
+    let align = MAX_DIRECT_ALIGN as u64;
+    let mut tail = vec![0u8; (data_len % align) as usize];
+    file.read_exact_at(&mut tail, data_len - data_len % align)?;
+    // SAFETY: fcntl on an fd we own, integer arguments only.
+    let flags = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) };
+    // SAFETY: as above.
+    if flags < 0 || unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETFL, flags | libc::O_DIRECT) } < 0 {
+        return Ok((file, None, Vec::new()));
+    }
+    Ok((file, Some(MAX_DIRECT_ALIGN), tail))
+}
+
+/// Whether `file`'s filesystem supports direct I/O at an alignment (of
+/// offsets, lengths and memory) that divides [`MAX_DIRECT_ALIGN`].
+fn supports_direct_io(file: &File) -> bool {
+    // SAFETY: statx fills the zeroed struct we pass; the path is an empty
+    // C string with AT_EMPTY_PATH, so it describes the fd.
+    let (rc, stx) = unsafe {
+        let mut stx: libc::statx = std::mem::zeroed();
+        let rc = libc::statx(file.as_raw_fd(), c"".as_ptr(), libc::AT_EMPTY_PATH, libc::STATX_DIOALIGN, &mut stx);
+        (rc, stx)
+    };
+    if rc != 0 || stx.stx_mask & libc::STATX_DIOALIGN == 0 || stx.stx_dio_offset_align == 0 {
+        return false;
+    }
+    let align = stx.stx_dio_offset_align.max(stx.stx_dio_mem_align) as usize;
+    align.is_power_of_two() && align <= MAX_DIRECT_ALIGN
 }

@@ -15,6 +15,7 @@
 //! segment_bytes = 67108864           # roll to a new segment file past this size
 //! retention_bytes = 10737418240      # keep each persisted log under 10 GiB (default: no limit)
 //! retention_ms = 604800000           # delete sealed segments older than 7 days (default: never)
+//! direct_io = true                  # write segments with O_DIRECT where the filesystem supports it
 //!
 //! [[allow]]                          # uid 1000 may publish to orders.*, read all
 //! uids = [1000]
@@ -104,6 +105,10 @@ pub struct Config {
     /// Retention: sealed segments last written longer ago than this are
     /// deleted. None: kept for ever.
     pub retention_ms: Option<u64>,
+    /// Write segment files with direct I/O (O_DIRECT) where the data
+    /// directory's filesystem supports it; buffered writes elsewhere
+    /// (tmpfs) or when false.
+    pub direct_io: bool,
     /// Access rules.
     pub allow: Vec<AllowRule>,
 }
@@ -125,6 +130,7 @@ impl Default for Config {
             segment_bytes: DEFAULT_SEGMENT_BYTES,
             retention_bytes: None,
             retention_ms: None,
+            direct_io: true,
             allow: Vec::new(),
         }
     }

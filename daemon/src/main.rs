@@ -48,6 +48,10 @@ struct Args {
     /// Delete sealed segments last written longer ago than this (ms).
     #[arg(long)]
     retention_ms: Option<u64>,
+    /// Write segment files through the page cache, never with direct I/O
+    /// (which is used by default where the filesystem supports it).
+    #[arg(long)]
+    buffered_io: bool,
 }
 
 fn main() {
@@ -100,6 +104,9 @@ fn run(args: Args) -> anyhow::Result<()> {
     }
     if args.retention_ms.is_some() {
         config.retention_ms = args.retention_ms;
+    }
+    if args.buffered_io {
+        config.direct_io = false;
     }
     config.validate()?;
     rill_daemon::server::Server::new(config)?.run()

@@ -263,7 +263,10 @@ impl Server {
                 ))
             }
             Request::Heartbeat => Ok((Response::HeartbeatAck, Vec::new())),
-            Request::Health => Ok((self.health(), Vec::new())),
+            Request::Health => {
+                self.streams.refresh_archive_status();
+                Ok((self.health(), Vec::new()))
+            }
             Request::ListStreams => {
                 self.streams.refresh_archive_status();
                 Ok((Response::Streams { streams: self.streams.iter().map(|s| s.info()).collect() }, Vec::new()))
@@ -440,16 +443,18 @@ impl Server {
         Response::Resumed { handles: out }
     }
 
+    /// Healthy: serving, and every persisted stream archiving (a stream
+    /// whose archiving stopped holds its publishers back until an operator
+    /// acts, so the daemon says so).
     fn health(&self) -> Response {
-        Response::Health {
-            healthy: self.listener.is_some(),
-            detail: format!(
-                "{} streams, {} clients, up {} s",
-                self.streams.len(),
-                self.conns.len(),
-                self.started.elapsed().as_secs()
-            ),
+        let stopped: Vec<String> =
+            self.streams.iter().filter_map(|s| s.info().archive_error.map(|e| format!("stream {:?}: {e}", s.name))).collect();
+        let mut detail =
+            format!("{} streams, {} clients, up {} s", self.streams.len(), self.conns.len(), self.started.elapsed().as_secs());
+        if !stopped.is_empty() {
+            detail = format!("archiving stopped for {} stream(s): {}; {detail}", stopped.len(), stopped.join("; "));
         }
+        Response::Health { healthy: self.listener.is_some() && stopped.is_empty(), detail }
     }
 
     fn tick(&mut self) {

@@ -265,6 +265,7 @@ pub struct Streams {
     data_dir: PathBuf,
     segment_bytes: u64,
     retention: Retention,
+    direct_io: bool,
     archiver: Archiver,
 }
 
@@ -380,6 +381,7 @@ impl Streams {
             keep_prefixes: config.keep.clone(),
             data_dir: config.data_dir.clone(),
             segment_bytes: config.segment_bytes,
+            direct_io: config.direct_io,
             retention: Retention { max_bytes: config.retention_bytes, max_age: config.retention_ms.map(Duration::from_millis) },
             archiver: Archiver::start()?,
         })
@@ -545,10 +547,11 @@ impl Streams {
         let segments = rill_store::list_segments(&dir).map_err(|e| format!("listing {}: {e}", dir.display()))?;
         let disk_bytes = segments.iter().filter_map(|(_, p)| std::fs::metadata(p).ok()).map(|m| m.len()).sum();
         // Go on in the last segment if the log is continuous there.
+        // (Its batches' length: a direct-I/O writer's zero tail may follow.)
         let segment = segments
             .last()
             .filter(|_| log_end == Some(start))
-            .and_then(|(_, p)| std::fs::metadata(p).ok().map(|m| (p.clone(), m.len())));
+            .and_then(|(first, p)| std::fs::read(p).ok().map(|b| (p.clone(), rill_store::scan_segment(&b, *first).valid_len)));
         s.archive = Some(ArchiveStatus { disk_bytes, error: None });
         self.archiver.add(Job {
             name: name.to_owned(),
@@ -559,6 +562,7 @@ impl Streams {
             segment,
             disk_bytes,
             retention: self.retention,
+            direct_io: self.direct_io,
         });
         Ok(())
     }

@@ -12,10 +12,11 @@
 //!               | Counters, each on its own 128-byte line:         |
 //!               |   128  tail          (claimed position)          |
 //!               |   256  limit_granted (highest publisher limit)   |
-//!               |   384  durable, replicated positions             |
-//!               |   512  futex word, waiters                       |
-//!               |   640  next_publisher_id, fenced, slot_hwm       |
-//!               |   768  head (oldest frame that may be uncommitted)|
+//!               |   384  durable position, its futex and waiters   |
+//!               |   512  replicated position                       |
+//!               |   640  futex word, waiters                       |
+//!               |   768  next_publisher_id, fenced, slot_hwm       |
+//!               |   896  head (oldest frame that may be uncommitted)|
 //! offset 1024   +--------------------------------------------------+
 //!               | Slot[slot_count], 128 B each: state (free,       |
 //!               |   active, revoked, holding), pid, position,      |
@@ -150,6 +151,19 @@ pub struct WakeWords {
     pub waiters: AtomicU32,
 }
 
+/// The durable position and how publishers wait for it, on one line.
+#[repr(C)]
+#[derive(Debug)]
+pub struct DurableWords {
+    /// Position up to which the stream is on disk (only grows).
+    pub position: AtomicU64,
+    /// Incremented on every wake; waiters sleep on it with FUTEX_WAIT.
+    pub futex: AtomicU32,
+    /// Publishers asleep (or about to be) waiting for durability: each
+    /// adds one before it sleeps and takes it back after.
+    pub waiters: AtomicU32,
+}
+
 /// Ids handed to publishers, and how many publishers fence on every commit.
 #[repr(C)]
 #[derive(Debug)]
@@ -177,8 +191,9 @@ pub struct Counters {
     /// Highest publisher limit ever granted (see `ring::subscription` for
     /// the join protocol that reads it).
     pub limit_granted: Line<AtomicU64>,
-    /// Position up to which the stream is on disk; written by the archiver.
-    pub durable: Line<AtomicU64>,
+    /// Position up to which the stream is on disk; written by the archiver,
+    /// which wakes the publishers waiting for it.
+    pub durable: Line<DurableWords>,
     /// Position held by enough replicas; written by the replicator.
     pub replicated: Line<AtomicU64>,
     /// Futex word and waiters.
@@ -265,7 +280,9 @@ impl Counters {
         Counters {
             tail: l(0),
             limit_granted: l(0),
-            durable: l(0),
+            durable: Line {
+                value: DurableWords { position: AtomicU64::new(0), futex: AtomicU32::new(0), waiters: AtomicU32::new(0) },
+            },
             replicated: l(0),
             wake: Line { value: WakeWords { futex: AtomicU32::new(0), waiters: AtomicU32::new(0) } },
             head: l(0),

@@ -19,7 +19,7 @@
 use crate::batch::{BatchHeader, FormatError, BATCH_HEADER_LEN};
 use crate::parse_segment_file_name;
 use crate::reader::FrameReader;
-use crate::scan::{is_zero_tail, IndexEntry, MAX_ZERO_TAIL};
+use crate::scan::{is_zero_tail, IndexEntry};
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
@@ -124,14 +124,14 @@ impl SegmentIndex {
                     continue;
                 }
             };
+            if !sealed {
+                return Ok(()); // the tail of a live segment: not whole yet
+            }
             let zero_tail = zero_tail_at(&file, self.valid_len, file_len);
             if zero_tail.map_err(|source| LogError::Io { path: self.path.clone(), source })? {
-                break; // the zero tail of a direct-I/O writer: a clean end
+                break; // a zero tail: a clean end
             }
-            if sealed {
-                return Err(LogError::Damaged { path: self.path.clone(), offset: self.valid_len, source: problem });
-            }
-            return Ok(()); // the tail of a live segment: not whole yet
+            return Err(LogError::Damaged { path: self.path.clone(), offset: self.valid_len, source: problem });
         }
         self.sealed = sealed;
         Ok(())
@@ -163,14 +163,17 @@ impl SegmentIndex {
 
 /// Whether the bytes of `file` from `offset` to `file_len` are a zero
 /// tail ([`is_zero_tail`]).
-fn zero_tail_at(file: &File, offset: u64, file_len: u64) -> io::Result<bool> {
-    let rest = file_len - offset;
-    if rest >= MAX_ZERO_TAIL as u64 {
-        return Ok(false);
+fn zero_tail_at(file: &File, mut offset: u64, file_len: u64) -> io::Result<bool> {
+    let mut buf = vec![0u8; 1 << 20];
+    while offset < file_len {
+        let n = (file_len - offset).min(buf.len() as u64) as usize;
+        file.read_exact_at(&mut buf[..n], offset)?;
+        if !is_zero_tail(&buf[..n]) {
+            return Ok(false);
+        }
+        offset += n as u64;
     }
-    let mut buf = vec![0u8; rest as usize];
-    file.read_exact_at(&mut buf, offset)?;
-    Ok(is_zero_tail(&buf))
+    Ok(true)
 }
 
 /// The header at `offset`: `None` if fewer than 64 bytes are in the file.

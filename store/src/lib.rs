@@ -27,9 +27,12 @@
 //!
 //! # The zero tail
 //! A segment written with direct I/O ends with the rest of its last block
-//! zeroed: after the last batch, fewer than [`MAX_ZERO_TAIL`] bytes, all
-//! zero. That is a clean end, not damage ([`is_zero_tail`]); the next
-//! batch is written over it, at the end of the last batch. Everything that reads
+//! zeroed, and a preallocated segment (written zeros, so that appending to
+//! it changes no metadata and a sync is a mere flush) with zeros up to its
+//! full size: after the last batch, only zero bytes. That is a clean end,
+//! not damage ([`is_zero_tail`]); the next batch is written over it, at
+//! the end of the last batch. A reader takes an all-zero batch header as
+//! the end of what is written so far. Everything that reads
 //! checks every length against what it holds: bad bytes give an error,
 //! never a panic or a read out of bounds.
 //!
@@ -68,7 +71,7 @@ pub use build::FrameBuf;
 pub use index::{list_segments, LogError, SegmentIndex, StreamLog};
 pub use reader::{FrameReader, ReadError};
 pub use recover::{recover_segment, Recovery};
-pub use scan::{batch_at, is_zero_tail, MAX_ZERO_TAIL, find_next_batch, scan_segment, Damage, DamageKind, IndexEntry, Scan};
+pub use scan::{batch_at, is_zero_tail, find_next_batch, scan_segment, Damage, DamageKind, IndexEntry, Scan};
 
 /// Digits of the position in a segment file's name (`u64::MAX` has 20).
 const NAME_DIGITS: usize = 20;

@@ -7,13 +7,15 @@
 //! the frames. At the end of the file, or before a batch that is not yet
 //! whole, it returns `Ok(None)` and stays where it is: the file may be a
 //! live segment that the archiver is still appending to, and the next call
-//! tries again. The zero tail a direct-I/O writer leaves after its last
-//! batch ([`is_zero_tail`](crate::is_zero_tail)) is such an end too. A bad
+//! tries again. An all-zero batch header is such an end too: the zero tail
+//! of a direct-I/O writer or of a preallocated segment
+//! ([`is_zero_tail`](crate::is_zero_tail)). (Zeros in the middle of a
+//! sealed segment would end it early; readers of several segments check
+//! that each starts where the last one ended, which catches that.) A bad
 //! batch is an error; the reader stays before it, so
 //! every later call returns the same error rather than skipping data.
 
 use crate::batch::{BatchHeader, FormatError, BATCH_HEADER_LEN, MAX_BATCH_BYTES};
-use crate::scan::{is_zero_tail, MAX_ZERO_TAIL};
 use rill_shm::frame::{parse_frame, Frame, FrameKind};
 use std::io::{self, Read, Seek, SeekFrom};
 use thiserror::Error;
@@ -143,7 +145,7 @@ impl<R: Read + Seek> FrameReader<R> {
         }
         let header = match BatchHeader::parse(&head) {
             Ok(h) => h,
-            Err(_) if head.iter().all(|&b| b == 0) && self.zero_tail_follows()? => return Ok(None),
+            Err(_) if head.iter().all(|&b| b == 0) => return Ok(None),
             Err(source) => return Err(ReadError::BadBatch { offset: self.offset, source }),
         };
         let bad = |source| ReadError::BadBatch { offset: self.offset, source };
@@ -163,15 +165,6 @@ impl<R: Read + Seek> FrameReader<R> {
         self.expected = Some(header.end_position);
         self.batch = Some(header);
         Ok(Some(header))
-    }
-
-    /// After an all-zero header at `offset`: whether everything from
-    /// `offset` to the end of the source is a zero tail.
-    fn zero_tail_follows(&mut self) -> io::Result<bool> {
-        self.src.seek(SeekFrom::Start(self.offset))?;
-        let mut rest = vec![0u8; MAX_ZERO_TAIL];
-        let n = read_full(&mut self.src, &mut rest)?;
-        Ok(is_zero_tail(&rest[..n]))
     }
 
     /// The header of the batch frames are being read from.

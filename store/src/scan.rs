@@ -16,8 +16,9 @@
 //!   not a torn write but damaged in place (media, a stray write); they
 //!   must be kept aside before anything is cut.
 //!
-//! Zero bytes after the last batch, fewer than [`MAX_ZERO_TAIL`], are the
-//! zero tail a direct-I/O writer leaves in its last block: no damage.
+//! Zero bytes from the end of the last batch to the end of the file are a
+//! zero tail (the rest of a direct-I/O writer's last block, or the unused
+//! end of a preallocated segment): no damage.
 //!
 //! Nothing here reads outside the slice given or panics, whatever the
 //! bytes.
@@ -26,15 +27,11 @@ use crate::batch::{BatchHeader, FormatError, BATCH_HEADER_LEN, BATCH_MAGIC};
 use rill_shm::frame::{parse_frame, FRAME_ALIGNMENT, HEADER_LEN};
 use std::fmt;
 
-/// A segment may end with fewer than this many zero bytes after its last
-/// batch (the rest of the last block of a direct-I/O write): a clean end.
-/// 64 KiB covers every direct-I/O alignment in use (512 B to 64 KiB).
-pub const MAX_ZERO_TAIL: usize = 64 << 10;
-
 /// Whether `rest`, the bytes after a segment's last valid batch, is a zero
-/// tail: shorter than [`MAX_ZERO_TAIL`] and all zero.
+/// tail: all zero (the rest of a direct-I/O writer's last block, or the
+/// unused end of a preallocated segment), and so a clean end.
 pub fn is_zero_tail(rest: &[u8]) -> bool {
-    rest.len() < MAX_ZERO_TAIL && rest.iter().all(|&b| b == 0)
+    rest.iter().all(|&b| b == 0)
 }
 
 /// One valid batch of a segment: what the index keeps.
@@ -283,10 +280,11 @@ mod tests {
         let s = scan_segment(&seg, 1024);
         assert!(s.is_whole(), "{s:?}");
         assert_eq!((s.valid_len, s.file_len, s.batches.len()), (offsets[2], seg.len() as u64, 2));
-        // Too long a run of zeros, or one non-zero byte, is torn.
+        // However long (a preallocated segment's unused end)...
         let mut long = seg.clone();
-        long.resize(offsets[2] as usize + MAX_ZERO_TAIL, 0);
-        assert_eq!(scan_segment(&long, 1024).damage.map(|d| d.kind), Some(DamageKind::Torn));
+        long.resize(offsets[2] as usize + (4 << 20), 0);
+        assert!(scan_segment(&long, 1024).is_whole());
+        // ...but one non-zero byte makes it torn.
         let last = seg.len() - 1;
         seg[last] = 1;
         assert_eq!(scan_segment(&seg, 1024).damage.map(|d| (d.offset, d.kind)), Some((offsets[2], DamageKind::Torn)));

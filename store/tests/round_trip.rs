@@ -9,7 +9,7 @@ use common::{simple_segment, temp_dir};
 use rill_shm::frame::FrameKind;
 use rill_shm::ring::{Ring, RingConfig, Start};
 use rill_store::{
-    encode_batch, recover_segment, scan_segment, segment_file_name, BatchHeader, FormatError, FrameBuf, FrameReader, LogError, ReadError,
+    encode_batch, recover_segment, scan_segment, BATCH_HEADER_LEN, segment_file_name, BatchHeader, FormatError, FrameBuf, FrameReader, LogError, ReadError,
     StreamLog,
 };
 use std::fs::{File, OpenOptions};
@@ -255,13 +255,22 @@ fn zero_tail_is_an_end_and_is_written_over() {
     log.refresh().unwrap();
     assert!(log.segments()[0].sealed);
     assert!(scan_segment(&bytes, 0).is_whole());
-    // ...but a non-zero byte in it is damage.
-    bytes.resize(bytes.len() + 600, 0);
+    // ...however long (a preallocated segment's unused end)...
+    let end = bytes.len();
+    bytes.resize(end + (3 << 20), 0);
+    std::fs::write(&path, &bytes).unwrap();
+    assert!(StreamLog::open(dir.path()).is_ok());
+    // ...but a non-zero byte in it is damage, for the index of a sealed
+    // segment (which reads the whole tail) and, in a header, for a reader
+    // (which takes an all-zero header as the end of what is written).
     let last = bytes.len() - 1;
     bytes[last] = 7;
     std::fs::write(&path, &bytes).unwrap();
     assert!(matches!(StreamLog::open(dir.path()), Err(LogError::Damaged { .. })));
+    let data_end = f.end_position() as usize - seg.batch_positions[2] as usize + seg.bytes.len() + BATCH_HEADER_LEN;
+    bytes[data_end + 10] = 7;
+    std::fs::write(&path, &bytes).unwrap();
     let mut reader = FrameReader::new(File::open(&path).unwrap(), 0);
     while let Ok(Some(_)) = reader.next_data() {}
-    assert!(reader.next_data().is_err(), "a tail that is not all zeros is a bad batch");
+    assert!(reader.next_data().is_err(), "a header that is not all zeros is a bad batch");
 }

@@ -72,7 +72,7 @@ fn read_log(dir: &Path, seed: u64) -> Result<Vec<(u64, u32, u64)>> {
     Ok(out)
 }
 
-/// A publisher on a stream persisted with `always` waits for durability
+/// A publisher on a stream persisted with `policy` waits for durability
 /// every 16 messages and prints how many are durable. rilld is killed with
 /// SIGKILL 20 times at random moments (each time after at least 400 more
 /// messages became durable since the last restart, then 0-150 ms later,
@@ -81,20 +81,33 @@ fn read_log(dir: &Path, seed: u64) -> Result<Vec<(u64, u32, u64)>> {
 /// files (rolled every 1 MiB) hold every message acknowledged as durable,
 /// in order, exactly once, intact, and nothing else but later messages of
 /// the same publisher, also in order.
-#[test]
-fn durable_messages_survive_twenty_kill9s_of_rilld() -> Result<()> {
-    let name = "persist_kill9";
+///
+/// Three ways of writing, each in /var/tmp (a disk filesystem on any usual
+/// system): `always` with direct I/O into preallocated segments (written
+/// zeros, renamed into place), `always` through the page cache
+/// (`--buffered-io`), and `interval:2` with direct I/O appending, so kills
+/// land between direct writes, their zero tails, preallocation, renames
+/// and syncs. rilld's log shows which way was taken: it says of each new
+/// segment whether it was preallocated and written with direct I/O.
+fn durable_messages_survive_twenty_kill9s(name: &str, policy: &str, direct: bool) -> Result<()> {
     let seed = seed(name);
     let deadline = deadline();
     let mut rng = Prng::new(seed);
-    let mut d = Rilld::start(name, &["--segment-bytes".into(), (1u64 << 20).to_string()], deadline)?;
-    let stream = "durable.kill9";
+    let disk = rill_tests::harness::TempRingDir::new_in(Path::new("/var/tmp"), name)?;
+    let mut extra = vec!["--segment-bytes".into(), (1u64 << 20).to_string()];
+    if !direct {
+        extra.push("--buffered-io".into());
+    }
+    let preallocated = direct && policy == "always";
+    let mut d = Rilld::start_with_data_dir(name, &extra, Some(disk.path()), deadline)?;
+    let stream = format!("durable.{name}");
+    let stream = stream.as_str();
     let stop = d.dir.join("stop");
     let mut cmd = Command::new(WORKER);
     cmd.args(["publish", "--socket"]).arg(&d.socket);
     cmd.args(["--stream", stream, "--publisher", "0", "--seed", &seed.to_string()]);
     cmd.args(["--capacity", &(256u64 << 10).to_string(), "--max-len", &MAX_LEN.to_string()]);
-    cmd.args(["--persist", "always", "--wait-durable", "16", "--until-file"]).arg(&stop);
+    cmd.args(["--persist", policy, "--wait-durable", "16", "--until-file"]).arg(&stop);
     cmd.env("NO_COLOR", "1");
     let mut publ = Worker::spawn_command(cmd, "publisher")?;
     let mut acked = 0u64;
@@ -122,7 +135,8 @@ fn durable_messages_survive_twenty_kill9s_of_rilld() -> Result<()> {
     ensure!(durable >= acked && durable <= sent, "summary {summary:?} against {acked} seen durable");
     // A clean stop flushes what is left in the ring.
     d.stop(deadline)?;
-    let log = read_log(&d.data.join("data").join(stream), seed)?;
+    let dir = d.data_dir.join(stream);
+    let log = read_log(&dir, seed)?;
     let seqs: Vec<u64> = log.iter().map(|&(_, _, s)| s).collect();
     ensure!(log.iter().all(|&(_, p, _)| p == 0), "a frame of another publisher");
     ensure!(
@@ -132,10 +146,38 @@ fn durable_messages_survive_twenty_kill9s_of_rilld() -> Result<()> {
     );
     ensure!(seqs.len() as u64 >= durable, "only {} messages on disk, {durable} were acknowledged durable", seqs.len());
     ensure!(seqs.len() as u64 == sent, "{} messages on disk after a clean stop, {sent} sent", seqs.len());
-    let segments = list_segments(&d.data.join("data").join(stream))?.len();
+    let segments = list_segments(&dir)?;
+    if preallocated {
+        // (One created while its preallocation was not ready is plain.)
+        let log = d.log();
+        let (new, pre) = (log.matches("new segment").count(), log.matches("preallocated=true").count());
+        ensure!(pre * 2 >= new, "{pre} of {new} new segments preallocated (is /var/tmp a disk filesystem?)");
+    } else if direct {
+        let log = d.log();
+        let (new, direct) = (log.matches("new segment").count(), log.matches("direct_io=true").count());
+        ensure!(new > 0 && direct == new, "{direct} of {new} new segments written with direct I/O (is /var/tmp a disk filesystem?)");
+    } else {
+        ensure!(!d.log().contains("direct_io=true"), "--buffered-io, yet a segment was written with direct I/O");
+    }
+    let segments = segments.len();
     eprintln!("{name}: {sent} sent, {durable} acknowledged durable, {} on disk in {segments} segments after 20 kills", seqs.len());
     ensure!(segments > 1, "the test meant to roll segments: {segments}");
     Ok(())
+}
+
+#[test]
+fn durable_messages_survive_twenty_kill9s_of_rilld() -> Result<()> {
+    durable_messages_survive_twenty_kill9s("persist_kill9", "always", true)
+}
+
+#[test]
+fn buffered_always_survives_twenty_kill9s_of_rilld() -> Result<()> {
+    durable_messages_survive_twenty_kill9s("persist_kill9_buffered", "always", false)
+}
+
+#[test]
+fn direct_io_interval_survives_twenty_kill9s_of_rilld() -> Result<()> {
+    durable_messages_survive_twenty_kill9s("persist_kill9_direct", "interval:2", true)
 }
 
 /// A tmpfs of a fixed size mounted on a fresh directory under the system's
@@ -186,8 +228,9 @@ fn seqs_of(log: &[(u64, u32, u64)], publisher: u32) -> Result<Vec<u64>> {
 /// The data directory's filesystem fills up: a 2 MiB tmpfs, under a
 /// stream persisted with `always` and two publishers: 0 waits for
 /// durability every 16 messages until told to stop, 1 never waits and
-/// sends 30,000 messages (about 5 MiB). rilld keeps running and answering
-/// `health`, reports ENOSPC in `StreamInfo::archive_error`, and holds the
+/// sends 30,000 messages (about 5 MiB). rilld keeps running, answers
+/// `health` with "no" naming the stream and ENOSPC, reports ENOSPC in
+/// `StreamInfo::archive_error`, and holds the
 /// publishers back with the archiver's slot: the ring fills, tail and
 /// durable position stop, publisher 0 is told nothing more is durable,
 /// and neither publisher fails. Everything up to the durable position
@@ -257,7 +300,10 @@ fn a_full_filesystem_holds_publishers_back_and_loses_nothing() -> Result<()> {
     ensure!(info.disk_bytes > 1 << 20, "archiving stopped after {} bytes of the 2 MiB free: {error}", info.disk_bytes);
     d.ensure_alive()?;
     let health = client.health()?;
-    ensure!(health.healthy, "rilld unhealthy with a full data directory: {}", health.detail);
+    ensure!(
+        !health.healthy && health.detail.contains(stream) && health.detail.contains("No space left"),
+        "health with a full data directory should be no, naming the stream and ENOSPC: {health:?}"
+    );
 
     // 2. The archiver's slot holds the publishers back: the ring fills up
     //    behind it (publisher 1 never waits) and then nothing moves.
@@ -314,6 +360,8 @@ fn a_full_filesystem_holds_publishers_back_and_loses_nothing() -> Result<()> {
     })?;
     let info = client.stream_info(stream)?;
     ensure!(info.archive_error.is_none(), "archiving resumed but reports {:?}", info.archive_error);
+    let health = client.health()?;
+    ensure!(health.healthy, "archiving resumed but health says {health:?}");
     eprintln!("{name}: {:?}: archiving resumed", t0.elapsed());
 
     // 5. Everything sent is on disk, once, in order.

@@ -35,8 +35,8 @@ use std::time::{Duration, Instant};
 /// dropping it uncommitted turns it into padding.
 pub type Claim<'a, M = Shared> = rill_shm::ring::Claim<'a, M>;
 
-/// How long [`Publisher::wait_durable`] spins before it starts yielding.
-const DURABLE_SPIN: Duration = Duration::from_micros(50);
+/// How long [`Publisher::wait_durable`] spins before it sleeps.
+const DURABLE_SPIN: Duration = Duration::from_micros(5);
 
 /// Why [`Publisher::wait_durable`] returned without durability.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -138,10 +138,11 @@ impl<M: ClaimMode> Publisher<M> {
     /// [`offer`](Self::offer) or [`send`](Self::send) returned): the
     /// daemon's archiver has written that message, and synced it as the
     /// stream's durability says (see [`Durability`](crate::Durability)).
-    /// Returns the durable position. It busy-waits (spinning, then
-    /// yielding the core), since a sync takes a few hundred microseconds
-    /// and a sleep would add the kernel's timer slack to every
-    /// acknowledgement; a stream that is not persisted is an error at once.
+    /// Returns the durable position. It spins briefly, then sleeps on a
+    /// futex in the ring that the archiver wakes when the durable position
+    /// moves: a sync takes a hundred microseconds or more, and spinning
+    /// waiters would take the CPU the kernel needs to finish it. A stream
+    /// that is not persisted is an error at once.
     ///
     /// ```no_run
     /// use rill::{Client, Durability, StreamOptions};
@@ -158,26 +159,7 @@ impl<M: ClaimMode> Publisher<M> {
         if self.info.persist.is_none() {
             return Err(DurableError::NotPersisted { stream: self.info.name.clone() });
         }
-        let ring = self.publication.ring();
-        let start = Instant::now();
-        let mut spins = 0u32;
-        loop {
-            let durable = ring.durable_position();
-            if durable > position {
-                return Ok(durable);
-            }
-            spins += 1;
-            if spins.is_multiple_of(64) {
-                let waited = start.elapsed();
-                if waited >= timeout {
-                    return Err(DurableError::TimedOut { position, durable });
-                }
-                if waited >= DURABLE_SPIN {
-                    std::thread::yield_now();
-                }
-            }
-            std::hint::spin_loop();
-        }
+        self.publication.ring().wait_durable(position, DURABLE_SPIN, timeout).map_err(|durable| DurableError::TimedOut { position, durable })
     }
 
     /// Whether this is the stream's exclusive publisher.

@@ -397,7 +397,7 @@ impl Ring {
         // none yet) could see a tail beyond them.
         c.head.value.store(position, Ordering::Release);
         c.limit_granted.value.fetch_max(position, Ordering::SeqCst);
-        c.durable.value.fetch_max(position, Ordering::Release);
+        c.durable.value.position.fetch_max(position, Ordering::Release);
         c.tail.value.store(position, Ordering::Release);
         Ok(())
     }
@@ -420,14 +420,69 @@ impl Ring {
 
     /// Position up to which the stream is durable (set by the archiver).
     pub fn durable_position(&self) -> u64 {
-        self.inner.mem.counters().durable.value.load(Ordering::Acquire)
+        self.inner.mem.counters().durable.value.position.load(Ordering::Acquire)
     }
 
-    /// Publishes the durable position (the archiver's job). Only grows.
-    pub fn set_durable_position(&self, position: u64) {
-        // SYNC(durable): Release pairs with the Acquire in durable_position,
-        // so a waiter that sees it also sees what the archiver wrote first.
-        self.inner.mem.counters().durable.value.fetch_max(position, Ordering::Release);
+    /// Publishes the durable position (the archiver's job; only grows) and
+    /// wakes the publishers asleep in [`Ring::wait_durable`]; returns how
+    /// many were asleep.
+    pub fn set_durable_position(&self, position: u64) -> u32 {
+        let d = &self.inner.mem.counters().durable.value;
+        // SYNC(durable): SeqCst, for the Dekker handshake with a waiter's
+        // SeqCst store of `waiters` and load of the position: either it
+        // sees the new position, or we see it waiting. (Release would do
+        // for the position alone: a waiter that sees it also sees what the
+        // archiver wrote first.)
+        let before = d.position.fetch_max(position, Ordering::SeqCst);
+        let sleepers = d.waiters.load(Ordering::SeqCst);
+        if sleepers != 0 && before < position {
+            // SYNC(futex): Release pairs with the waiter's Acquire load of
+            // the futex word; one that loaded it before this bump returns
+            // from FUTEX_WAIT at once.
+            d.futex.fetch_add(1, Ordering::Release);
+            crate::os::futex::wake_all(&d.futex);
+        }
+        sleepers
+    }
+
+    /// Waits until the durable position passes `position` (the frame at
+    /// `position` is on disk as its stream's policy defines it); returns
+    /// the durable position, or `Err` with it once `timeout` has passed.
+    /// Spins for `spin` first, then sleeps on a futex that
+    /// [`Ring::set_durable_position`] wakes, so a waiter costs no CPU while
+    /// a sync runs (on a busy host, spinning waiters would take the CPU the
+    /// kernel's I/O threads need to finish that very sync).
+    pub fn wait_durable(&self, position: u64, spin: std::time::Duration, timeout: std::time::Duration) -> Result<u64, u64> {
+        let d = &self.inner.mem.counters().durable.value;
+        let start = std::time::Instant::now();
+        let mut spins = 0u32;
+        loop {
+            let now = d.position.load(Ordering::Acquire);
+            if now > position {
+                return Ok(now);
+            }
+            spins = spins.wrapping_add(1);
+            if !spins.is_multiple_of(64) {
+                std::hint::spin_loop();
+                continue;
+            }
+            let waited = start.elapsed();
+            if waited >= timeout {
+                return Err(now);
+            }
+            if waited < spin {
+                continue;
+            }
+            // SYNC(futex): Acquire pairs with the waker's Release bump.
+            let seen = d.futex.load(Ordering::Acquire);
+            d.waiters.fetch_add(1, Ordering::SeqCst);
+            // SYNC(durable): SeqCst, the other half of the handshake in
+            // set_durable_position.
+            if d.position.load(Ordering::SeqCst) <= position {
+                crate::os::futex::wait(&d.futex, seen, Some((timeout - waited).min(std::time::Duration::from_millis(100))));
+            }
+            d.waiters.fetch_sub(1, Ordering::SeqCst);
+        }
     }
 
     /// Position held by enough replicas (set by the replicator).
