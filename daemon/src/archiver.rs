@@ -35,19 +35,21 @@
 //! syncing an append here.
 //!
 //! # Durability (per stream, `rill::Durability`)
-//! * `always`: group commit. Writes go as frames arrive; one `fdatasync` at
-//!   a time per stream covers everything written before it started, and
-//!   the next one starts when it completes. (Two syncs of one file at once
-//!   gain nothing: the filesystem runs its journal commits one after the
-//!   other, and many small queued syncs only lengthen the queue.) When a
-//!   sync completes, the durable position moves to what it covered, the
-//!   ring space is released, and the publishers asleep in `wait_durable`
-//!   are woken; the next sync then waits (at most [`GATHER_MAX`], and no
-//!   longer than a sync takes) until as many messages as it woke have
-//!   arrived, since publishers that wait for each message publish the next
-//!   one right away, and one sync should cover them all. Syncs are
-//!   finalized in order (the final sync of a sealed segment and a directory
-//!   sync may run beside a data sync).
+//! * `always`: group commit, one `fdatasync` at a time per stream. (Two
+//!   syncs of one file at once gain nothing: the filesystem runs its
+//!   journal commits one after the other, and many small queued syncs only
+//!   lengthen the queue.) When no sync or write runs and frames wait, they
+//!   are written with the sync linked to the write (IOSQE_IO_LINK: one
+//!   submission, the kernel starts the sync as the write completes).
+//!   Frames that arrive while a sync runs are written at once, and the next
+//!   sync covers them. When a sync completes, the durable position moves to
+//!   what it covered, the ring space is released, and the publishers asleep
+//!   in `wait_durable` are woken; the next commit then waits (at most
+//!   [`GATHER_MAX`], and no longer than a sync takes) until as many
+//!   messages as it woke publishers have arrived, since publishers that
+//!   wait for each message publish the next one right away, and one sync
+//!   should cover them all. Syncs are finalized in order (the final sync of
+//!   a sealed segment and a directory sync may run beside a data sync).
 //! * `interval:<ms>`: ring space is released when a write completes; an
 //!   `fdatasync` runs at most every `ms`, and the durable position moves to
 //!   what was written before it.
@@ -67,21 +69,24 @@
 //! nothing not yet durable is overwritten. Other streams go on.
 //!
 //! # Waiting
-//! The thread never spins while it waits for the disk: on a busy host a
+//! The thread does not spin while it waits for the disk: on a busy host a
 //! spinning thread takes the CPU the kernel's I/O and journal threads need
 //! to finish the very sync it waits for. While anything is in flight it
 //! waits on the io_uring for at most [`IDLE`] at a time (so new frames are
 //! seen within that even while a sync runs); when nothing is, it naps for
 //! [`IDLE`], and longer once everything has been quiet for a while. It
-//! polls without sleeping only while an `always` sync waits for the
-//! messages of the publishers the last one woke (at most [`GATHER_MAX`]).
+//! polls without sleeping only while an `always` commit waits for the
+//! messages of the publishers the last sync woke (at most [`GATHER_MAX`]),
+//! and from [`SYNC_SPIN`] before an `always` sync's expected end (by the
+//! moving average of its syncs) to as long after: a wake-up costs tens of
+//! microseconds on a host whose idle cores halt.
 //!
 //! Publishers waiting in `wait_durable` sleep on a futex in the ring, which
 //! [`Ring::set_durable_position`](rill_shm::ring::Ring::set_durable_position)
 //! wakes; it also says how many it woke, which is how the archiver knows
 //! how many messages to wait for before the next `always` sync.
 
-use io_uring::{opcode, types, IoUring};
+use io_uring::{opcode, squeue, types, IoUring};
 use rill::protocol::Durability;
 use rill_shm::frame::message_span;
 use rill_shm::ring::Subscriber;
@@ -101,6 +106,10 @@ pub const BATCH_BYTES: u64 = 4 << 20;
 /// `always`: longest a sync waits for the publishers the last one woke
 /// (at most as long as a sync takes, and never longer than this).
 pub const GATHER_MAX: Duration = Duration::from_micros(200);
+/// `always`: how long before a sync's expected end the archiver stops
+/// sleeping and polls for it (and how long past it it keeps polling
+/// before it sleeps again).
+pub const SYNC_SPIN: Duration = Duration::from_micros(30);
 /// A direct write goes in pieces of at most this, all in flight at once.
 pub const WRITE_CHUNK: usize = 256 << 10;
 /// How often retention is checked.
@@ -386,6 +395,12 @@ impl JobState {
     fn gathering(&self) -> bool {
         self.gathering && self.error.is_none()
     }
+
+    /// When the `always` sync in flight should complete (by the average).
+    fn sync_expected(&self) -> Option<Instant> {
+        (self.job.durability == Durability::Always && !self.syncs.is_empty() && self.sync_ns_avg > 0 && self.error.is_none())
+            .then(|| self.last_sync + Duration::from_nanos(self.sync_ns_avg))
+    }
 }
 
 /// What a completion token belongs to.
@@ -450,7 +465,16 @@ impl Worker {
                 continue;
             }
             if busy {
-                self.wait_completion(IDLE);
+                // An `always` sync due to end within SYNC_SPIN: poll for it
+                // rather than be woken (a wake-up costs tens of
+                // microseconds on a host whose idle cores halt).
+                let now = Instant::now();
+                let soon = self.jobs.iter().filter_map(JobState::sync_expected).min();
+                match soon {
+                    Some(t) if now + SYNC_SPIN < t => self.wait_completion(IDLE.min(t - now - SYNC_SPIN)),
+                    Some(t) if now < t + SYNC_SPIN => std::hint::spin_loop(),
+                    _ => self.wait_completion(IDLE),
+                }
                 continue;
             }
             // Short naps while streams are busy; longer ones once all
@@ -604,26 +628,34 @@ impl Worker {
             return 0;
         }
         let mut work = 0;
-        // A sync is due: `always`, when none is running and something
-        // written is not yet synced (group commit: it covers everything
-        // written since the last one started) — but while the publishers
-        // the last sync woke from `wait_durable` have not all published
-        // again, it waits for them, up to as long as a sync takes: their next
-        // messages are on the way, and one sync should cover them all.
-        // `interval`: every `ms`.
-        let due = {
-            let j = &mut self.jobs[i];
-            let unsynced = j.written > j.job.sub.ring().durable_position() && j.syncs.is_empty();
-            j.gathering = false;
-            match j.job.durability {
-                Durability::Always if unsynced => {
-                    let cap = Duration::from_nanos(j.sync_ns_avg).min(GATHER_MAX);
-                    j.gathering = j.arrivals < j.woken && j.woken_at.elapsed() < cap;
-                    !j.gathering
+        {
+            let j = &self.jobs[i];
+            if j.segment.is_none() && j.job.direct_io && j.job.durability == Durability::Always {
+                // A new `always` stream's first segment: preallocated too,
+                // so wait a little for it (its messages wait in the ring).
+                let ready = std::fs::metadata(j.job.dir.join(PREALLOC)).is_ok_and(|m| m.len() == j.job.segment_bytes);
+                if !ready && j.added.elapsed() < PREALLOC_WAIT {
+                    return 0;
                 }
-                Durability::Always => false,
+            }
+        }
+        if self.jobs[i].job.durability == Durability::Always {
+            match self.group_commit(i) {
+                Ok(Some(w)) => return w,
+                Ok(None) => {}
+                Err(msg) => {
+                    self.stop(i, msg);
+                    return 0;
+                }
+            }
+        }
+        // `interval`: a sync every `ms`, covering what is written.
+        let due = {
+            let j = &self.jobs[i];
+            let unsynced = j.written > j.job.sub.ring().durable_position() && j.syncs.is_empty();
+            match j.job.durability {
                 Durability::IntervalMs(ms) => unsynced && j.last_sync.elapsed() >= Duration::from_millis(u64::from(ms)),
-                Durability::None => false,
+                _ => false,
             }
         };
         if due {
@@ -631,14 +663,6 @@ impl Worker {
         }
         let j = &self.jobs[i];
         let write_free = j.write.is_none();
-        if j.segment.is_none() && j.job.direct_io && j.job.durability == Durability::Always {
-            // A new `always` stream's first segment: preallocated too, so
-            // wait a little for it (its messages wait in the ring).
-            let ready = std::fs::metadata(j.job.dir.join(PREALLOC)).is_ok_and(|m| m.len() == j.job.segment_bytes);
-            if !ready && j.added.elapsed() < PREALLOC_WAIT {
-                return work;
-            }
-        }
         if j.prepared.is_none() {
             let direct = j.segment.as_ref().is_none_or(|s| s.align.is_some()) && j.job.direct_io;
             // Buffered writes go straight from the ring: nothing to
@@ -664,7 +688,7 @@ impl Worker {
             }
         }
         if write_free && self.jobs[i].prepared.is_some() {
-            match self.submit_prepared(i) {
+            match self.submit_prepared(i, false) {
                 Ok(()) => work += 1,
                 Err(msg) => self.stop(i, msg),
             }
@@ -672,29 +696,80 @@ impl Worker {
         work
     }
 
-    /// Polls job `i`'s ring for frames after those gathered, up to about
-    /// [`BATCH_BYTES`] or a quarter of the ring (a batch in flight and one
-    /// prepared then leave half the ring to the publishers); the range, if
-    /// any.
-    fn gather(&mut self, i: usize) -> Result<Option<(u64, u64)>, String> {
+    /// `always`, while no sync runs and no write is in flight: the group
+    /// commit. Once frames wait (in the ring or prepared) or something
+    /// written is not yet synced, it waits while the publishers the last
+    /// sync woke from `wait_durable` have not all published again (up to as
+    /// long as a sync takes: their next messages are on the way, and one
+    /// sync should cover them all); then it writes what waits with the sync
+    /// linked to the write (one submission: the kernel starts the sync as
+    /// the write completes), or syncs what is written. `None` while a sync
+    /// or a write runs: frames are then written as they come, for the next
+    /// sync to cover.
+    fn group_commit(&mut self, i: usize) -> Result<Option<usize>, String> {
+        {
+            let j = &mut self.jobs[i];
+            j.gathering = false;
+            if !j.syncs.is_empty() || j.write.is_some() {
+                return Ok(None);
+            }
+        }
+        self.count_arrivals(i)?;
+        let j = &mut self.jobs[i];
+        let waiting = j.job.sub.position() > j.gathered || j.prepared.is_some();
+        let unsynced = j.written > j.job.sub.ring().durable_position();
+        if !waiting && !unsynced {
+            return Ok(Some(0));
+        }
+        let cap = Duration::from_nanos(j.sync_ns_avg).min(GATHER_MAX);
+        j.gathering = j.arrivals < j.woken && j.woken_at.elapsed() < cap;
+        if j.gathering {
+            return Ok(Some(0));
+        }
+        if !waiting {
+            return Ok(Some(self.submit_sync(i)));
+        }
+        if j.prepared.is_none() {
+            if let Some((from, to)) = self.gather(i)? {
+                self.prepare(i, from, to)?;
+            }
+        }
+        if self.jobs[i].prepared.is_none() {
+            return Ok(Some(0));
+        }
+        self.submit_prepared(i, true)?;
+        Ok(Some(1))
+    }
+
+    /// Polls job `i`'s ring on from its position, up to about
+    /// [`BATCH_BYTES`] past the frames gathered or a quarter of the ring (a
+    /// batch in flight and one prepared then leave half the ring to the
+    /// publishers), counting the messages in `arrivals`.
+    fn count_arrivals(&mut self, i: usize) -> Result<(), String> {
         let j = &mut self.jobs[i];
         let info = j.job.sub.ring().info();
         let max_span = message_span(info.max_message_len as usize) as u64;
         let most = BATCH_BYTES.min(info.capacity / 4).max(1);
-        let from = j.gathered;
         loop {
-            let have = j.job.sub.position() - from;
+            let have = j.job.sub.position() - j.gathered;
             if have >= most {
-                break;
+                return Ok(());
             }
             let limit = ((most - have) / max_span).max(1) as usize;
             match j.job.sub.poll(limit, |_| {}) {
-                Ok(0) => break,
+                Ok(0) => return Ok(()),
                 Ok(n) => j.arrivals += n as u32,
                 Err(e) => return Err(format!("reading the ring: {e}")),
             }
         }
-        let to = j.job.sub.position();
+    }
+
+    /// Polls job `i`'s ring (see [`Worker::count_arrivals`]); the frames
+    /// after those gathered so far, if any, are gathered now.
+    fn gather(&mut self, i: usize) -> Result<Option<(u64, u64)>, String> {
+        self.count_arrivals(i)?;
+        let j = &mut self.jobs[i];
+        let (from, to) = (j.gathered, j.job.sub.position());
         if to == from {
             return Ok(None);
         }
@@ -766,12 +841,12 @@ impl Worker {
 
     /// Submits job `i`'s prepared batch (rolling first if it says so),
     /// with its linked sync under `always`.
-    fn submit_prepared(&mut self, i: usize) -> Result<(), String> {
+    fn submit_prepared(&mut self, i: usize, sync: bool) -> Result<(), String> {
         // Room for a seal sync, a directory sync and the write's pieces, so
         // no push below fails (a write queued without its in-flight record
         // would outlive the buffers it points to).
         let pieces = self.jobs[i].prepared.as_ref().map_or(1, |p| p.len.div_ceil(WRITE_CHUNK).max(1));
-        self.make_room(2 + pieces)?;
+        self.make_room(3 + pieces)?;
         let mut p = self.jobs[i].prepared.take().expect("checked by the caller");
         if p.roll {
             self.roll(i, p.from)?;
@@ -788,9 +863,11 @@ impl Worker {
             }
         }
         let write = self.token();
+        // One token per piece; the linked sync's (odd) after them.
         for _ in 1..pieces {
             self.token();
         }
+        let sync_token = self.token() + 1;
         let j = &mut self.jobs[i];
         let seg = j.segment.as_ref().ok_or("no segment file open")?;
         let fd = types::Fd(seg.file.as_raw_fd());
@@ -837,9 +914,20 @@ impl Worker {
         // our slot does not move before the completion), stay valid until
         // the completion is reaped; the file stays open as long as the
         // job. make_room above left room.
+        // With the sync linked, the pieces are linked too (a chain runs in
+        // order), so that the sync starts after the last one.
+        let link = |e: &squeue::Entry| if sync { e.clone().flags(squeue::Flags::IO_LINK) } else { e.clone() };
         for entry in &entries {
             // SAFETY: as above, for each piece.
-            unsafe { self.ring.submission().push(entry) }.map_err(|_| "io_uring submission queue full".to_owned())?;
+            unsafe { self.ring.submission().push(&link(entry)) }.map_err(|_| "io_uring submission queue full".to_owned())?;
+        }
+        if sync {
+            let token = sync_token;
+            let s = opcode::Fsync::new(fd).flags(types::FsyncFlags::DATASYNC).build().user_data(token);
+            // SAFETY: no buffers; the file stays open as long as the job.
+            unsafe { self.ring.submission().push(&s) }.map_err(|_| "io_uring submission queue full".to_owned())?;
+            j.syncs.push_back(SyncOp { token, end: p.to, done: false, _file: None });
+            j.last_sync = Instant::now();
         }
         j.write = Some(op);
 
