@@ -505,6 +505,9 @@ impl Worker {
         tracing::info!(stream = %job.name, position = gathered, durability = %job.durability, dir = %job.dir.display(), "archiving stream");
         let mut job = job;
         job.sub.set_hold(true);
+        // Direct I/O only where the data directory's filesystem has it (not
+        // tmpfs); preallocated segments only with direct I/O.
+        job.direct_io &= dir_supports_direct_io(&job.dir);
         if job.direct_io && job.durability == Durability::Always {
             let _ = std::fs::remove_file(job.dir.join(PREALLOC_TMP));
             self.prealloc.request(&job.dir, job.segment_bytes);
@@ -1271,7 +1274,13 @@ fn preallocate(dir: &Path, size: u64) -> std::io::Result<()> {
     let tmp = dir.join(PREALLOC_TMP);
     let file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o640).open(&tmp)?;
     let mut direct = supports_direct_io(&file);
-    if direct {
+    if !direct {
+        // Written through the page cache, a segment would not be used (see
+        // the archiver's roll): not worth the space.
+        drop(file);
+        return std::fs::remove_file(&tmp);
+    }
+    {
         // SAFETY: fcntl on an fd we own, integer arguments only.
         let flags = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) };
         // SAFETY: as above.
@@ -1321,6 +1330,19 @@ fn open_segment(path: &Path, create: Option<()>, direct: bool, data_len: u64) ->
         return Ok((file, None, Vec::new()));
     }
     Ok((file, Some(MAX_DIRECT_ALIGN), tail))
+}
+
+/// Whether files in `dir` support direct I/O (see [`supports_direct_io`]),
+/// found with an unnamed temporary file in it.
+fn dir_supports_direct_io(dir: &Path) -> bool {
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::OpenOptions::new().read(true).write(true).custom_flags(libc::O_TMPFILE).open(dir) {
+        Ok(f) => supports_direct_io(&f),
+        Err(e) => {
+            tracing::debug!(dir = %dir.display(), error = %e, "no O_TMPFILE to probe for direct I/O; writing through the page cache");
+            false
+        }
+    }
 }
 
 /// Whether `file`'s filesystem supports direct I/O at an alignment (of

@@ -336,6 +336,8 @@ fn a_full_filesystem_holds_publishers_back_and_loses_nothing() -> Result<()> {
 
     // 3. What was acknowledged is on disk, intact (read with rilld stopped).
     d.stop(deadline)?;
+    // tmpfs has no direct I/O, so no preallocated segment took its space.
+    ensure!(!data_dir.join(stream).join(".next-segment").exists(), "a preallocated segment on tmpfs");
     let log = read_log(&data_dir.join(stream), seed)?;
     let on_disk = seqs_of(&log, 0)?.len() as u64;
     ensure!(on_disk >= acked, "{acked} messages of publisher 0 acknowledged durable, {on_disk} on disk");
