@@ -352,3 +352,28 @@ impl HugePages {
         Ok(HugePages { reserved, available, mount })
     }
 }
+
+/// The seed of a randomised test: `RILL_STRESS_SEED` if set, else one from
+/// the clock and the pid. Printed, so that a failing run can be replayed.
+pub fn stress_seed(test: &str) -> u64 {
+    let seed = std::env::var("RILL_STRESS_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        t.as_nanos() as u64 ^ u64::from(std::process::id())
+    });
+    eprintln!("{test}: seed {seed} (replay with RILL_STRESS_SEED={seed})");
+    seed
+}
+
+/// Whether test `name`, which needs root (`why`), may run: `Ok(true)` as
+/// root. Otherwise an error saying why, unless `RILL_SKIP_ROOT_TESTS=1`
+/// asks to skip it: then `Ok(false)`, after saying SKIPPED loudly.
+pub fn root_or_skip(name: &str, why: &str) -> Result<bool> {
+    if nix::unistd::geteuid().is_root() {
+        return Ok(true);
+    }
+    if std::env::var("RILL_SKIP_ROOT_TESTS").as_deref() == Ok("1") {
+        eprintln!("\n!!!!!!!!!! {name} SKIPPED (RILL_SKIP_ROOT_TESTS=1): {why} !!!!!!!!!!\n");
+        return Ok(false);
+    }
+    bail!("{name} {why}; run the tests as root, or set RILL_SKIP_ROOT_TESTS=1 to skip it explicitly")
+}

@@ -13,6 +13,7 @@
 use anyhow::{ensure, Context, Result};
 use rill_shm::frame::FrameKind;
 use rill_store::{list_segments, FrameReader};
+use rill_tests::harness::stress_seed;
 use rill_tests::daemon::Rilld;
 use rill_tests::harness::Worker;
 use rill_tests::payload::{self, Prng};
@@ -26,15 +27,6 @@ const MAX_LEN: usize = 2048;
 fn deadline() -> Instant {
     let secs = if cfg!(debug_assertions) { 900 } else { 300 };
     Instant::now() + Duration::from_secs(secs)
-}
-
-fn seed(test: &str) -> u64 {
-    let seed = std::env::var("RILL_STRESS_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
-        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-        t.as_nanos() as u64 ^ u64::from(std::process::id())
-    });
-    eprintln!("{test}: seed {seed} (replay with RILL_STRESS_SEED={seed})");
-    seed
 }
 
 fn num(line: &str, key: &str) -> Result<u64> {
@@ -90,7 +82,7 @@ fn read_log(dir: &Path, seed: u64) -> Result<Vec<(u64, u32, u64)>> {
 /// and syncs. rilld's log shows which way was taken: it says of each new
 /// segment whether it was preallocated and written with direct I/O.
 fn durable_messages_survive_twenty_kill9s(name: &str, policy: &str, direct: bool) -> Result<()> {
-    let seed = seed(name);
+    let seed = stress_seed(name);
     let deadline = deadline();
     let mut rng = Prng::new(seed);
     let disk = rill_tests::harness::TempRingDir::new_in(Path::new("/var/tmp"), name)?;
@@ -243,15 +235,10 @@ fn seqs_of(log: &[(u64, u32, u64)], publisher: u32) -> Result<Vec<u64>> {
 #[test]
 fn a_full_filesystem_holds_publishers_back_and_loses_nothing() -> Result<()> {
     let name = "persist_enospc";
-    if !nix::unistd::geteuid().is_root() {
-        let why = "needs root to mount a tmpfs (a filesystem it can fill)";
-        if std::env::var("RILL_SKIP_ROOT_TESTS").as_deref() == Ok("1") {
-            eprintln!("\n!!!!!!!!!! {name} SKIPPED (RILL_SKIP_ROOT_TESTS=1): {why} !!!!!!!!!!\n");
-            return Ok(());
-        }
-        anyhow::bail!("{name} {why}; run the tests as root, or set RILL_SKIP_ROOT_TESTS=1 to skip it explicitly");
+    if !rill_tests::harness::root_or_skip(name, "needs root to mount a tmpfs (a filesystem it can fill)")? {
+        return Ok(());
     }
-    let seed = seed(name);
+    let seed = stress_seed(name);
     let deadline = deadline();
     // Declared before rilld, so dropped after it: nothing holds it then.
     let fs = Tmpfs::mount(name, 2 << 20)?;

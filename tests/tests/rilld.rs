@@ -33,6 +33,7 @@ use nix::unistd::Pid;
 use rill::protocol::{self, ErrorCode, Request, Response};
 use rill::{Client, StreamInfo, StreamOptions};
 use rill_shm::frame::message_span;
+use rill_tests::harness::stress_seed;
 use rill_tests::daemon::{rilld_bin, Rilld};
 use rill_tests::harness::{wait_until, Summary, TempRingDir, Worker};
 use rill_tests::payload::{self, Prng};
@@ -71,16 +72,7 @@ fn serial() -> MutexGuard<'static, ()> {
 fn setup(test: &str) -> Result<(MutexGuard<'static, ()>, u64, Instant)> {
     let serial = serial();
     rilld_bin()?;
-    Ok((serial, seed(test), deadline()))
-}
-
-fn seed(test: &str) -> u64 {
-    let seed = std::env::var("RILL_STRESS_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
-        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-        t.as_nanos() as u64 ^ u64::from(std::process::id())
-    });
-    eprintln!("{test}: seed {seed} (replay with RILL_STRESS_SEED={seed})");
-    seed
+    Ok((serial, stress_seed(test), deadline()))
 }
 
 // ---------------------------------------------------------------------------
@@ -265,13 +257,8 @@ fn three_publishers_three_subscribers_exactly_once() -> Result<()> {
 #[test]
 fn denied_client_is_refused_with_a_clear_message() -> Result<()> {
     let name = "rilld_denied";
-    if !nix::unistd::geteuid().is_root() {
-        let why = "needs root: it runs a worker as uid 65534 (std::os::unix::process::CommandExt::uid)";
-        if std::env::var("RILL_SKIP_ROOT_TESTS").as_deref() == Ok("1") {
-            eprintln!("\n!!!!!!!!!! {name} SKIPPED (RILL_SKIP_ROOT_TESTS=1): {why} !!!!!!!!!!\n");
-            return Ok(());
-        }
-        bail!("{name} {why}; run the tests as root, or set RILL_SKIP_ROOT_TESTS=1 to skip it explicitly");
+    if !rill_tests::harness::root_or_skip(name, "needs root: it runs a worker as uid 65534 (std::os::unix::process::CommandExt::uid)")? {
+        return Ok(());
     }
     let (_serial, seed, deadline) = setup(name)?;
     let config_dir = TempRingDir::in_dev_shm("rilld-config")?;
@@ -321,13 +308,8 @@ fn denied_client_is_refused_with_a_clear_message() -> Result<()> {
 #[test]
 fn denied_uid_cannot_read_the_ring_file_by_path() -> Result<()> {
     let name = "rilld_ring_file_modes";
-    if !nix::unistd::geteuid().is_root() {
-        let why = "needs root: it reads files as uid 65534";
-        if std::env::var("RILL_SKIP_ROOT_TESTS").as_deref() == Ok("1") {
-            eprintln!("\n!!!!!!!!!! {name} SKIPPED (RILL_SKIP_ROOT_TESTS=1): {why} !!!!!!!!!!\n");
-            return Ok(());
-        }
-        bail!("{name} {why}; run the tests as root, or set RILL_SKIP_ROOT_TESTS=1 to skip it explicitly");
+    if !rill_tests::harness::root_or_skip(name, "needs root: it reads files as uid 65534")? {
+        return Ok(());
     }
     let (_serial, _seed, deadline) = setup(name)?;
     let config_dir = TempRingDir::in_dev_shm("rilld-config")?;

@@ -16,6 +16,7 @@ use anyhow::{bail, ensure, Context, Result};
 use rill_shm::frame::message_span;
 use rill_shm::ring::{ClaimError, CreateError, PagePreference, Policy, Ring, RingConfig, Start, SubscribeError};
 use rill_shm::{Access, PageKind};
+use rill_tests::harness::stress_seed;
 use rill_tests::harness::{wait_until, HugePages, Summary, TempRingDir, Worker};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -43,15 +44,6 @@ fn deadline() -> Instant {
 fn serial() -> MutexGuard<'static, ()> {
     static LOCK: Mutex<()> = Mutex::new(());
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn seed(test: &str) -> u64 {
-    let seed = std::env::var("RILL_STRESS_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
-        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-        t.as_nanos() as u64 ^ u64::from(std::process::id())
-    });
-    eprintln!("{test}: seed {seed} (replay with RILL_STRESS_SEED={seed})");
-    seed
 }
 
 fn config(policy: Policy, pages: PagePreference) -> RingConfig {
@@ -251,7 +243,7 @@ impl FinishExt for Worker {
 
 fn three_by_three(policy: Policy, name: &str) -> Result<()> {
     let _serial = serial();
-    let seed = seed(name);
+    let seed = stress_seed(name);
     let dir = TempRingDir::in_dev_shm(name)?;
     let ring = Ring::create_in(dir.path(), "ring", &config(policy, PagePreference::NormalOnly))?;
     assert_eq!(ring.pages(), PageKind::Normal4K);
@@ -328,7 +320,7 @@ fn overwrite_three_publishers_three_subscribers() -> Result<()> {
 fn overwrite_one_publisher_three_subscribers() -> Result<()> {
     let _serial = serial();
     let name = "overwrite_1x3";
-    let seed = seed(name);
+    let seed = stress_seed(name);
     let dir = TempRingDir::in_dev_shm(name)?;
     let ring = Ring::create_in(dir.path(), "ring", &config(Policy::Overwrite, PagePreference::NormalOnly))?;
     let lossy = Check::Lossy { publishers: 1, done: dir.join("done") };
@@ -361,7 +353,7 @@ fn overwrite_one_publisher_three_subscribers() -> Result<()> {
 fn killed_subscriber_is_reaped_and_publishers_finish() -> Result<()> {
     let _serial = serial();
     let name = "killed_subscriber";
-    let seed = seed(name);
+    let seed = stress_seed(name);
     let deadline = deadline();
     let dir = TempRingDir::in_dev_shm(name)?;
     let path = dir.join("ring");
@@ -409,7 +401,7 @@ fn killed_subscriber_is_reaped_and_publishers_finish() -> Result<()> {
 fn dead_publisher_claim_is_padded_by_reclaimer() -> Result<()> {
     let _serial = serial();
     let name = "dead_claim";
-    let seed = seed(name);
+    let seed = stress_seed(name);
     let deadline = deadline();
     let dir = TempRingDir::in_dev_shm(name)?;
     let path = dir.join("ring");
@@ -489,7 +481,7 @@ fn huge_pages_back_pressure_stress() -> Result<()> {
         }
         bail!("{why}; set RILL_NO_HUGEPAGES=1 to skip this test explicitly");
     };
-    let seed = seed(name);
+    let seed = stress_seed(name);
     let dir = TempRingDir::new_in(&mount, name)?;
     let refused = Ring::create_in(dir.path(), "normal", &config(Policy::BackPressure, PagePreference::NormalOnly));
     ensure!(matches!(refused, Err(CreateError::InvalidConfig(_))), "NormalOnly on hugetlbfs: {refused:?}");
@@ -523,7 +515,7 @@ fn huge_pages_back_pressure_stress() -> Result<()> {
 fn page_fallbacks_and_memfd_ring() -> Result<()> {
     let _serial = serial();
     let name = "page_fallbacks";
-    let seed = seed(name);
+    let seed = stress_seed(name);
     let deadline = deadline();
     let dir = TempRingDir::in_dev_shm(name)?;
     let normal = Ring::create_in(dir.path(), "normal", &config(Policy::BackPressure, PagePreference::NormalOnly))?;
@@ -566,7 +558,7 @@ fn page_fallbacks_and_memfd_ring() -> Result<()> {
 fn read_only_subscriber_receives() -> Result<()> {
     let _serial = serial();
     let name = "read_only";
-    let seed = seed(name);
+    let seed = stress_seed(name);
     let deadline = deadline();
     let dir = TempRingDir::in_dev_shm(name)?;
     let path = dir.join("ring");
