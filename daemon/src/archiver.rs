@@ -160,6 +160,13 @@ pub struct Job {
     pub direct_io: bool,
 }
 
+impl Job {
+    /// Whether its segments are preallocated (`always` with direct I/O).
+    fn preallocates(&self) -> bool {
+        self.direct_io && self.durability == Durability::Always
+    }
+}
+
 /// Retention of a stream's log: whole sealed segments (never the one being
 /// written) are deleted, oldest first, while the log is larger than
 /// `max_bytes`, or once their last write is older than `max_age`.
@@ -508,7 +515,7 @@ impl Worker {
         // Direct I/O only where the data directory's filesystem has it (not
         // tmpfs); preallocated segments only with direct I/O.
         job.direct_io &= dir_supports_direct_io(&job.dir);
-        if job.direct_io && job.durability == Durability::Always {
+        if job.preallocates() {
             let _ = std::fs::remove_file(job.dir.join(PREALLOC_TMP));
             self.prealloc.request(&job.dir, job.segment_bytes);
         }
@@ -633,11 +640,10 @@ impl Worker {
         let mut work = 0;
         {
             let j = &self.jobs[i];
-            if j.segment.is_none() && j.job.direct_io && j.job.durability == Durability::Always {
+            if j.segment.is_none() && j.job.preallocates() {
                 // A new `always` stream's first segment: preallocated too,
                 // so wait a little for it (its messages wait in the ring).
-                let ready = std::fs::metadata(j.job.dir.join(PREALLOC)).is_ok_and(|m| m.len() == j.job.segment_bytes);
-                if !ready && j.added.elapsed() < PREALLOC_WAIT {
+                if !preallocated_ready(&j.job.dir, j.job.segment_bytes) && j.added.elapsed() < PREALLOC_WAIT {
                     return 0;
                 }
             }
@@ -1003,11 +1009,10 @@ impl Worker {
         }
         let path = j.job.dir.join(segment_file_name(from));
         // `always` with direct I/O: the preallocated segment, if ready.
-        let prealloc = j.job.direct_io && j.job.durability == Durability::Always;
-        let ready = j.job.dir.join(PREALLOC);
+        let prealloc = j.job.preallocates();
         let preallocated = prealloc
-            && std::fs::metadata(&ready).is_ok_and(|m| m.len() == j.job.segment_bytes)
-            && std::fs::rename(&ready, &path).is_ok();
+            && preallocated_ready(&j.job.dir, j.job.segment_bytes)
+            && std::fs::rename(j.job.dir.join(PREALLOC), &path).is_ok();
         let create = (!preallocated).then_some(());
         let (file, align, _) =
             open_segment(&path, create, j.job.direct_io, 0).map_err(|e| format!("creating segment {}: {e}", path.display()))?;
@@ -1273,25 +1278,18 @@ impl Preallocator {
 /// that size is already there).
 fn preallocate(dir: &Path, size: u64) -> std::io::Result<()> {
     use std::os::unix::fs::{FileExt, OpenOptionsExt};
-    let ready = dir.join(PREALLOC);
-    if std::fs::metadata(&ready).is_ok_and(|m| m.len() == size) {
+    if preallocated_ready(dir, size) {
         return Ok(());
     }
     let tmp = dir.join(PREALLOC_TMP);
     let file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o640).open(&tmp)?;
-    let mut direct = supports_direct_io(&file);
-    if !direct {
+    if !supports_direct_io(&file) {
         // Written through the page cache, a segment would not be used (see
         // the archiver's roll): not worth the space.
         drop(file);
         return std::fs::remove_file(&tmp);
     }
-    {
-        // SAFETY: fcntl on an fd we own, integer arguments only.
-        let flags = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) };
-        // SAFETY: as above.
-        direct = flags >= 0 && unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETFL, flags | libc::O_DIRECT) } >= 0;
-    }
+    let direct = set_direct(&file);
     let mut zeros = AlignedBuf::new(PREALLOC_CHUNK, MAX_DIRECT_ALIGN);
     let zeros = zeros.as_mut_slice();
     let mut at = 0u64;
@@ -1305,7 +1303,7 @@ fn preallocate(dir: &Path, size: u64) -> std::io::Result<()> {
     }
     file.set_len(size)?;
     file.sync_all()?;
-    std::fs::rename(&tmp, &ready)?;
+    std::fs::rename(&tmp, dir.join(PREALLOC))?;
     tracing::debug!(dir = %dir.display(), size, "next segment preallocated");
     Ok(())
 }
@@ -1329,13 +1327,23 @@ fn open_segment(path: &Path, create: Option<()>, direct: bool, data_len: u64) ->
     let align = MAX_DIRECT_ALIGN as u64;
     let mut tail = vec![0u8; (data_len % align) as usize];
     file.read_exact_at(&mut tail, data_len - data_len % align)?;
-    // SAFETY: fcntl on an fd we own, integer arguments only.
-    let flags = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) };
-    // SAFETY: as above.
-    if flags < 0 || unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETFL, flags | libc::O_DIRECT) } < 0 {
+    if !set_direct(&file) {
         return Ok((file, None, Vec::new()));
     }
     Ok((file, Some(MAX_DIRECT_ALIGN), tail))
+}
+
+/// Switches `file` to O_DIRECT; whether that worked.
+fn set_direct(file: &File) -> bool {
+    // SAFETY: fcntl on an fd we own, integer arguments only.
+    let flags = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) };
+    // SAFETY: as above.
+    flags >= 0 && unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETFL, flags | libc::O_DIRECT) } >= 0
+}
+
+/// Whether `dir` holds a preallocated next segment of `size` bytes.
+fn preallocated_ready(dir: &Path, size: u64) -> bool {
+    std::fs::metadata(dir.join(PREALLOC)).is_ok_and(|m| m.len() == size)
 }
 
 /// Whether files in `dir` support direct I/O (see [`supports_direct_io`]),

@@ -269,6 +269,14 @@ pub struct Streams {
     archiver: Archiver,
 }
 
+/// Where a recovered log ends: the stream position after its last batch,
+/// and the length of the batches in its last segment.
+#[derive(Debug, Clone, Copy)]
+struct LogEnd {
+    position: u64,
+    segment_len: u64,
+}
+
 /// What the data directory remembers about a persisted stream
 /// (`<data_dir>/<name>/stream.toml`), to recreate it after a restart.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
@@ -445,7 +453,7 @@ impl Streams {
                     .and_then(|f| f.sync_data())
                     .map_err(|e| format!("syncing {}: {e}", path.display()))?;
                 let end = r.end_position();
-                Some(if end == 0 { *first } else { end })
+                Some(LogEnd { position: if end == 0 { *first } else { end }, segment_len: r.len() })
             }
         };
         // Every sealed segment's batch headers, for damage: reported, and the
@@ -464,7 +472,7 @@ impl Streams {
         result
     }
 
-    fn recover_ring(&mut self, name: &str, meta: &StreamMeta, durability: Durability, end: Option<u64>) -> Result<(), String> {
+    fn recover_ring(&mut self, name: &str, meta: &StreamMeta, durability: Durability, end: Option<LogEnd>) -> Result<(), String> {
         let policy = parse_policy(&meta.policy)?;
         if !self.streams.contains_key(name) {
             let options = StreamOptions {
@@ -476,8 +484,9 @@ impl Streams {
             };
             self.create_ring(name, &options).map_err(|r| r.message)?;
             let s = self.streams.get_mut(name).expect("created");
-            s.ring.start_at(end.unwrap_or(0))?;
-            tracing::info!(stream = name, position = end.unwrap_or(0), "ring recreated from the log's end");
+            let position = end.map_or(0, |e| e.position);
+            s.ring.start_at(position)?;
+            tracing::info!(stream = name, position, "ring recreated from the log's end");
             return self.start_archiving(name, durability, None, end);
         }
         let s = self.streams.get_mut(name).expect("checked");
@@ -505,7 +514,8 @@ impl Streams {
     /// Starts the archiver on stream `name`: on its old slot `(slot, held
     /// position)` after a restart, else on a new slot; writing resumes at
     /// `log_end` (the end of the recovered log), or where the slot is.
-    fn start_archiving(&mut self, name: &str, durability: Durability, old: Option<(u32, u64)>, log_end: Option<u64>) -> Result<(), String> {
+    fn start_archiving(&mut self, name: &str, durability: Durability, old: Option<(u32, u64)>, end: Option<LogEnd>) -> Result<(), String> {
+        let log_end = end.map(|e| e.position);
         let dir = self.data_dir.join(name);
         create_dir(&dir).map_err(|e| e.to_string())?;
         let pid = std::process::id();
@@ -546,12 +556,13 @@ impl Streams {
         write_meta(&dir, &meta)?;
         let segments = rill_store::list_segments(&dir).map_err(|e| format!("listing {}: {e}", dir.display()))?;
         let disk_bytes = segments.iter().filter_map(|(_, p)| std::fs::metadata(p).ok()).map(|m| m.len()).sum();
-        // Go on in the last segment if the log is continuous there.
-        // (Its batches' length: a direct-I/O writer's zero tail may follow.)
+        // Go on in the last segment if the log is continuous there, after
+        // its batches (recovery measured them; a zero tail may follow).
         let segment = segments
             .last()
+            .zip(end)
             .filter(|_| log_end == Some(start))
-            .and_then(|(first, p)| std::fs::read(p).ok().map(|b| (p.clone(), rill_store::scan_segment(&b, *first).valid_len)));
+            .map(|((_, p), e)| (p.clone(), e.segment_len));
         s.archive = Some(ArchiveStatus { disk_bytes, error: None });
         self.archiver.add(Job {
             name: name.to_owned(),
