@@ -1,7 +1,9 @@
 //! The archiver: writes every persisted stream to segment files with
 //! io_uring and publishes how far each stream is durable.
 //!
-//! One thread, one io_uring, every persisted stream. For each stream it
+//! One thread and one io_uring for every persisted stream but the
+//! `always` ones, and a thread (and io_uring) of its own for each `always`
+//! stream (see Durability below). For each stream the archiver
 //! holds a subscriber slot in *hold mode*: it polls frames as they are
 //! committed, but its slot keeps holding publishers back at the first
 //! frame not yet on disk (for `always`: not yet synced), so a persisted
@@ -38,11 +40,18 @@
 //! * `always`: group commit, one `fdatasync` at a time per stream. (Two
 //!   syncs of one file at once gain nothing: the filesystem runs its
 //!   journal commits one after the other, and many small queued syncs only
-//!   lengthen the queue.) When no sync or write runs and frames wait, they
-//!   are written with the sync linked to the write (IOSQE_IO_LINK: one
-//!   submission, the kernel starts the sync as the write completes).
-//!   Frames that arrive while a sync runs are written at once, and the next
-//!   sync covers them. When a sync completes, the durable position moves to
+//!   lengthen the queue.) The stream has a thread of its own, and when no
+//!   sync or write runs and frames wait, that thread *commits inline*: it
+//!   writes them with `pwritev` and then calls `fdatasync`, both blocking,
+//!   and publishes the durable position the moment the sync returns. On
+//!   io_uring the same commit costs two hand-offs more (the sync runs on
+//!   an io-wq worker, woken when the write completes, which then wakes the
+//!   archiver): about 145 us against 92 us for a 32 KiB commit here,
+//!   measured side by side in one run. Blocking is why the thread is the
+//!   stream's own: no other stream waits for its syncs. Frames that arrive
+//!   while a sync runs (one queued on the io_uring, such as a sealed
+//!   segment's) are written at once, and the next sync covers them. When a
+//!   sync completes, the durable position moves to
 //!   what it covered, the ring space is released, and the publishers asleep
 //!   in `wait_durable` are woken; the next commit then waits (at most
 //!   [`GATHER_MAX`], and no longer than a sync takes) until as many
@@ -191,47 +200,113 @@ enum Command {
     Remove(String),
 }
 
-/// Handle on the archiver thread.
+/// Handle on the archiver's threads: one for every stream that is not
+/// `always`, and one more per `always` stream (see the module docs).
 #[derive(Debug)]
 pub struct Archiver {
-    tx: Option<Sender<Command>>,
-    thread: Option<JoinHandle<()>>,
+    shared: WorkerHandle,
+    /// The `always` streams' own workers, by stream name.
+    dedicated: Mutex<HashMap<String, WorkerHandle>>,
+    /// Workers of removed streams, still flushing; joined on drop.
+    retired: Mutex<Vec<JoinHandle<()>>>,
     statuses: Statuses,
 }
 
-impl Archiver {
-    /// Starts the archiver thread.
-    pub fn start() -> anyhow::Result<Archiver> {
-        let ring = IoUring::new(256).map_err(|e| anyhow::anyhow!("io_uring setup: {e}"))?;
+/// One worker thread and how to reach it.
+#[derive(Debug)]
+struct WorkerHandle {
+    tx: Option<Sender<Command>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl WorkerHandle {
+    /// Starts a worker thread; `inline_commit` for an `always` stream's own.
+    fn start(name: &str, statuses: &Statuses, inline_commit: bool) -> anyhow::Result<WorkerHandle> {
+        let ring = IoUring::new(if inline_commit { 64 } else { 256 }).map_err(|e| anyhow::anyhow!("io_uring setup: {e}"))?;
         let (tx, rx) = mpsc::channel();
-        let statuses: Statuses = Arc::default();
-        let st = statuses.clone();
-        let thread = std::thread::Builder::new().name("rill-archiver".into()).spawn(move || {
+        let statuses = statuses.clone();
+        let thread = std::thread::Builder::new().name(name.into()).spawn(move || {
             // Naps of IDLE should last IDLE, not IDLE plus the default
             // 50 us of timer slack.
             // SAFETY: prctl with an integer argument; no memory involved.
             unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1000 as libc::c_ulong) };
-            Worker { ring, rx, statuses: st, jobs: Vec::new(), next_token: 2, prealloc: Preallocator::start() }.run()
+            Worker { ring, rx, statuses, jobs: Vec::new(), next_token: 2, prealloc: Preallocator::start(), inline_commit }.run()
         })?;
-        Ok(Archiver { tx: Some(tx), thread: Some(thread), statuses })
+        Ok(WorkerHandle { tx: Some(tx), thread: Some(thread) })
     }
 
-    /// Starts archiving a stream.
+    fn send(&self, c: Command) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(c);
+        }
+    }
+
+    /// Closes the channel (the worker flushes and stops) and hands back
+    /// the thread.
+    fn close(mut self) -> Option<JoinHandle<()>> {
+        self.tx.take();
+        self.thread.take()
+    }
+}
+
+fn join(t: JoinHandle<()>) {
+    if t.join().is_err() {
+        tracing::error!("archiver thread panicked");
+    }
+}
+
+impl Archiver {
+    /// Starts the archiver's shared thread.
+    pub fn start() -> anyhow::Result<Archiver> {
+        let statuses: Statuses = Arc::default();
+        let shared = WorkerHandle::start("rill-archiver", &statuses, false)?;
+        Ok(Archiver { shared, dedicated: Mutex::default(), retired: Mutex::default(), statuses })
+    }
+
+    /// Starts archiving a stream: an `always` stream on a thread of its
+    /// own, any other on the shared one.
     pub fn add(&self, job: Job) {
         self.statuses.lock().unwrap_or_else(|e| e.into_inner()).insert(
             job.name.clone(),
             ArchiveStatus { disk_bytes: job.disk_bytes, error: None },
         );
-        if let Some(tx) = &self.tx {
-            let _ = tx.send(Command::Add(Box::new(job)));
+        if job.durability != Durability::Always {
+            self.shared.send(Command::Add(Box::new(job)));
+            return;
+        }
+        let mut dedicated = self.dedicated.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(old) = dedicated.remove(&job.name) {
+            self.retire(old);
+        }
+        match WorkerHandle::start("rill-commit", &self.statuses, true) {
+            Ok(w) => {
+                let name = job.name.clone();
+                w.send(Command::Add(Box::new(job)));
+                dedicated.insert(name, w);
+            }
+            Err(e) => {
+                tracing::warn!(stream = %job.name, error = %e, "no thread of its own for an always stream; it shares the archiver's");
+                self.shared.send(Command::Add(Box::new(job)));
+            }
         }
     }
 
     /// Stops archiving a stream (after its writes in flight complete).
     pub fn remove(&self, name: &str) {
-        if let Some(tx) = &self.tx {
-            let _ = tx.send(Command::Remove(name.to_owned()));
+        let own = self.dedicated.lock().unwrap_or_else(|e| e.into_inner()).remove(name);
+        match own {
+            Some(w) => {
+                w.send(Command::Remove(name.to_owned()));
+                self.retire(w);
+            }
+            None => self.shared.send(Command::Remove(name.to_owned())),
         }
+    }
+
+    fn retire(&self, w: WorkerHandle) {
+        let mut retired = self.retired.lock().unwrap_or_else(|e| e.into_inner());
+        retired.retain(|t| !t.is_finished());
+        retired.extend(w.close());
     }
 
     /// What the archiver says about `name`.
@@ -243,11 +318,14 @@ impl Archiver {
 impl Drop for Archiver {
     /// Flushes: lets writes in flight complete, syncs every stream, stops.
     fn drop(&mut self) {
-        self.tx.take();
-        if let Some(t) = self.thread.take() {
-            if t.join().is_err() {
-                tracing::error!("archiver thread panicked");
-            }
+        let mut threads: Vec<_> = std::mem::take(&mut *self.dedicated.lock().unwrap_or_else(|e| e.into_inner()))
+            .into_values()
+            .filter_map(WorkerHandle::close)
+            .collect();
+        threads.extend(std::mem::replace(&mut self.shared, WorkerHandle { tx: None, thread: None }).close());
+        threads.append(&mut self.retired.lock().unwrap_or_else(|e| e.into_inner()));
+        for t in threads {
+            join(t);
         }
     }
 }
@@ -424,6 +502,9 @@ struct Worker {
     jobs: Vec<JobState>,
     next_token: u64,
     prealloc: Preallocator,
+    /// An `always` stream's own worker: commits (write and sync) run as
+    /// blocking system calls on this thread (see the module docs).
+    inline_commit: bool,
 }
 
 impl Worker {
@@ -710,8 +791,9 @@ impl Worker {
     /// written is not yet synced, it waits while the publishers the last
     /// sync woke from `wait_durable` have not all published again (up to as
     /// long as a sync takes: their next messages are on the way, and one
-    /// sync should cover them all); then it writes what waits with the sync
-    /// linked to the write (one submission: the kernel starts the sync as
+    /// sync should cover them all); then it writes what waits and syncs it
+    /// (inline on the stream's own thread; on the shared one, with the sync
+    /// linked to the write: one submission, the kernel starts the sync as
     /// the write completes), or syncs what is written. `None` while a sync
     /// or a write runs: frames are then written as they come, for the next
     /// sync to cover.
@@ -880,6 +962,9 @@ impl Worker {
         let j = &mut self.jobs[i];
         let seg = j.segment.as_ref().ok_or("no segment file open")?;
         let fd = types::Fd(seg.file.as_raw_fd());
+        // An inline commit writes the batch with one system call.
+        let inline = sync && self.inline_commit;
+        let chunk = if inline { p.len.max(1) } else { WRITE_CHUNK };
         let (entries, op) = if p.len > 0 {
             // Pieces of one batch never overlap (only its first block is
             // the last one of the batch before, whose write completed), so
@@ -889,8 +974,8 @@ impl Worker {
             let buf = j.bufs[p.buf].as_mut().expect("prepared into it").as_mut_slice();
             let mut entries = Vec::new();
             let mut pieces = Vec::new();
-            for (k, at) in (0..p.len).step_by(WRITE_CHUNK).enumerate() {
-                let n = (p.len - at).min(WRITE_CHUNK);
+            for (k, at) in (0..p.len).step_by(chunk).enumerate() {
+                let n = (p.len - at).min(chunk);
                 let token = write + 2 * k as u64;
                 let w = opcode::Write::new(fd, buf[at..].as_ptr(), n as u32).offset(p.offset + at as u64).build().user_data(token);
                 entries.push(w);
@@ -917,6 +1002,36 @@ impl Worker {
             };
             (vec![w], op)
         };
+        if inline {
+            let offset = if p.len > 0 { p.offset } else { seg.planned - p.batch_len };
+            let raw = seg.file.as_raw_fd();
+            let iovecs: Vec<libc::iovec> = match &op._iovecs {
+                Some(v) => v.iter().copied().filter(|v| v.iov_len > 0).collect(),
+                None => {
+                    let buf = j.bufs[p.buf].as_mut().expect("prepared into it").as_mut_slice();
+                    vec![libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: p.len }]
+                }
+            };
+            let token = op.pieces[0].0;
+            j.write = Some(op);
+            j.syncs.push_back(SyncOp { token: sync_token, end: p.to, done: false, _file: None });
+            j.last_sync = Instant::now();
+            // SAFETY: the iovecs point into the job's buffer or the held
+            // ring bytes and the boxed header (in the WriteOp above), all
+            // alive and untouched for the call.
+            let res = retry_eintr(|| unsafe { libc::pwritev(raw, iovecs.as_ptr(), iovecs.len() as i32, offset as libc::off_t) as i64 });
+            self.piece_completed(i, token, res);
+            // A failed write stopped the stream: its sync is cancelled, as
+            // a linked one would be.
+            let res = if self.jobs[i].error.is_some() {
+                -libc::ECANCELED
+            } else {
+                // SAFETY: fdatasync on an fd the job keeps open.
+                retry_eintr(|| unsafe { libc::fdatasync(raw) as i64 })
+            };
+            self.sync_completed(i, sync_token, res);
+            return Ok(());
+        }
         // SAFETY: the buffer (one of the job's two, not touched again
         // before this write completes), or the header and iovecs (boxed in
         // the WriteOp stored below) and the ring bytes they point to (held:
@@ -1204,6 +1319,22 @@ impl Worker {
     fn set_status(&self, name: &str, f: impl FnOnce(&mut ArchiveStatus)) {
         let mut st = self.statuses.lock().unwrap_or_else(|e| e.into_inner());
         f(st.entry(name.to_owned()).or_default());
+    }
+}
+
+/// Runs `call` (a system call returning -1 and setting errno on failure)
+/// again while it is interrupted by a signal (then it did nothing); its
+/// result as a completion's: the count, or the negated errno.
+fn retry_eintr(mut call: impl FnMut() -> i64) -> i32 {
+    loop {
+        let r = call();
+        if r >= 0 {
+            return i32::try_from(r).unwrap_or(i32::MAX);
+        }
+        let errno = std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO);
+        if errno != libc::EINTR {
+            return -errno;
+        }
     }
 }
 
