@@ -29,6 +29,10 @@ pub(crate) enum Role {
     Iceoryx2Echo,
     /// `Publisher` on a stream of a `rilld`, through the client library.
     RillPublisher,
+    /// `RillPublisher` that yields the CPU whenever it is back-pressured
+    /// (the archiving measurement: rilld's writes need the CPU a spinning
+    /// publisher would take).
+    RillYieldingPublisher,
     /// Receives and checks a throughput run's messages (a fan-out
     /// subscriber besides the parent); prints `received N`.
     Subscriber,
@@ -123,7 +127,8 @@ pub(crate) fn run(args: &ChildArgs) -> Result<()> {
         Role::Publisher => throughput::publish(args)?,
         Role::RillEcho => pingpong::rill_echo(args)?,
         Role::Iceoryx2Echo => iceoryx::echo(args)?,
-        Role::RillPublisher => throughput::rill_publish(args)?,
+        Role::RillPublisher => throughput::rill_publish(args, false)?,
+        Role::RillYieldingPublisher => throughput::rill_publish(args, true)?,
         Role::Subscriber => throughput::subscribe(args)?,
         Role::RillSubscriber => throughput::rill_subscribe(args)?,
         Role::PacedPublisher => oneway::publish(args)?,

@@ -525,17 +525,17 @@ pub(crate) fn publish(args: &ChildArgs) -> Result<()> {
     if args.publishers > 1 {
         let mut publ = ring.shared_publication()?;
         publ.set_timestamps(args.timestamps);
-        publish_on(args, &mut publ)
+        publish_on(args, &mut publ, false)
     } else {
         let mut publ = ring.exclusive_publication()?;
         publ.set_timestamps(args.timestamps);
-        publish_on(args, &mut publ)
+        publish_on(args, &mut publ, false)
     }
 }
 
 /// The publisher process through a `rilld`: opens the stream by name with
 /// the client library, then publishes on its publication as [`publish`].
-pub(crate) fn rill_publish(args: &ChildArgs) -> Result<()> {
+pub(crate) fn rill_publish(args: &ChildArgs, yield_when_back_pressured: bool) -> Result<()> {
     let socket = args.socket.as_deref().context("rill publisher needs --socket")?;
     let [stream] = args.streams.as_slice() else {
         bail!("rill publisher needs one --stream name");
@@ -545,12 +545,12 @@ pub(crate) fn rill_publish(args: &ChildArgs) -> Result<()> {
         let mut publ = client.open_publisher(stream, None).context("open publisher")?;
         let publication = publ.publication();
         publication.set_timestamps(args.timestamps);
-        publish_on(args, publication)
+        publish_on(args, publication, yield_when_back_pressured)
     } else {
         let mut publ = client.open_exclusive_publisher(stream, None).context("open publisher")?;
         let publication = publ.publication();
         publication.set_timestamps(args.timestamps);
-        publish_on(args, publication)
+        publish_on(args, publication, yield_when_back_pressured)
     }
 }
 
@@ -601,7 +601,7 @@ impl Offer for SharedPublication {
 }
 
 /// The publishing loop of [`publish`] and [`rill_publish`].
-fn publish_on(args: &ChildArgs, publ: &mut impl Batching) -> Result<()> {
+fn publish_on(args: &ChildArgs, publ: &mut impl Batching, yield_when_back_pressured: bool) -> Result<()> {
     let mut payload = vec![0u8; args.size];
     let deadline = Instant::now() + Duration::from_secs_f64(args.seconds);
     let span = message_span(args.size);
@@ -615,8 +615,8 @@ fn publish_on(args: &ChildArgs, publ: &mut impl Batching) -> Result<()> {
                     Err(ClaimError::BackPressured) => {
                         back_pressured += 1;
                         // Fan-in publishers share a core: let the others run
-                        // (see `receive`).
-                        if args.publishers > 1 {
+                        // (see `receive`); so does one told to.
+                        if args.publishers > 1 || yield_when_back_pressured {
                             std::thread::yield_now();
                         }
                     }
