@@ -139,6 +139,10 @@ const MAX_DIRECT_ALIGN: usize = 4096;
 /// Fixed-buffer slots of a worker's io_uring: two per stream, for the
 /// first streams of the worker (the others write unregistered buffers).
 const FIXED_SLOTS: u16 = 64;
+/// Submission queue entries of a worker's io_uring: room for a whole
+/// batch's pieces, its sync, a seal and a directory sync at once.
+const RING_ENTRIES: u32 = 256;
+const _: () = assert!(BATCH_BYTES as usize / WRITE_CHUNK + 8 <= RING_ENTRIES as usize);
 /// A transparent huge page.
 const HUGE_PAGE: usize = 2 << 20;
 
@@ -232,7 +236,7 @@ struct WorkerHandle {
 impl WorkerHandle {
     /// Starts a worker thread; `inline_commit` for an `always` stream's own.
     fn start(name: &str, statuses: &Statuses, inline_commit: bool) -> anyhow::Result<WorkerHandle> {
-        let ring = IoUring::new(if inline_commit { 64 } else { 256 }).map_err(|e| anyhow::anyhow!("io_uring setup: {e}"))?;
+        let ring = IoUring::new(RING_ENTRIES).map_err(|e| anyhow::anyhow!("io_uring setup: {e}"))?;
         let (tx, rx) = mpsc::channel();
         let statuses = statuses.clone();
         let thread = std::thread::Builder::new().name(name.into()).spawn(move || {
