@@ -147,6 +147,28 @@ pub(crate) fn committed(mem: &RingMemory, salt: u64, off: usize, p: u64) -> Opti
     ok.then_some(tag_word as u32)
 }
 
+/// The end of the run of committed frames that starts at `start` (a frame
+/// boundary), up to `tail` and at most one ring long: the first frame not
+/// yet committed (or corrupt) there, else `tail`. Valid only if nobody
+/// lapped `start` meanwhile, which the caller checks.
+pub(crate) fn committed_end(ring: &Ring, start: u64, tail: u64) -> u64 {
+    let (mem, capacity) = (&ring.inner.mem, ring.inner.info.capacity);
+    let mut h = start;
+    while h < tail && h - start < capacity {
+        let off = (h & ring.inner.mask) as usize;
+        if committed(mem, ring.inner.salt, off, h).is_none() {
+            break;
+        }
+        let (len, _, _) = crate::frame::unpack_len_kind(mem.word(off + crate::frame::WORD_LEN_KIND).load(Ordering::Relaxed));
+        let span = crate::frame::frame_span(len as usize) as u64;
+        if (len as usize) < crate::frame::HEADER_LEN || span > capacity - off as u64 {
+            break; // corrupt: stay here, readers will report it
+        }
+        h += span;
+    }
+    h
+}
+
 /// What publishers do when the ring is full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Policy {

@@ -22,7 +22,7 @@
 //! No system call, lock or allocation per message, except the wake in 7,
 //! made only when a waiter is flagged.
 
-use super::{claimed, commit, committed, Policy, Ring};
+use super::{claimed, commit, Policy, Ring};
 use crate::frame::{frame_span, pack_len_kind, FrameKind, HEADER_LEN, WORD_LEN_KIND, WORD_POSITION};
 use crate::frame::WORD_TIMESTAMP;
 use crate::layout::{SLOT_ACTIVE, SLOT_HOLDING};
@@ -374,19 +374,7 @@ impl<M: ClaimMode> Publication<M> {
         // SYNC(head): Acquire pairs with the Release fetch_max below and in
         // refresh_limit: frames before the head we read were committed.
         let start = head.load(Ordering::Acquire);
-        let mut h = start;
-        while h < tail && h - start < self.capacity {
-            let off = self.off(h);
-            if committed(mem, self.salt, off, h).is_none() {
-                break;
-            }
-            let (len, _, _) = crate::frame::unpack_len_kind(mem.word(off + WORD_LEN_KIND).load(Ordering::Relaxed));
-            let span = frame_span(len as usize) as u64;
-            if (len as usize) < HEADER_LEN || span > self.capacity - off as u64 {
-                break; // corrupt: stay here, readers will report it
-            }
-            h += span;
-        }
+        let h = super::committed_end(&self.ring, start, tail);
         // The walk is only valid if nobody lapped `start` while we read (we
         // may have been descheduled while others moved on).
         fence(Ordering::Acquire);

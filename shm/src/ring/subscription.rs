@@ -41,7 +41,10 @@ const SPIN_BEFORE_SLEEP: Duration = Duration::from_micros(50);
 /// Where a new subscriber starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Start {
-    /// At the tail: only messages published from now on.
+    /// At the tail: only messages published from now on. On a
+    /// back-pressure ring that includes any whose publishing was under way
+    /// as the subscriber joined (claimed but not yet committed), and the
+    /// ones after them: the subscriber starts at the first such claim.
     Latest,
     /// At the oldest message still intact in the ring.
     Oldest,
@@ -193,9 +196,24 @@ impl Subscriber {
         }
         let cap = probe.capacity;
         let counters = mem.counters();
+        // A back-pressure join at the tail starts at the first frame still
+        // claimed but uncommitted, if any: a subscriber's position is where
+        // publishers move `head` (the frame they may not lap) when they
+        // refresh their limit, so it must not pass a claim whose late
+        // commit would then land in newer frames. It reads that frame and
+        // those after it, which were being published as it joined.
+        let latest = |tail: u64| {
+            if back_pressure {
+                // SYNC(head): Acquire pairs with the publishers' Release
+                // fetch_max: frames before the head we read were committed.
+                super::committed_end(ring, counters.head.value.load(Ordering::Acquire).min(tail), tail)
+            } else {
+                tail
+            }
+        };
         // Publish a start, then check no publisher was granted the right to
         // write over it (see the module docs); move forward until none was.
-        let mut p = probe.position;
+        let mut p = if start == Start::Latest { latest(probe.position) } else { probe.position };
         loop {
             s.position.store(p, Ordering::SeqCst);
             counters.publishers.value.slot_hwm.fetch_max(slot + 1, Ordering::SeqCst);
@@ -214,7 +232,7 @@ impl Subscriber {
             }
             let tail = counters.tail.value.load(Ordering::Acquire);
             p = match start {
-                Start::Latest => tail,
+                Start::Latest => latest(tail),
                 Start::Oldest => probe.oldest_boundary(granted, tail),
             };
         }

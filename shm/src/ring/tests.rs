@@ -349,3 +349,35 @@ fn an_ordinary_overwrite_slot_can_become_a_holding_one() {
     assert!(ring.subscribers().is_empty(), "dropping frees a holding slot too");
     assert!(publ.offer(&[0; 32]).is_ok());
 }
+
+/// A subscriber that joins a back-pressure ring at `Latest` while another
+/// publisher's claim is still unfinished must not let publishers lap that
+/// claim: its late commit would land in newer frames. (The join used to
+/// start at the tail, past the claim, and the next limit refresh moved
+/// `head` there.)
+#[test]
+fn a_latest_join_does_not_let_publishers_lap_an_unfinished_claim() {
+    let capacity = 4096u64;
+    let ring = Ring::private(&cfg(capacity, 256, Policy::BackPressure)).unwrap();
+    let mut slow = ring.shared_publication().unwrap();
+    let mut fast = ring.shared_publication().unwrap();
+    let mut claim = slow.try_claim(100).unwrap();
+    let unfinished = claim.position();
+    fast.offer(&[1u8; 100]).unwrap();
+    let mut sub = ring.subscribe(Start::Latest).unwrap();
+    let mut end = 0;
+    for _ in 0..1000 {
+        match fast.offer(&[2u8; 100]) {
+            Ok(p) => end = p + message_span(100) as u64,
+            Err(ClaimError::BackPressured) => break,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(end <= unfinished + capacity, "a publisher got to {end}, past one ring from the unfinished claim at {unfinished}");
+    claim.buf().fill(3);
+    claim.commit();
+    // The subscriber reads on from where it joined, every frame intact.
+    let got = drain(&mut sub);
+    assert!(!got.is_empty());
+    assert!(got.iter().all(|m| m.len() == 100 && (m.iter().all(|&b| b == 2) || m.iter().all(|&b| b == 1) || m.iter().all(|&b| b == 3))));
+}
