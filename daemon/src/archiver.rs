@@ -446,15 +446,16 @@ struct WriteOp {
     failed: Option<String>,
     end: u64,
     batch_len: u64,
-    /// For a buffered write: header bytes and iovecs, kept alive here
-    /// until the kernel is done with them. (A direct write's buffer is one
-    /// of the job's two, not reused before the write completes.)
+    /// The write's iovecs, and for a buffered write its header, kept alive
+    /// here until the kernel is done with them. (A direct write's buffer is
+    /// one of the job's two, not reused before the write completes.)
     _header: Option<Box<[u8; BATCH_HEADER_LEN]>>,
-    _iovecs: Option<Box<[libc::iovec; 3]>>,
+    _iovecs: Vec<libc::iovec>,
 }
 
-// SAFETY: the iovecs point into the ring mapping and the boxed header,
-// both owned by the same job, which the worker thread alone touches.
+// SAFETY: the iovecs point into the ring mapping, the boxed header or the
+// job's buffer, all owned by the same job, which the worker thread alone
+// touches.
 unsafe impl Send for WriteOp {}
 
 /// A sync in flight: a write's linked fdatasync, an interval sync, the
@@ -1029,71 +1030,35 @@ impl Worker {
         let j = &mut self.jobs[i];
         let seg = j.segment.as_ref().ok_or("no segment file open")?;
         let fd = types::Fd(seg.file.as_raw_fd());
-        // An inline commit writes the batch with one system call.
-        let inline = sync && self.inline_commit;
-        let chunk = if inline { p.len.max(1) } else { WRITE_CHUNK };
-        let (entries, op) = if p.len > 0 {
-            // Pieces of one batch never overlap (only its first block is
-            // the last one of the batch before, whose write completed), so
-            // they may all be in flight at once: the device gets a deeper
-            // queue than one write, and a piece lost to a crash only tears
-            // this batch, whose CRC then fails.
-            let fixed = j.fixed;
+        // The batch's bytes, and where they go: the direct-I/O buffer it
+        // was copied into, or (buffered) its header and its frames where
+        // they lie in the ring.
+        let iov = |p: *const u8, len: usize| libc::iovec { iov_base: p as *mut libc::c_void, iov_len: len };
+        let (offset, header, iovecs) = if p.len > 0 {
             let buf = j.bufs[p.buf].as_mut().expect("prepared into it").as_mut_slice();
-            let mut entries = Vec::new();
-            let mut pieces = Vec::new();
-            for (k, at) in (0..p.len).step_by(chunk).enumerate() {
-                let n = (p.len - at).min(chunk);
-                let token = write + 2 * k as u64;
-                let (ptr, off) = (buf[at..].as_ptr(), p.offset + at as u64);
-                let w = match fixed {
-                    Some(base) => opcode::WriteFixed::new(fd, ptr, n as u32, base + p.buf as u16).offset(off).build(),
-                    None => opcode::Write::new(fd, ptr, n as u32).offset(off).build(),
-                }
-                .user_data(token);
-                entries.push(w);
-                pieces.push((token, n as u64));
-            }
-            let op = WriteOp { pieces, failed: None, end: p.to, batch_len: p.batch_len, _header: None, _iovecs: None };
-            (entries, op)
+            (p.offset, None, vec![iov(buf.as_ptr(), p.len)])
         } else {
-            let offset = seg.planned - p.batch_len;
             let (a, b) = j.job.sub.held_bytes(p.from, p.to);
             let header = BatchHeader::for_frames(p.from, &[a, b]).map_err(|e| format!("frames at {}..{} in the ring: {e}", p.from, p.to))?;
             let header = Box::new(header.to_bytes());
-            let iov = |p: *const u8, len: usize| libc::iovec { iov_base: p as *mut libc::c_void, iov_len: len };
-            let iovecs = Box::new([iov(header.as_ptr(), header.len()), iov(a.as_ptr(), a.len()), iov(b.as_ptr(), b.len())]);
-            let count = if b.is_empty() { 2 } else { 3 };
-            let w = opcode::Writev::new(fd, iovecs.as_ptr(), count).offset(offset).build().user_data(write);
-            let op = WriteOp {
-                pieces: vec![(write, p.batch_len)],
-                failed: None,
-                end: p.to,
-                batch_len: p.batch_len,
-                _header: Some(header),
-                _iovecs: Some(iovecs),
-            };
-            (vec![w], op)
+            let iovecs = [iov(header.as_ptr(), header.len()), iov(a.as_ptr(), a.len()), iov(b.as_ptr(), b.len())];
+            (seg.planned - p.batch_len, Some(header), iovecs.into_iter().filter(|v| v.iov_len > 0).collect())
         };
-        if inline {
-            let offset = if p.len > 0 { p.offset } else { seg.planned - p.batch_len };
+        let len: u64 = iovecs.iter().map(|v| v.iov_len as u64).sum();
+        // (The vector's heap block does not move with it into the WriteOp.)
+        let (at, count) = (iovecs.as_ptr(), iovecs.len());
+        let op = |pieces| WriteOp { pieces, failed: None, end: p.to, batch_len: p.batch_len, _header: header, _iovecs: iovecs };
+        if sync && self.inline_commit {
+            // The stream's own thread: write and sync with blocking calls.
             let raw = seg.file.as_raw_fd();
-            let iovecs: Vec<libc::iovec> = match &op._iovecs {
-                Some(v) => v.iter().copied().filter(|v| v.iov_len > 0).collect(),
-                None => {
-                    let buf = j.bufs[p.buf].as_mut().expect("prepared into it").as_mut_slice();
-                    vec![libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: p.len }]
-                }
-            };
-            let token = op.pieces[0].0;
-            j.write = Some(op);
+            j.write = Some(op(vec![(write, len)]));
             j.syncs.push_back(SyncOp { token: sync_token, end: p.to, done: false, _file: None });
             j.last_sync = Instant::now();
-            // SAFETY: the iovecs point into the job's buffer or the held
-            // ring bytes and the boxed header (in the WriteOp above), all
+            // SAFETY: the iovecs (in the WriteOp above) point into the
+            // job's buffer, or the held ring bytes and the boxed header, all
             // alive and untouched for the call.
-            let res = retry_eintr(|| unsafe { libc::pwritev(raw, iovecs.as_ptr(), iovecs.len() as i32, offset as libc::off_t) as i64 });
-            self.piece_completed(i, token, res);
+            let res = retry_eintr(|| unsafe { libc::pwritev(raw, at, count as i32, offset as libc::off_t) as i64 });
+            self.piece_completed(i, write, res);
             // A failed write stopped the stream: its sync is cancelled, as
             // a linked one would be.
             let res = if self.jobs[i].error.is_some() {
@@ -1105,6 +1070,33 @@ impl Worker {
             self.sync_completed(i, sync_token, res);
             return Ok(());
         }
+        let (entries, op) = if p.len > 0 {
+            // Pieces of one batch never overlap (only its first block is
+            // the last one of the batch before, whose write completed), so
+            // they may all be in flight at once: the device gets a deeper
+            // queue than one write, and a piece lost to a crash only tears
+            // this batch, whose CRC then fails.
+            let fixed = j.fixed;
+            let buf = j.bufs[p.buf].as_mut().expect("prepared into it").as_mut_slice();
+            let mut entries = Vec::new();
+            let mut pieces = Vec::new();
+            for (k, at) in (0..p.len).step_by(WRITE_CHUNK).enumerate() {
+                let n = (p.len - at).min(WRITE_CHUNK);
+                let token = write + 2 * k as u64;
+                let (ptr, off) = (buf[at..].as_ptr(), offset + at as u64);
+                let w = match fixed {
+                    Some(base) => opcode::WriteFixed::new(fd, ptr, n as u32, base + p.buf as u16).offset(off).build(),
+                    None => opcode::Write::new(fd, ptr, n as u32).offset(off).build(),
+                }
+                .user_data(token);
+                entries.push(w);
+                pieces.push((token, n as u64));
+            }
+            (entries, op(pieces))
+        } else {
+            let w = opcode::Writev::new(fd, at, count as u32).offset(offset).build().user_data(write);
+            (vec![w], op(vec![(write, len)]))
+        };
         // SAFETY: the buffer (one of the job's two, not touched again
         // before this write completes), or the header and iovecs (boxed in
         // the WriteOp stored below) and the ring bytes they point to (held:
