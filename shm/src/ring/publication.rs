@@ -353,7 +353,10 @@ impl<M: ClaimMode> Publication<M> {
         let limit = match first {
             Some(min) if self.back_pressure => {
                 // A back-pressure subscriber's position is a boundary with
-                // everything before it committed: a valid head.
+                // everything before it committed: a valid head. (It only
+                // moves over committed frames, and a `Latest` join starts
+                // at the first unfinished claim, not past it: see
+                // `Subscriber::attach`.)
                 // SYNC(head): Release pairs with the Acquire loads of head.
                 counters.head.value.fetch_max(min, Ordering::Release);
                 min + self.capacity
