@@ -16,7 +16,8 @@ struct Args {
     /// Directory for ring files (default: /dev/hugepages/rill if usable, else /dev/shm/rill).
     #[arg(long)]
     ring_dir: Option<PathBuf>,
-    /// Directory for slot and wake page files (default /dev/shm/rill-pages).
+    /// Directory for slot and wake page files (default: `.pages` in the ring
+    /// directory; for rings on hugetlbfs, /dev/shm/rill-<ring dir>/pages).
     #[arg(long)]
     page_dir: Option<PathBuf>,
     /// TOML configuration file (flags override it).
@@ -79,7 +80,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         config.ring_dir = v;
     }
     if let Some(v) = args.page_dir {
-        config.page_dir = v;
+        config.page_dir = Some(v);
     }
     if let Some(v) = args.unblock_timeout_ms {
         config.unblock_timeout_ms = v;

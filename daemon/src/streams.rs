@@ -254,6 +254,9 @@ impl Stream {
 /// Every stream of this daemon.
 #[derive(Debug)]
 pub struct Streams {
+    /// Exclusive flocks on the ring, page and data directories, held for
+    /// the daemon's life: a second daemon on any of them fails to start.
+    _locks: Vec<nix::fcntl::Flock<std::fs::File>>,
     streams: BTreeMap<String, Stream>,
     ring_dir: PathBuf,
     fallback_dir: PathBuf,
@@ -358,31 +361,50 @@ fn create_dir(dir: &Path) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("restricting {}: {e}", dir.display()))
 }
 
+/// Takes an exclusive flock on directory `dir` (held while the returned
+/// file is open); fails, naming the directory, if another process holds it.
+fn lock_dir(dir: &Path) -> anyhow::Result<nix::fcntl::Flock<std::fs::File>> {
+    use nix::fcntl::{Flock, FlockArg};
+    let f = std::fs::File::open(dir).map_err(|e| anyhow::anyhow!("opening {}: {e}", dir.display()))?;
+    Flock::lock(f, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
+        anyhow::anyhow!("{} is in use by another rilld (flock: {e}); give each daemon its own directories", dir.display())
+    })
+}
+
 impl Streams {
     /// An empty registry over the configured directories (created if
     /// missing).
     pub fn new(config: &Config) -> anyhow::Result<Self> {
-        let fallback_dir = PathBuf::from("/dev/shm/rill");
-        for d in [&config.ring_dir, &config.page_dir] {
-            create_dir(d)?;
-        }
+        create_dir(&config.ring_dir)?;
+        let page_dir = config.page_dir();
+        let fallback_dir = config.fallback_ring_dir();
+        create_dir(&page_dir)?;
         anyhow::ensure!(
-            !rill_shm::os::mapping::dir_is_hugetlbfs(&config.page_dir),
+            !rill_shm::os::mapping::dir_is_hugetlbfs(&page_dir),
             "page_dir {} is on hugetlbfs; it must be tmpfs (one 4 KiB page per slot)",
-            config.page_dir.display()
+            page_dir.display()
         );
+        let mut locks = vec![lock_dir(&config.ring_dir)?];
+        if page_dir != config.ring_dir {
+            locks.push(lock_dir(&page_dir)?);
+        }
+        match create_dir(&config.data_dir) {
+            Ok(()) => locks.push(lock_dir(&config.data_dir)?),
+            Err(e) => tracing::warn!(error = %e, "no data directory: persisted streams cannot be created"),
+        }
         let huge = rill_shm::os::mapping::dir_is_hugetlbfs(&config.ring_dir);
         tracing::info!(
             ring_dir = %config.ring_dir.display(),
-            page_dir = %config.page_dir.display(),
+            page_dir = %page_dir.display(),
             pages = if huge { "2MiB huge pages (hugetlbfs)" } else { "4KiB pages" },
             "ring storage"
         );
         Ok(Streams {
+            _locks: locks,
             streams: BTreeMap::new(),
             ring_dir: config.ring_dir.clone(),
             fallback_dir,
-            page_dir: config.page_dir.clone(),
+            page_dir,
             slot_count: config.slot_count,
             unblock_timeout_ns: config.unblock_timeout_ms * 1_000_000,
             linger: Duration::from_millis(config.linger_ms),
@@ -740,11 +762,68 @@ impl Streams {
                             s.set_exclusive(holder);
                         }
                     }
-                    Err(e) => tracing::error!(stream = %name, dir = %dir.display(), error = %e, "cannot adopt ring; left as is"),
+                    Err(e) => tracing::error!(stream = %name, dir = %dir.display(), error = %e, "cannot adopt ring; its files are removed as stale"),
                 }
             }
         }
+        self.sweep_stale();
         self.streams.len()
+    }
+
+    /// The files in the ring and page directories that belong to stream
+    /// `name`: its ring file (in either ring directory) and its slot, wake
+    /// and keep page files.
+    fn files_of(&self, name: &str) -> Vec<PathBuf> {
+        let mut paths: Vec<PathBuf> = [&self.ring_dir, &self.fallback_dir].iter().map(|d| d.join(name)).collect();
+        paths.dedup();
+        let slot_prefix = format!("{name}.slot");
+        if let Ok(entries) = std::fs::read_dir(&self.page_dir) {
+            for e in entries.flatten() {
+                let file = e.file_name();
+                let Some(file) = file.to_str() else { continue };
+                let slot = file.strip_prefix(&slot_prefix).is_some_and(|i| !i.is_empty() && i.bytes().all(|b| b.is_ascii_digit()));
+                if slot || file == format!("{name}.wake") || file == format!("{name}.keep") {
+                    paths.push(e.path());
+                }
+            }
+        }
+        paths.retain(|p| p.symlink_metadata().is_ok_and(|m| m.is_file()));
+        paths
+    }
+
+    /// Removes what a stream that is not registered left behind (a ring
+    /// whose pages are gone, pages whose ring is gone): garbage, never a
+    /// reason to refuse the stream. Returns how many files.
+    fn clear_stale(&self, name: &str) -> usize {
+        debug_assert!(!self.streams.contains_key(name));
+        let stale = self.files_of(name);
+        for p in &stale {
+            if let Err(e) = std::fs::remove_file(p) {
+                tracing::warn!(stream = name, file = %p.display(), error = %e, "cannot remove a stale file");
+            }
+        }
+        if !stale.is_empty() {
+            let files: Vec<_> = stale.iter().filter_map(|p| p.file_name()).map(|f| f.to_string_lossy()).collect();
+            tracing::warn!(stream = name, files = %files.join(" "), "removed the stale files of a stream with no live ring");
+        }
+        stale.len()
+    }
+
+    /// After adoption: removes the files of every stream that was not
+    /// adopted (a ring without its pages, pages without their ring).
+    fn sweep_stale(&self) -> usize {
+        let mut names = std::collections::BTreeSet::new();
+        for dir in [&self.ring_dir, &self.fallback_dir, &self.page_dir] {
+            let Ok(entries) = std::fs::read_dir(dir) else { continue };
+            for e in entries.flatten() {
+                let Some(file) = e.file_name().to_str().map(str::to_owned) else { continue };
+                let name = if dir == &self.page_dir { file.rsplit_once('.').map_or(file.as_str(), |(n, _)| n).to_owned() } else { file };
+                if rill::protocol::check_stream_name(&name).is_ok() && !self.streams.contains_key(&name) {
+                    names.insert(name);
+                }
+            }
+        }
+        names.iter().map(|n| self.clear_stale(n)).sum()
     }
 
     fn insert(&mut self, name: String, ring: Ring, ring_dir: PathBuf, keep: bool, owners: Vec<SlotOwner>) {
@@ -849,6 +928,7 @@ impl Streams {
             pages: PagePreference::Auto,
         };
         config.validate().map_err(|e| Refusal::new(ErrorCode::Invalid, e.to_string()))?;
+        self.clear_stale(name);
         let (ring, dir) = match Ring::create_with_page_files(&self.ring_dir, &self.page_dir, name, &config) {
             Ok(r) => (r, self.ring_dir.clone()),
             Err(CreateError::HugePagesUnavailable(e)) if self.fallback_dir != self.ring_dir => {

@@ -15,7 +15,8 @@
 //!               |   384  durable position, its futex and waiters   |
 //!               |   512  replicated position                       |
 //!               |   640  futex word, waiters                       |
-//!               |   768  next_publisher_id, fenced, slot_hwm       |
+//!               |   768  next_publisher_id, fenced, slot_hwm,      |
+//!               |        exclusive_pid, origin                     |
 //!               |   896  head (oldest frame that may be uncommitted)|
 //! offset 1024   +--------------------------------------------------+
 //!               | Slot[slot_count], 128 B each: state (free,       |
@@ -180,6 +181,13 @@ pub struct PublisherWords {
     /// none. Written by whoever arbitrates publishers (rilld), so that a
     /// restarted arbiter still knows no other writer may join.
     pub exclusive_pid: AtomicU32,
+    /// The first stream position this ring ever held: 0, or where a
+    /// persisted stream's log ended when its ring was recreated
+    /// (`Ring::start_at`). Nothing before it was ever in this ring, so no
+    /// subscriber may start before it in the ring. Written once, before
+    /// anyone uses the ring. (Added without a new [`LAYOUT_VERSION`]: the
+    /// word was zero padding, and zero is right for every older ring.)
+    pub origin: AtomicU64,
 }
 
 /// The shared counters.
@@ -241,6 +249,7 @@ const _: () = {
     assert!(offset_of!(Counters, wake) == 512);
     assert!(offset_of!(Counters, publishers) == 640);
     assert!(offset_of!(Counters, head) == 768);
+    assert!(offset_of!(PublisherWords, origin) == 16);
     assert!(COUNTERS_OFFSET + size_of::<Counters>() <= SLOTS_OFFSET);
     assert!(size_of::<Slot>() == SLOT_SIZE);
     assert!(align_of::<Slot>() == 128);
@@ -291,6 +300,7 @@ impl Counters {
                     next_id: AtomicU32::new(1),
                     fenced: AtomicU32::new(0),
                     slot_hwm: AtomicU32::new(0),
+                    origin: AtomicU64::new(0),
                     exclusive_pid: AtomicU32::new(0),
                 },
             },

@@ -84,9 +84,22 @@ pub(crate) fn pub_options(
         .with_persist(persist))
 }
 
-/// `rill pub NAME`: one message per stdin line, newline stripped; with
-/// `wait_durable`, each durable before the next line is read.
-pub(crate) fn publish(conn: &Connection, name: &str, options: StreamOptions, wait_durable: bool) -> anyhow::Result<()> {
+/// When `rill pub` waits for durability (persisted streams).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WaitDurable {
+    /// Each line durable before the next is read (`--wait-durable`).
+    EachLine,
+    /// The last line durable before exit (the default).
+    AtExit,
+    /// Never (`--no-wait-at-exit`).
+    Never,
+}
+
+/// `rill pub NAME`: one message per stdin line, newline stripped; on a
+/// persisted stream, each line durable before the next is read, or the
+/// last one before exit, as `wait` says.
+pub(crate) fn publish(conn: &Connection, name: &str, options: StreamOptions, wait: WaitDurable) -> anyhow::Result<()> {
+    let wait_durable = wait == WaitDurable::EachLine;
     let client = conn.client()?;
     let mut publisher = client.publisher_with(name, options.clone())?;
     let info = publisher.info();
@@ -106,6 +119,7 @@ pub(crate) fn publish(conn: &Connection, name: &str, options: StreamOptions, wai
     let mut stdin = std::io::stdin().lock();
     let mut line = Vec::new();
     let mut count = 0u64;
+    let mut last = None;
     loop {
         line.clear();
         if stdin.read_until(b'\n', &mut line).context("reading stdin")? == 0 {
@@ -124,8 +138,17 @@ pub(crate) fn publish(conn: &Connection, name: &str, options: StreamOptions, wai
         }
         let position = offer_waiting(&mut publisher, name, &line)?;
         count += 1;
+        last = Some(position);
         if wait_durable {
             wait_until_durable(&client, &publisher, name, position, count)?;
+        }
+    }
+    if let (WaitDurable::AtExit, Some(position), Some(_)) = (wait, last, publisher.info().persist) {
+        let started = std::time::Instant::now();
+        wait_until_durable(&client, &publisher, name, position, count)?;
+        let waited = started.elapsed();
+        if waited >= Duration::from_millis(500) {
+            eprintln!("rill: waited {:.1} s for the last line to be durable", waited.as_secs_f64());
         }
     }
     eprintln!("rill: published {count} message{} to {name}", if count == 1 { "" } else { "s" });

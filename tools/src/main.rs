@@ -5,7 +5,7 @@
 //!                                       subscriber lag
 //! rill health                           "yes (...)" / "no (...)", exit 0 / 1
 //! rill pub NAME [--capacity 4MiB] [--policy back-pressure|overwrite]
-//!              [--persist none|interval:<ms>|always] [--wait-durable]
+//!              [--persist none|interval:<ms>|always] [--wait-durable | --no-wait-at-exit]
 //!                                       each stdin line becomes one message
 //! rill tail NAME [--from latest|oldest|earliest|POSITION|@UNIX_SECONDS|-30s] [--count N]
 //!                                       print messages as they arrive
@@ -83,6 +83,11 @@ enum Command {
         /// must be persisted; fails if its archiving stops.
         #[arg(long)]
         wait_durable: bool,
+        /// On a persisted stream, exit as soon as the last line is
+        /// published instead of waiting (the default) until it is durable:
+        /// a crash right after exit may then lose the last lines.
+        #[arg(long, conflicts_with = "wait_durable")]
+        no_wait_at_exit: bool,
     },
     /// Print each message of a stream as it arrives (lossy UTF-8, one per
     /// line) until Ctrl-C or --count messages.
@@ -171,9 +176,16 @@ fn main() -> ExitCode {
         Command::Health => return commands::health(&cli.connection()),
         Command::Dump { ref file, batches_only } => return dump::run(file, batches_only),
         Command::Streams => commands::streams(&cli.connection()),
-        Command::Pub { ref name, capacity, policy, max_message_len, keep, persist, wait_durable } => {
+        Command::Pub { ref name, capacity, policy, max_message_len, keep, persist, wait_durable, no_wait_at_exit } => {
             let options = commands::pub_options(capacity, policy, max_message_len, keep, persist);
-            options.and_then(|o| commands::publish(&cli.connection(), name, o, wait_durable))
+            let wait = if wait_durable {
+                commands::WaitDurable::EachLine
+            } else if no_wait_at_exit {
+                commands::WaitDurable::Never
+            } else {
+                commands::WaitDurable::AtExit
+            };
+            options.and_then(|o| commands::publish(&cli.connection(), name, o, wait))
         }
         Command::Tail { ref name, from, count, positions, create } => {
             commands::tail(&cli.connection(), name, from, count, positions, create)

@@ -420,8 +420,17 @@ impl Ring {
         c.head.value.store(position, Ordering::Release);
         c.limit_granted.value.fetch_max(position, Ordering::SeqCst);
         c.durable.value.position.fetch_max(position, Ordering::Release);
+        c.publishers.value.origin.store(position, Ordering::Release);
         c.tail.value.store(position, Ordering::Release);
         Ok(())
+    }
+
+    /// The first position this ring ever held ([`Ring::start_at`]; 0 for a
+    /// ring that began with its stream). The ring never held anything
+    /// before it, so [`Start::Oldest`] never starts before it.
+    pub fn origin(&self) -> u64 {
+        // SYNC(origin): Acquire pairs with the Release store in `start_at`.
+        self.inner.mem.counters().publishers.value.origin.load(Ordering::Acquire)
     }
 
     /// Pid recorded as holding the ring's exclusive publication (0: none).

@@ -308,7 +308,9 @@ impl Subscriber {
                 best = s.position;
             }
         }
-        best
+        // A ring recreated at a persisted stream's log end never held
+        // anything before its origin (which is at most the tail).
+        best.max(self.ring.origin().min(tail))
     }
 
     /// The next position this subscriber will read.

@@ -238,6 +238,15 @@ fn fresh_ring_starts_at_a_recovered_position() {
     let ring = Ring::private(&cfg(4096, 512, Policy::BackPressure)).unwrap();
     assert!(ring.start_at(1000).is_err(), "unaligned");
     ring.start_at(1 << 20).unwrap();
+    assert_eq!(ring.origin(), 1 << 20);
+    // Nothing before the origin was ever in this ring: the oldest it holds
+    // is the origin, not a lap boundary before it.
+    assert_eq!(ring.subscribe(Start::Oldest).unwrap().position(), 1 << 20);
+    // Also where the origin is not on a lap boundary (a log that ended at
+    // 640,000 in a 4 KiB ring: the lap boundary 638,976 was never held).
+    let other = Ring::private(&cfg(4096, 512, Policy::BackPressure)).unwrap();
+    other.start_at(640_000).unwrap();
+    assert_eq!(other.subscribe(Start::Oldest).unwrap().position(), 640_000);
     let mut sub = ring.subscribe(Start::Latest).unwrap();
     assert!(ring.start_at(1 << 21).is_err(), "in use");
     let mut publ = ring.exclusive_publication().unwrap();
