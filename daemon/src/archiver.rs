@@ -13,6 +13,15 @@
 //! (CRC32C over header and frames) and the frames.
 //!
 //! # How a batch is written
+//! Every batch is first copied out of the ring into one of the stream's
+//! two buffers, then its frames are checked and its CRC computed *in the
+//! copy*, and the copy is what is written. Publishers can still write the
+//! ring memory their frames were committed in (a broken or hostile one
+//! may), so a CRC computed over the ring, or a write the kernel reads from
+//! the ring later, could put bytes on disk that the CRC does not cover:
+//! an acknowledged batch would then fail its check on replay. Frames that
+//! are not valid in the copy quarantine the stream ([`Halt::Malformed`]).
+//!
 //! * **Direct I/O** (the default wherever the filesystem supports it): the
 //!   header and frames are copied into a block-aligned buffer and written
 //!   with `O_DIRECT`, so the data goes to the device without passing
@@ -30,8 +39,8 @@
 //!   where the CPU the kernel spends per write is CPU the publisher and
 //!   the device's completions also need.
 //! * **Buffered** (tmpfs and other filesystems without direct I/O, or
-//!   `direct_io = false`): one `writev` of the header and one or two
-//!   iovecs pointing straight into the ring mapping.
+//!   `direct_io = false`): the same copy, unaligned and without zeros,
+//!   written through the page cache.
 //!
 //! Writes of one stream go one at a time, at explicit offsets, so a file
 //! never has a hole before a later batch.
@@ -146,6 +155,32 @@ const _: () = assert!(BATCH_BYTES as usize / WRITE_CHUNK + 8 <= RING_ENTRIES as 
 /// A transparent huge page.
 const HUGE_PAGE: usize = 2 << 20;
 
+/// Why archiving of a stream stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Halt {
+    /// The disk or the kernel failed (a write, a sync, a file): the host
+    /// needs an operator, and health says so.
+    Io(String),
+    /// A publisher of the stream committed frames that are not valid (a
+    /// hostile or broken client wrote its ring): the stream is quarantined
+    /// at the first bad frame, nothing from there on is archived, and its
+    /// publishers are held back. The daemon and every other stream go on,
+    /// healthy.
+    Malformed(String),
+}
+
+impl From<String> for Halt {
+    fn from(msg: String) -> Halt {
+        Halt::Io(msg)
+    }
+}
+
+impl From<&str> for Halt {
+    fn from(msg: &str) -> Halt {
+        Halt::Io(msg.to_owned())
+    }
+}
+
 /// What the archiver reports about one stream.
 #[derive(Debug, Clone, Default)]
 pub struct ArchiveStatus {
@@ -153,6 +188,9 @@ pub struct ArchiveStatus {
     pub disk_bytes: u64,
     /// Why archiving stopped, if it did.
     pub error: Option<String>,
+    /// It stopped on malformed frames ([`Halt::Malformed`]): the stream is
+    /// quarantined, the daemon stays healthy.
+    pub quarantined: bool,
 }
 
 /// Shared status, by stream name.
@@ -291,7 +329,7 @@ impl Archiver {
     pub fn add(&self, job: Job) {
         self.statuses.lock().unwrap_or_else(|e| e.into_inner()).insert(
             job.name.clone(),
-            ArchiveStatus { disk_bytes: job.disk_bytes, error: None },
+            ArchiveStatus { disk_bytes: job.disk_bytes, ..ArchiveStatus::default() },
         );
         if job.durability != Durability::Always {
             self.shared.send(Command::Add(Box::new(job)));
@@ -446,16 +484,14 @@ struct WriteOp {
     failed: Option<String>,
     end: u64,
     batch_len: u64,
-    /// The write's iovecs, and for a buffered write its header, kept alive
-    /// here until the kernel is done with them. (A direct write's buffer is
-    /// one of the job's two, not reused before the write completes.)
-    _header: Option<Box<[u8; BATCH_HEADER_LEN]>>,
+    /// The write's iovec, kept alive here until the kernel is done with
+    /// it. (It points into one of the job's two buffers, which is not
+    /// reused before the write completes.)
     _iovecs: Vec<libc::iovec>,
 }
 
-// SAFETY: the iovecs point into the ring mapping, the boxed header or the
-// job's buffer, all owned by the same job, which the worker thread alone
-// touches.
+// SAFETY: the iovecs point into the job's buffers, owned by the same job,
+// which the worker thread alone touches.
 unsafe impl Send for WriteOp {}
 
 /// A sync in flight: a write's linked fdatasync, an interval sync, the
@@ -809,12 +845,6 @@ impl Worker {
         let j = &self.jobs[i];
         let write_free = j.write.is_none();
         if j.prepared.is_none() {
-            let direct = j.segment.as_ref().is_none_or(|s| s.align.is_some()) && j.job.direct_io;
-            // Buffered writes go straight from the ring: nothing to
-            // prepare while another is in flight.
-            if j.write.is_some() && !direct {
-                return work;
-            }
             match self.gather(i) {
                 Ok(Some((from, to))) => {
                     if let Err(msg) = self.prepare(i, from, to) {
@@ -852,7 +882,7 @@ impl Worker {
     /// the write completes), or syncs what is written. `None` while a sync
     /// or a write runs: frames are then written as they come, for the next
     /// sync to cover.
-    fn group_commit(&mut self, i: usize) -> Result<Option<usize>, String> {
+    fn group_commit(&mut self, i: usize) -> Result<Option<usize>, Halt> {
         {
             let j = &mut self.jobs[i];
             j.gathering = false;
@@ -891,7 +921,7 @@ impl Worker {
     /// [`BATCH_BYTES`] past the frames gathered or a quarter of the ring (a
     /// batch in flight and one prepared then leave half the ring to the
     /// publishers), counting the messages in `arrivals`.
-    fn count_arrivals(&mut self, i: usize) -> Result<(), String> {
+    fn count_arrivals(&mut self, i: usize) -> Result<(), Halt> {
         let j = &mut self.jobs[i];
         let info = j.job.sub.ring().info();
         let max_span = message_span(info.max_message_len as usize) as u64;
@@ -905,14 +935,15 @@ impl Worker {
             match j.job.sub.poll(limit, |_| {}) {
                 Ok(0) => return Ok(()),
                 Ok(n) => j.arrivals += n as u32,
-                Err(e) => return Err(format!("reading the ring: {e}")),
+                Err(e @ rill_shm::ring::PollError::Corrupt { .. }) => return Err(Halt::Malformed(format!("reading the ring: {e}"))),
+                Err(e) => return Err(Halt::Io(format!("reading the ring: {e}"))),
             }
         }
     }
 
     /// Polls job `i`'s ring (see [`Worker::count_arrivals`]); the frames
     /// after those gathered so far, if any, are gathered now.
-    fn gather(&mut self, i: usize) -> Result<Option<(u64, u64)>, String> {
+    fn gather(&mut self, i: usize) -> Result<Option<(u64, u64)>, Halt> {
         self.count_arrivals(i)?;
         let j = &mut self.jobs[i];
         let (from, to) = (j.gathered, j.job.sub.position());
@@ -924,33 +955,30 @@ impl Worker {
     }
 
     /// Plans the batch of frames `from..to` of job `i`: rolls to a new
-    /// segment if it would not fit, and copies it into a direct-I/O buffer
-    /// if the segment is written with direct I/O (else it is written from
-    /// the ring when submitted).
-    fn prepare(&mut self, i: usize, from: u64, to: u64) -> Result<(), String> {
+    /// segment if it would not fit, and copies it out of the ring into one
+    /// of the job's two buffers, laid out for the write (block-aligned for
+    /// direct I/O). The frames are copied first, then checked and
+    /// checksummed in the copy: publishers can still write the ring
+    /// memory they were committed in, and what is written must be what
+    /// the CRC covers. Frames that are not valid in the copy quarantine
+    /// the stream ([`Halt::Malformed`]).
+    fn prepare(&mut self, i: usize, from: u64, to: u64) -> Result<(), Halt> {
         let j = &mut self.jobs[i];
         let batch_len = BATCH_HEADER_LEN as u64 + (to - from);
         let roll = match &j.segment {
             None => true,
             Some(s) => s.planned > 0 && s.planned + batch_len > j.job.segment_bytes,
         };
+        // Buffered writes need no alignment: one byte. The next segment's
+        // alignment is known once it exists; plan for direct I/O if asked
+        // and find out when creating it.
         let align = if roll {
-            // The next segment's alignment is known once it exists; plan
-            // for direct I/O if asked and find out when creating it.
             j.job.direct_io.then_some(MAX_DIRECT_ALIGN)
         } else {
             j.segment.as_ref().and_then(|s| s.align)
-        };
-        let Some(align) = align else {
-            j.prepared = Some(Prepared { from, to, buf: 0, offset: 0, len: 0, batch_len, roll });
-            if let Some(s) = &mut j.segment {
-                if !roll {
-                    s.planned += batch_len;
-                }
-            }
-            return Ok(());
-        };
-        // Direct: [bytes of the last partial block][header][frames][zeros].
+        }
+        .unwrap_or(1);
+        // [bytes of the last partial block][header][frames][zeros].
         let start = if roll { 0 } else { j.segment.as_ref().map_or(0, |s| s.planned) };
         let offset = start - start % align as u64;
         let prefix = (start - offset) as usize;
@@ -976,18 +1004,20 @@ impl Worker {
             j.bufs[b] = Some(buf);
         }
         let buf = j.bufs[b].as_mut().expect("allocated above").as_mut_slice();
-        let (a, bb) = j.job.sub.held_bytes(from, to);
-        let header = BatchHeader::for_frames(from, &[a, bb]).map_err(|e| format!("frames at {from}..{to} in the ring: {e}"))?;
         buf[..prefix].copy_from_slice(prefix_bytes);
-        let mut at = prefix;
-        for part in [&header.to_bytes()[..], a, bb] {
-            buf[at..at + part.len()].copy_from_slice(part);
-            at += part.len();
-        }
+        let frames_at = prefix + BATCH_HEADER_LEN;
+        let (a, bb) = j.job.sub.held_bytes(from, to);
+        buf[frames_at..frames_at + a.len()].copy_from_slice(a);
+        buf[frames_at + a.len()..data_len].copy_from_slice(bb);
+        let header = BatchHeader::for_frames(from, &[&buf[frames_at..data_len]])
+            .map_err(|e| Halt::Malformed(format!("frames at {from}..{to} in the ring: {e}")))?;
+        buf[prefix..frames_at].copy_from_slice(&header.to_bytes());
         buf[data_len..len].fill(0);
         let new_tail_from = data_len - data_len % align;
         j.tail.clear();
-        j.tail.extend_from_slice(&buf[new_tail_from..data_len]);
+        if align > 1 {
+            j.tail.extend_from_slice(&buf[new_tail_from..data_len]);
+        }
         j.next_buf = 1 - b;
         if let Some(s) = &mut j.segment {
             if !roll {
@@ -1000,7 +1030,7 @@ impl Worker {
 
     /// Submits job `i`'s prepared batch (rolling first if it says so),
     /// with its linked sync under `always`.
-    fn submit_prepared(&mut self, i: usize, sync: bool) -> Result<(), String> {
+    fn submit_prepared(&mut self, i: usize, sync: bool) -> Result<(), Halt> {
         // Room for a seal sync, a directory sync and the write's pieces, so
         // no push below fails (a write queued without its in-flight record
         // would outlive the buffers it points to).
@@ -1012,12 +1042,13 @@ impl Worker {
             let j = &mut self.jobs[i];
             let seg = j.segment.as_mut().expect("just created");
             seg.planned = p.batch_len;
-            if p.len > 0 && seg.align.is_none() {
-                // Planned for direct I/O, got a filesystem without it:
-                // write this one from the ring.
-                p.len = 0;
+            if seg.align.is_none() {
+                // Planned for direct I/O, got a filesystem without it: the
+                // batch is at the buffer's start (a roll has no prefix);
+                // write it without the zeros.
+                p.len = p.batch_len as usize;
                 j.tail.clear();
-            } else if p.len == 0 && seg.align.is_some() {
+            } else if !j.job.direct_io {
                 unreachable!("a roll planned without direct I/O opens the file without it");
             }
         }
@@ -1030,33 +1061,22 @@ impl Worker {
         let j = &mut self.jobs[i];
         let seg = j.segment.as_ref().ok_or("no segment file open")?;
         let fd = types::Fd(seg.file.as_raw_fd());
-        // The batch's bytes, and where they go: the direct-I/O buffer it
-        // was copied into, or (buffered) its header and its frames where
-        // they lie in the ring.
+        // The batch's bytes: the buffer it was copied into.
         let iov = |p: *const u8, len: usize| libc::iovec { iov_base: p as *mut libc::c_void, iov_len: len };
-        let (offset, header, iovecs) = if p.len > 0 {
-            let buf = j.bufs[p.buf].as_mut().expect("prepared into it").as_mut_slice();
-            (p.offset, None, vec![iov(buf.as_ptr(), p.len)])
-        } else {
-            let (a, b) = j.job.sub.held_bytes(p.from, p.to);
-            let header = BatchHeader::for_frames(p.from, &[a, b]).map_err(|e| format!("frames at {}..{} in the ring: {e}", p.from, p.to))?;
-            let header = Box::new(header.to_bytes());
-            let iovecs = [iov(header.as_ptr(), header.len()), iov(a.as_ptr(), a.len()), iov(b.as_ptr(), b.len())];
-            (seg.planned - p.batch_len, Some(header), iovecs.into_iter().filter(|v| v.iov_len > 0).collect())
-        };
+        let buf = j.bufs[p.buf].as_mut().expect("prepared into it").as_mut_slice();
+        let (offset, iovecs) = (p.offset, vec![iov(buf.as_ptr(), p.len)]);
         let len: u64 = iovecs.iter().map(|v| v.iov_len as u64).sum();
         // (The vector's heap block does not move with it into the WriteOp.)
         let (at, count) = (iovecs.as_ptr(), iovecs.len());
-        let op = |pieces| WriteOp { pieces, failed: None, end: p.to, batch_len: p.batch_len, _header: header, _iovecs: iovecs };
+        let op = |pieces| WriteOp { pieces, failed: None, end: p.to, batch_len: p.batch_len, _iovecs: iovecs };
         if sync && self.inline_commit {
             // The stream's own thread: write and sync with blocking calls.
             let raw = seg.file.as_raw_fd();
             j.write = Some(op(vec![(write, len)]));
             j.syncs.push_back(SyncOp { token: sync_token, end: p.to, done: false, _file: None });
             j.last_sync = Instant::now();
-            // SAFETY: the iovecs (in the WriteOp above) point into the
-            // job's buffer, or the held ring bytes and the boxed header, all
-            // alive and untouched for the call.
+            // SAFETY: the iovec (in the WriteOp above) points into the
+            // job's buffer, alive and untouched for the call.
             let res = retry_eintr(|| unsafe { libc::pwritev(raw, at, count as i32, offset as libc::off_t) as i64 });
             self.piece_completed(i, write, res);
             // A failed write stopped the stream: its sync is cancelled, as
@@ -1070,39 +1090,32 @@ impl Worker {
             self.sync_completed(i, sync_token, res);
             return Ok(());
         }
-        let (entries, op) = if p.len > 0 {
-            // Pieces of one batch never overlap (only its first block is
-            // the last one of the batch before, whose write completed), so
-            // they may all be in flight at once: the device gets a deeper
-            // queue than one write, and a piece lost to a crash only tears
-            // this batch, whose CRC then fails.
-            let fixed = j.fixed;
-            let buf = j.bufs[p.buf].as_mut().expect("prepared into it").as_mut_slice();
-            let mut entries = Vec::new();
-            let mut pieces = Vec::new();
-            for (k, at) in (0..p.len).step_by(WRITE_CHUNK).enumerate() {
-                let n = (p.len - at).min(WRITE_CHUNK);
-                let token = write + 2 * k as u64;
-                let (ptr, off) = (buf[at..].as_ptr(), offset + at as u64);
-                let w = match fixed {
-                    Some(base) => opcode::WriteFixed::new(fd, ptr, n as u32, base + p.buf as u16).offset(off).build(),
-                    None => opcode::Write::new(fd, ptr, n as u32).offset(off).build(),
-                }
-                .user_data(token);
-                entries.push(w);
-                pieces.push((token, n as u64));
+        // Pieces of one batch never overlap (only its first block is the
+        // last one of the batch before, whose write completed), so they
+        // may all be in flight at once: the device gets a deeper queue than
+        // one write, and a piece lost to a crash only tears this batch,
+        // whose CRC then fails.
+        let fixed = j.fixed;
+        let buf = j.bufs[p.buf].as_mut().expect("prepared into it").as_mut_slice();
+        let mut entries = Vec::new();
+        let mut pieces = Vec::new();
+        for (k, at) in (0..p.len).step_by(WRITE_CHUNK).enumerate() {
+            let n = (p.len - at).min(WRITE_CHUNK);
+            let token = write + 2 * k as u64;
+            let (ptr, off) = (buf[at..].as_ptr(), offset + at as u64);
+            let w = match fixed {
+                Some(base) => opcode::WriteFixed::new(fd, ptr, n as u32, base + p.buf as u16).offset(off).build(),
+                None => opcode::Write::new(fd, ptr, n as u32).offset(off).build(),
             }
-            (entries, op(pieces))
-        } else {
-            let w = opcode::Writev::new(fd, at, count as u32).offset(offset).build().user_data(write);
-            (vec![w], op(vec![(write, len)]))
-        };
+            .user_data(token);
+            entries.push(w);
+            pieces.push((token, n as u64));
+        }
+        let op = op(pieces);
         // SAFETY: the buffer (one of the job's two, not touched again
-        // before this write completes), or the header and iovecs (boxed in
-        // the WriteOp stored below) and the ring bytes they point to (held:
-        // our slot does not move before the completion), stay valid until
-        // the completion is reaped; the file stays open as long as the
-        // job. make_room above left room.
+        // before this write completes) stays valid until the completion is
+        // reaped; the file stays open as long as the job. make_room above
+        // left room.
         // With the sync linked, the pieces are linked too (a chain runs in
         // order), so that the sync starts after the last one.
         let link = |e: &squeue::Entry| if sync { e.clone().flags(squeue::Flags::IO_LINK) } else { e.clone() };
@@ -1370,15 +1383,27 @@ impl Worker {
         }
     }
 
-    fn stop(&mut self, i: usize, msg: String) {
+    fn stop(&mut self, i: usize, halt: impl Into<Halt>) {
         let j = &mut self.jobs[i];
+        let (msg, quarantined) = match halt.into() {
+            Halt::Io(msg) => (msg, false),
+            Halt::Malformed(msg) => (format!("quarantined: {msg}"), true),
+        };
         if j.error.is_none() {
-            tracing::error!(stream = %j.job.name, error = %msg, "archiving stopped; publishers will be back-pressured");
+            if quarantined {
+                tracing::error!(stream = %j.job.name, error = %msg, archived_up_to = j.gathered,
+                    "a publisher committed malformed frames: stream quarantined, its publishers held back; other streams go on");
+            } else {
+                tracing::error!(stream = %j.job.name, error = %msg, "archiving stopped; publishers will be back-pressured");
+            }
             j.error = Some(msg.clone());
         }
         j.prepared = None;
         let name = j.job.name.clone();
-        self.set_status(&name, |s| s.error = Some(msg));
+        self.set_status(&name, |s| {
+            s.error = Some(msg);
+            s.quarantined = quarantined;
+        });
     }
 
     fn set_status(&self, name: &str, f: impl FnOnce(&mut ArchiveStatus)) {

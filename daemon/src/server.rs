@@ -443,14 +443,29 @@ impl Server {
         Response::Resumed { handles: out }
     }
 
-    /// Healthy: serving, and every persisted stream archiving (a stream
-    /// whose archiving stopped holds its publishers back until an operator
-    /// acts, so the daemon says so).
+    /// Healthy: serving, and every persisted stream archiving, but for
+    /// streams quarantined because their own publishers committed
+    /// malformed frames (that hurts only that stream; restarting the host
+    /// would not help) and streams whose log lost damaged batches (the
+    /// loss is reported with the stream). A stream whose archiving stopped
+    /// on an I/O error holds its publishers back until an operator acts,
+    /// so the daemon says it is unhealthy.
     fn health(&self) -> Response {
-        let stopped: Vec<String> =
-            self.streams.iter().filter_map(|s| s.info().archive_error.map(|e| format!("stream {:?}: {e}", s.name))).collect();
+        let mut stopped = Vec::new();
+        let mut quarantined = Vec::new();
+        for s in self.streams.iter() {
+            match (&s.archive, &s.setup_error) {
+                (Some(a), _) if a.quarantined => quarantined.push(format!("{:?}", s.name)),
+                (Some(crate::archiver::ArchiveStatus { error: Some(e), .. }), _) => stopped.push(format!("stream {:?}: {e}", s.name)),
+                (_, Some(e)) => stopped.push(format!("stream {:?}: archiving not started: {e}", s.name)),
+                _ => {}
+            }
+        }
         let mut detail =
             format!("{} streams, {} clients, up {} s", self.streams.len(), self.conns.len(), self.started.elapsed().as_secs());
+        if !quarantined.is_empty() {
+            detail = format!("{} stream(s) quarantined for malformed frames (see rill streams): {}; {detail}", quarantined.len(), quarantined.join(", "));
+        }
         if !stopped.is_empty() {
             detail = format!("archiving stopped for {} stream(s): {}; {detail}", stopped.len(), stopped.join("; "));
         }

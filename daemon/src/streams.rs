@@ -585,7 +585,7 @@ impl Streams {
             .zip(end)
             .filter(|_| log_end == Some(start))
             .map(|((_, p), e)| (p.clone(), e.segment_len));
-        s.archive = Some(ArchiveStatus { disk_bytes, error: None });
+        s.archive = Some(ArchiveStatus { disk_bytes, ..ArchiveStatus::default() });
         self.archiver.add(Job {
             name: name.to_owned(),
             sub,
