@@ -125,8 +125,8 @@ pub struct Stream {
     pub persist: Option<Durability>,
     /// What the archiver says about it (persisted streams).
     pub archive: Option<ArchiveStatus>,
-    /// Damage found in a sealed segment of its log at start (reported,
-    /// never skipped or repaired: replays across it fail with the reason).
+    /// What its log lost to damage on disk, found at start (reported;
+    /// readers skip it with a notice of the exact positions).
     pub log_damage: Option<String>,
     /// Why archiving could not be set up (at start or creation): the
     /// stream is held back until rilld is restarted with the cause fixed.
@@ -246,7 +246,7 @@ impl Stream {
                 .as_ref()
                 .and_then(|a| a.error.clone())
                 .or_else(|| self.setup_error.as_ref().map(|e| format!("archiving not started: {e}")))
-                .or_else(|| self.log_damage.as_ref().map(|d| format!("log damaged: {d}"))),
+                .or_else(|| self.log_damage.clone()),
         }
     }
 }
@@ -278,6 +278,66 @@ pub struct Streams {
 struct LogEnd {
     position: u64,
     segment_len: u64,
+}
+
+/// Recovers the log of stream `name` in `dir` after a crash or a reboot:
+/// every segment is read whole and every batch checked (CRC and frames),
+/// and synced (a sealed segment's final sync may not have run). The last
+/// segment's damaged tail is cut at its last whole batch (a corrupt last
+/// batch kept aside first); damage elsewhere is left in place, and the
+/// positions it lost are returned, exactly, as are gaps between segments:
+/// the valid batches after damage stay readable, and readers skip the
+/// damage with a notice. Returns where the log ends and what it lost.
+fn recover_log(name: &str, dir: &Path) -> Result<(Option<LogEnd>, Vec<rill_store::Hole>), String> {
+    let segments = rill_store::list_segments(dir).map_err(|e| format!("listing {}: {e}", dir.display()))?;
+    let mut lost = Vec::new();
+    let mut end = None;
+    for (i, (first, path)) in segments.iter().enumerate() {
+        let next = segments.get(i + 1).map(|(f, _)| *f);
+        let sync = |p: &Path| std::fs::File::open(p).and_then(|f| f.sync_data()).map_err(|e| format!("syncing {}: {e}", p.display()));
+        let scan = if next.is_none() {
+            let r = rill_store::recover_segment(path).map_err(|e| format!("recovering {}: {e}", path.display()))?;
+            if let Some(d) = &r.scan.damage {
+                let after = r.scan.end_position;
+                match &r.side_file {
+                    Some(side) => tracing::error!(stream = name, segment = %path.display(), after_position = after, cut_bytes = r.truncated_bytes,
+                        kept_in = %side.display(), damage = %d, "corrupt last batch cut (never acknowledged as durable unless the disk lost synced bytes); its bytes are kept aside"),
+                    None => tracing::warn!(stream = name, segment = %path.display(), after_position = after, cut_bytes = r.truncated_bytes,
+                        damage = %d, "torn tail of the last segment cut at the last whole batch"),
+                }
+            }
+            let position = if r.end_position() == 0 { *first } else { r.end_position() };
+            end = Some(LogEnd { position, segment_len: r.len() });
+            r.scan
+        } else {
+            let bytes = std::fs::read(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+            rill_store::scan_segment(&bytes, *first)
+        };
+        // A batch written but not yet synced when the last daemon died is
+        // whole in the page cache: sync it before calling anything durable.
+        sync(path)?;
+        lost.extend(scan.holes.iter().cloned());
+        if let Some(next) = next.filter(|&n| n != scan.end_position) {
+            let reason = match &scan.damage {
+                Some(d) => format!("{}: {d}", path.display()),
+                None => format!("{} ends at {}, the next segment starts at {next}", path.display(), scan.end_position),
+            };
+            lost.push(rill_store::Hole { offset: scan.valid_len, len: scan.file_len - scan.valid_len, from: scan.end_position, to: next, reason });
+        }
+    }
+    for h in &lost {
+        tracing::error!(stream = name, from = h.from, to = h.to, lost_bytes = h.to - h.from, reason = %h.reason,
+            "the log lost these positions to damage on disk; the batches after them stay readable, and readers are told of the loss");
+    }
+    Ok((end, lost))
+}
+
+/// One line for `rill streams`: every lost range of a log.
+fn describe_lost(lost: &[rill_store::Hole]) -> String {
+    let bytes: u64 = lost.iter().map(|h| h.to - h.from).sum();
+    let ranges: Vec<String> = lost.iter().take(8).map(|h| format!("{}..{}", h.from, h.to)).collect();
+    let more = if lost.len() > 8 { format!(" and {} more", lost.len() - 8) } else { String::new() };
+    format!("log lost {} range(s), {bytes} stream bytes, to damage on disk: positions {}{more}", lost.len(), ranges.join(", "))
 }
 
 /// What the data directory remembers about a persisted stream
@@ -345,7 +405,12 @@ fn write_meta(dir: &Path, meta: &StreamMeta) -> Result<(), String> {
     let mut f = std::fs::File::create(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
     f.write_all(text.as_bytes()).and_then(|()| f.sync_all()).map_err(|e| format!("{}: {e}", tmp.display()))?;
     std::fs::rename(&tmp, dir.join(META_FILE)).map_err(|e| format!("{}: {e}", dir.display()))?;
-    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| format!("{}: {e}", dir.display()))
+    sync_dir(dir)
+}
+
+/// Fsyncs directory `dir` (the names in it become durable).
+fn sync_dir(dir: &Path) -> Result<(), String> {
+    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| format!("syncing directory {}: {e}", dir.display()))
 }
 
 /// Creates a directory only the daemon's uid may enter: clients get rings
@@ -455,41 +520,10 @@ impl Streams {
         let meta: StreamMeta = toml::from_str(&text).map_err(|e| format!("parsing {}: {e}", meta_path.display()))?;
         let durability: Durability = meta.durability.parse()?;
         let dir = meta_path.parent().expect("a file in a directory").to_path_buf();
-        let segments = rill_store::list_segments(&dir).map_err(|e| format!("listing {}: {e}", dir.display()))?;
-        let end = match segments.last() {
-            None => None,
-            Some((first, path)) => {
-                let r = rill_store::recover_segment(path).map_err(|e| format!("recovering {}: {e}", path.display()))?;
-                if r.truncated_bytes > 0 {
-                    match &r.side_file {
-                        Some(side) => tracing::error!(stream = name, segment = %path.display(), cut_bytes = r.truncated_bytes, kept_in = %side.display(),
-                            "corruption in the last segment: cut at the last whole batch before it; the bytes after are kept aside"),
-                        None => tracing::warn!(stream = name, segment = %path.display(), cut_bytes = r.truncated_bytes,
-                            "torn tail of the last segment cut at the last whole batch"),
-                    }
-                }
-                // A batch written but not yet synced when the last daemon
-                // died is whole in the page cache: sync it before calling
-                // anything durable.
-                std::fs::File::open(path)
-                    .and_then(|f| f.sync_data())
-                    .map_err(|e| format!("syncing {}: {e}", path.display()))?;
-                let end = r.end_position();
-                Some(LogEnd { position: if end == 0 { *first } else { end }, segment_len: r.len() })
-            }
-        };
-        // Every sealed segment's batch headers, for damage: reported, and the
-        // stream marked, never repaired (only the last segment's tail is).
-        let damage = match rill_store::StreamLog::open(&dir) {
-            Ok(_) => None,
-            Err(e) => {
-                tracing::error!(stream = name, error = %e, "the stream's log is damaged; replays across the damage will fail");
-                Some(e.to_string())
-            }
-        };
+        let (end, lost) = recover_log(name, &dir)?;
         let result = self.recover_ring(name, &meta, durability, end);
         if let Some(s) = self.streams.get_mut(name) {
-            s.log_damage = damage;
+            s.log_damage = (!lost.is_empty()).then(|| describe_lost(&lost));
         }
         result
     }
@@ -539,7 +573,12 @@ impl Streams {
     fn start_archiving(&mut self, name: &str, durability: Durability, old: Option<(u32, u64)>, end: Option<LogEnd>) -> Result<(), String> {
         let log_end = end.map(|e| e.position);
         let dir = self.data_dir.join(name);
-        create_dir(&dir).map_err(|e| e.to_string())?;
+        if !dir.is_dir() {
+            // The new directory's name is durable only once its parent is
+            // synced: until then a power cut could take the whole log.
+            create_dir(&dir).map_err(|e| e.to_string())?;
+            sync_dir(&self.data_dir)?;
+        }
         let pid = std::process::id();
         let s = self.streams.get_mut(name).ok_or("no such stream")?;
         // A holding slot: on an overwrite ring too, publishers never pass
@@ -606,6 +645,9 @@ impl Streams {
     /// which position on to deliver. `None` for `Latest` and `Oldest`.
     pub fn plan_replay(&self, name: &str, start: StartAt, ring_start: u64) -> Result<Option<(Replay, Vec<OwnedFd>)>, Refusal> {
         let s = self.streams.get(name).ok_or_else(|| Refusal::new(ErrorCode::UnknownStream, format!("no stream {name:?}")))?;
+        if matches!(start, StartAt::Latest | StartAt::Oldest) {
+            return Ok(None); // the ring only: no log to read, however long
+        }
         let log = if s.persist.is_some() {
             let dir = self.data_dir.join(name);
             Some(rill_store::StreamLog::open(&dir).map_err(|e| Refusal::new(ErrorCode::Internal, format!("stream {name:?}: reading its log: {e}")))?)
@@ -614,7 +656,7 @@ impl Streams {
         };
         let first_on_disk = log.as_ref().and_then(|l| l.first_position());
         let from = match start {
-            StartAt::Latest | StartAt::Oldest => return Ok(None),
+            StartAt::Latest | StartAt::Oldest => unreachable!("answered above"),
             StartAt::Earliest => first_on_disk.unwrap_or(ring_start).min(ring_start),
             StartAt::Position(p) => {
                 let oldest = first_on_disk.unwrap_or(ring_start).min(ring_start);

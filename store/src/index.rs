@@ -4,14 +4,20 @@
 //! [`StreamLog::open`] lists `<dir>/<20 digits>.log`, sorted by first
 //! position, and reads each batch header (64 bytes, then a seek past the
 //! frames; no CRC, that is the reader's job), so it is cheap: one small
-//! read per batch. Every segment but the last is sealed: it must be whole
-//! batches, each starting where the one before ended, and end where the
-//! next segment starts; anything else is an error naming the file and
-//! offset, and nothing is repaired here (recovery of the last segment is
-//! [`recover_segment`](crate::recover_segment)'s job, before the archiver
-//! starts). The last segment may be being appended to: the index stops
-//! before a batch not yet whole, and [`StreamLog::refresh`] picks up what
-//! was appended, new segments, and segments deleted by retention.
+//! read per batch. A batch header that is not valid is damage: if a valid
+//! batch follows in the file, the bytes up to it are a [`Hole`] whose
+//! positions are lost, and indexing goes on after it (so the batches after
+//! damage stay reachable); in a sealed segment (every segment but the
+//! last), damage with nothing valid after it loses the positions up to the
+//! next segment's start. [`StreamLog::lost`] lists every lost range, holes
+//! and gaps between segments alike. Nothing is repaired here (recovery of
+//! the last segment is [`recover_segment`](crate::recover_segment)'s job,
+//! before the archiver starts). The last segment may be being appended
+//! to: the index stops before a batch not yet whole, and
+//! [`StreamLog::refresh`] picks up what was appended, new segments, and
+//! segments deleted by retention. Damage inside a batch's frames (its
+//! header intact) is found by readers, which check every CRC and skip it
+//! the same way ([`FrameReader::skip_damage`]).
 //!
 //! This assumes the archiver creates a segment only once every write to
 //! the one before has completed.
@@ -19,7 +25,8 @@
 use crate::batch::{BatchHeader, FormatError, BATCH_HEADER_LEN};
 use crate::parse_segment_file_name;
 use crate::reader::FrameReader;
-use crate::scan::{is_zero_tail, IndexEntry};
+use crate::scan::{find_next_batch_from, is_zero_tail, Hole, IndexEntry};
+use rill_shm::frame::FRAME_ALIGNMENT;
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
@@ -36,26 +43,6 @@ pub enum LogError {
         path: PathBuf,
         /// The error.
         source: io::Error,
-    },
-    /// A sealed segment is not whole, valid batches.
-    #[error("{}: damaged sealed segment at offset {offset}: {source}", path.display())]
-    Damaged {
-        /// The segment file.
-        path: PathBuf,
-        /// File offset of the first bad batch.
-        offset: u64,
-        /// What is wrong there.
-        source: FormatError,
-    },
-    /// A segment does not start where the one before it ends.
-    #[error("{}: segment starts at position {found}, the one before ends at {expected}", path.display())]
-    Gap {
-        /// The later segment.
-        path: PathBuf,
-        /// Where the earlier segment ends.
-        expected: u64,
-        /// Where this one starts.
-        found: u64,
     },
 }
 
@@ -74,6 +61,8 @@ pub struct SegmentIndex {
     pub batches: Vec<IndexEntry>,
     /// Largest `last_timestamp` of its batches.
     pub max_timestamp: u64,
+    /// Damaged headers with valid batches after them, in file order.
+    pub holes: Vec<Hole>,
     /// Whether a later segment exists and this one was found whole: it
     /// will not change, and is not read again.
     pub sealed: bool,
@@ -89,6 +78,7 @@ impl SegmentIndex {
             valid_len: 0,
             batches: Vec::new(),
             max_timestamp: 0,
+            holes: Vec::new(),
             sealed: false,
         }
     }
@@ -124,14 +114,29 @@ impl SegmentIndex {
                     continue;
                 }
             };
+            let zero_header = head.iter().all(|&b| b == 0);
+            if !zero_header || sealed {
+                // Damage, if a valid batch follows: a hole to skip.
+                let mut rest = vec![0u8; (file_len - self.valid_len) as usize];
+                file.read_exact_at(&mut rest, self.valid_len).map_err(|source| LogError::Io { path: self.path.clone(), source })?;
+                if let Some((at, h)) = find_next_batch_from(&rest, FRAME_ALIGNMENT as u64, self.end_position) {
+                    let hole = Hole { offset: self.valid_len, len: at, from: self.end_position, to: h.first_position, reason: problem.to_string() };
+                    self.holes.push(hole);
+                    self.valid_len += at;
+                    self.end_position = h.first_position;
+                    continue;
+                }
+                if sealed && !is_zero_tail(&rest) {
+                    // Damage at the end of a sealed segment: what it held
+                    // is lost up to the next segment (a gap the log sees).
+                    let end = self.valid_len;
+                    self.holes.push(Hole { offset: end, len: file_len - end, from: self.end_position, to: self.end_position, reason: problem.to_string() });
+                }
+            }
             if !sealed {
                 return Ok(()); // the tail of a live segment: not whole yet
             }
-            let zero_tail = zero_tail_at(&file, self.valid_len, file_len);
-            if zero_tail.map_err(|source| LogError::Io { path: self.path.clone(), source })? {
-                break; // a zero tail: a clean end
-            }
-            return Err(LogError::Damaged { path: self.path.clone(), offset: self.valid_len, source: problem });
+            break; // a zero tail: a clean end
         }
         self.sealed = sealed;
         Ok(())
@@ -159,21 +164,6 @@ impl SegmentIndex {
         // from batch to batch: look at each.
         self.batches.iter().find(|b| b.data_frames > 0 && b.last_timestamp >= ts_ns)
     }
-}
-
-/// Whether the bytes of `file` from `offset` to `file_len` are a zero
-/// tail ([`is_zero_tail`]).
-fn zero_tail_at(file: &File, mut offset: u64, file_len: u64) -> io::Result<bool> {
-    let mut buf = vec![0u8; 1 << 20];
-    while offset < file_len {
-        let n = (file_len - offset).min(buf.len() as u64) as usize;
-        file.read_exact_at(&mut buf[..n], offset)?;
-        if !is_zero_tail(&buf[..n]) {
-            return Ok(false);
-        }
-        offset += n as u64;
-    }
-    Ok(true)
 }
 
 /// The header at `offset`: `None` if fewer than 64 bytes are in the file.
@@ -250,12 +240,29 @@ impl StreamLog {
             }
             i += 1;
         }
-        for pair in self.segments.windows(2) {
-            if pair[1].first_position != pair[0].end_position {
-                return Err(LogError::Gap { path: pair[1].path.clone(), expected: pair[0].end_position, found: pair[1].first_position });
+        Ok(())
+    }
+
+    /// Every stream range the log lost, in order: holes of damaged bytes
+    /// inside segments, and gaps between segments (a damaged end of a
+    /// sealed segment, or a segment missing), each with why.
+    pub fn lost(&self) -> Vec<Hole> {
+        let mut lost = Vec::new();
+        for (i, seg) in self.segments.iter().enumerate() {
+            let mut tail_reason = None;
+            for h in &seg.holes {
+                if h.to > h.from {
+                    lost.push(h.clone());
+                } else {
+                    tail_reason = Some(format!("{}: {}", seg.path.display(), h.reason));
+                }
+            }
+            if let Some(next) = self.segments.get(i + 1).filter(|n| n.first_position != seg.end_position) {
+                let reason = tail_reason.unwrap_or_else(|| format!("{} ends at {}, the next segment starts at {}", seg.path.display(), seg.end_position, next.first_position));
+                lost.push(Hole { offset: seg.valid_len, len: 0, from: seg.end_position, to: next.first_position, reason });
             }
         }
-        Ok(())
+        lost
     }
 
     /// The stream directory.

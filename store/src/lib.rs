@@ -9,8 +9,9 @@
 //!
 //! * [`batch`]: the batch header, its checks and its CRC
 //!   ([`BatchHeader`]).
-//! * [`scan`]: walking a whole segment, classifying damage as torn or
-//!   corrupt ([`scan_segment`]).
+//! * [`scan`]: walking a whole segment, past holes of damaged bytes in
+//!   its middle, classifying a damaged tail as torn or corrupt
+//!   ([`scan_segment`]).
 //! * [`recover`]: cutting a damaged tail at start-up, keeping corrupt bytes
 //!   in a side file ([`recover_segment`]).
 //! * [`index`]: a stream's segments, indexed by position and time from the
@@ -69,9 +70,9 @@ pub mod scan;
 pub use batch::{encode_batch, BatchHeader, FormatError, BATCH_HEADER_LEN, MAX_BATCH_BYTES};
 pub use build::FrameBuf;
 pub use index::{list_segments, LogError, SegmentIndex, StreamLog};
-pub use reader::{FrameReader, ReadError};
+pub use reader::{FrameReader, ReadError, Skipped};
 pub use recover::{recover_segment, Recovery};
-pub use scan::{batch_at, is_zero_tail, find_next_batch, scan_segment, Damage, DamageKind, IndexEntry, Scan};
+pub use scan::{batch_at, find_next_batch, find_next_batch_from, is_zero_tail, scan_segment, Damage, DamageKind, Hole, IndexEntry, Scan};
 
 /// Digits of the position in a segment file's name (`u64::MAX` has 20).
 const NAME_DIGITS: usize = 20;

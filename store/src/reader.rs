@@ -16,7 +16,8 @@
 //! every later call returns the same error rather than skipping data.
 
 use crate::batch::{BatchHeader, FormatError, BATCH_HEADER_LEN, MAX_BATCH_BYTES};
-use rill_shm::frame::{parse_frame, Frame, FrameKind};
+use crate::scan::find_next_batch_from;
+use rill_shm::frame::{parse_frame, Frame, FrameKind, FRAME_ALIGNMENT};
 use std::io::{self, Read, Seek, SeekFrom};
 use thiserror::Error;
 
@@ -34,6 +35,17 @@ pub enum ReadError {
         /// What is wrong with it.
         source: FormatError,
     },
+}
+
+/// What [`FrameReader::skip_damage`] passed over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Skipped {
+    /// First stream position lost.
+    pub from: u64,
+    /// First position after the damage (the next valid batch's).
+    pub to: u64,
+    /// File bytes skipped.
+    pub file_bytes: u64,
 }
 
 /// Yields the frames of a segment (anything `Read + Seek`: a
@@ -165,6 +177,26 @@ impl<R: Read + Seek> FrameReader<R> {
         self.expected = Some(header.end_position);
         self.batch = Some(header);
         Ok(Some(header))
+    }
+
+    /// After a bad batch ([`ReadError::BadBatch`]): moves to the next
+    /// valid batch in the rest of the file that starts no earlier than the
+    /// position expected, and returns the positions passed over
+    /// (`from..to`; empty if none were lost, such as stale bytes between
+    /// batches) and the file bytes skipped. `Ok(None)`, staying put, if no
+    /// valid batch follows. Reads the rest of the file.
+    pub fn skip_damage(&mut self) -> Result<Option<Skipped>, ReadError> {
+        self.frames.clear();
+        self.cursor = 0;
+        self.src.seek(SeekFrom::Start(self.offset))?;
+        let mut rest = Vec::new();
+        self.src.read_to_end(&mut rest)?;
+        let from = self.expected.unwrap_or(self.position).max(self.position);
+        let Some((at, header)) = find_next_batch_from(&rest, FRAME_ALIGNMENT as u64, from) else { return Ok(None) };
+        self.offset += at;
+        self.expected = Some(header.first_position);
+        self.position = self.position.max(header.first_position);
+        Ok(Some(Skipped { from, to: header.first_position, file_bytes: at }))
     }
 
     /// The header of the batch frames are being read from.

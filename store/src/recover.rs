@@ -1,8 +1,12 @@
 //! Recovery of a stream's last segment at start-up: cut a torn or corrupt
-//! tail at the last whole batch, keeping corrupt bytes aside first.
+//! tail at the last whole batch, keeping corrupt bytes aside first. Holes
+//! in the middle (damaged bytes with valid batches after them) are left as
+//! they are: the valid batches after them stay, and readers skip the hole
+//! with a notice of exactly what it lost (see [`crate::scan`]).
 //!
 //! Order for corrupt damage, so a crash at any step loses nothing:
-//! 1. copy the bytes from the damage to the end into `<name>.corrupt-<offset>.tmp`,
+//! 1. copy the bytes from the damage to the end (but for trailing zeros)
+//!    into `<name>.corrupt-<offset>.tmp`,
 //!    fsync it, rename it to `<name>.corrupt-<offset>`, fsync the directory;
 //! 2. truncate the segment at the damage and fsync it.
 //!
@@ -64,7 +68,13 @@ pub fn recover_segment(path: &Path) -> io::Result<Recovery> {
     let cut = &bytes[damage.offset as usize..];
     let side_file = match damage.kind {
         DamageKind::Torn => None,
-        DamageKind::Corrupt { .. } => Some(keep_aside(path, damage.offset, cut)?),
+        DamageKind::Corrupt { .. } => {
+            // The bad batch whole, and any non-zero bytes after it; not
+            // the zeros of a preallocated segment's unused end.
+            let declared = crate::BatchHeader::parse(cut).map_or(0, |h| h.batch_len().min(cut.len() as u64) as usize);
+            let meaningful = cut.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1).max(declared);
+            Some(keep_aside(path, damage.offset, &cut[..meaningful])?)
+        }
     };
     let file = OpenOptions::new().write(true).open(path)?;
     file.set_len(damage.offset)?;

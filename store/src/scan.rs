@@ -3,18 +3,23 @@
 //!
 //! A segment is batches back to back from offset 0; the first starts at
 //! the position in the file's name and each next one where the previous
-//! ended. [`scan_segment`] walks them, verifying each CRC and frame, and
-//! stops at the first batch that is not valid. What follows decides the
-//! kind of damage:
+//! ended. [`scan_segment`] walks them, verifying each CRC and frame. At a
+//! batch that is not valid it looks for the next valid batch (trying every
+//! 32-byte aligned offset after the bad one for a header that parses, a
+//! position no earlier than expected, and a batch whose CRC and frames
+//! verify):
 //!
-//! * [`DamageKind::Torn`]: no valid batch follows. The usual cause is a
-//!   crash during a write (a short or partly written last batch); the fix
-//!   is to cut the file at the last whole batch.
-//! * [`DamageKind::Corrupt`]: at least one valid batch follows, found by
-//!   trying every 32-byte aligned offset after the bad one for a header
-//!   that parses and a batch whose CRC and frames verify. The bytes are
-//!   not a torn write but damaged in place (media, a stray write); they
-//!   must be kept aside before anything is cut.
+//! * found: the bytes in between are a [`Hole`] (damaged in place: media,
+//!   a stray write, or unsynced writes that reached the disk out of order
+//!   before a power cut); the positions it held are lost, exactly
+//!   `from..to`, and the scan goes on after it, so the valid batches after
+//!   damage are kept.
+//! * none: the damage is the segment's tail, [`Damage`]: either
+//!   [`DamageKind::Torn`], a batch cut short (the usual end of a crash
+//!   during a write; nothing of value), or [`DamageKind::Corrupt`], a last
+//!   batch of its full length that fails its checks (a bit flip, or a
+//!   write whose pieces did not all reach the disk): kept aside before it
+//!   is cut, and reported.
 //!
 //! Zero bytes from the end of the last batch to the end of the file are a
 //! zero tail (the rest of a direct-I/O writer's last block, or the unused
@@ -75,19 +80,50 @@ impl IndexEntry {
     }
 }
 
-/// What is wrong after the valid batches of a segment.
+/// What is wrong after the last valid batch of a segment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DamageKind {
-    /// The bytes after the valid batches are a short or partial batch at
-    /// the end of the file: no valid batch follows.
+    /// A batch cut short (its header, or its frames, run past the end of
+    /// the file), or garbage too short to be one: a write cut by a crash.
     Torn,
-    /// A bad batch with at least one valid batch somewhere after it.
+    /// A last batch whose whole length is in the file but which fails its
+    /// checks (CRC, frames, position): a bit flip, or a write of which only
+    /// some pieces reached the disk.
     Corrupt {
-        /// Why the first bad batch is bad.
+        /// Why it is bad.
         reason: String,
-        /// How many valid batches were found after it.
-        valid_batches_after: u32,
     },
+}
+
+/// Damaged bytes in the middle of a segment, with valid batches after
+/// them: the stream positions `from..to` are lost.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hole {
+    /// File offset of the first bad byte (the end of the batch before).
+    pub offset: u64,
+    /// Bytes up to the next valid batch.
+    pub len: u64,
+    /// First position lost: where the batch before ended.
+    pub from: u64,
+    /// Position of the next valid batch: the first one not lost.
+    pub to: u64,
+    /// Why the first bad batch there is bad.
+    pub reason: String,
+}
+
+impl fmt::Display for Hole {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "positions {}..{} lost ({} stream bytes; {} damaged file bytes at offset {}: {})",
+            self.from,
+            self.to,
+            self.to - self.from,
+            self.len,
+            self.offset,
+            self.reason
+        )
+    }
 }
 
 /// Where a segment stops being valid, and how.
@@ -103,12 +139,9 @@ impl fmt::Display for Damage {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.kind {
             DamageKind::Torn => write!(f, "torn tail at offset {}: a partial batch, nothing valid after it", self.offset),
-            DamageKind::Corrupt { reason, valid_batches_after } => write!(
-                f,
-                "corrupt batch at offset {}: {reason}; {valid_batches_after} valid batch{} after it",
-                self.offset,
-                if *valid_batches_after == 1 { "" } else { "es" }
-            ),
+            DamageKind::Corrupt { reason } => {
+                write!(f, "corrupt last batch at offset {}: {reason}; nothing valid after it", self.offset)
+            }
         }
     }
 }
@@ -123,25 +156,29 @@ pub struct Scan {
     /// Stream position after the last valid batch (the expected first
     /// position if there is none).
     pub end_position: u64,
-    /// Every valid batch, in file order.
+    /// Every valid batch, in file order (also those after holes).
     pub batches: Vec<IndexEntry>,
-    /// What follows the valid batches, if anything.
+    /// Damaged stretches with valid batches after them, in file order.
+    pub holes: Vec<Hole>,
+    /// What follows the last valid batch, if anything.
     pub damage: Option<Damage>,
 }
 
 impl Scan {
     /// Whether the whole file is valid batches.
     pub fn is_whole(&self) -> bool {
-        self.damage.is_none()
+        self.damage.is_none() && self.holes.is_empty()
     }
 }
 
 /// Walks the batches of a segment whose first batch should start at
-/// position `expected_first` (the position in its file name).
+/// position `expected_first` (the position in its file name), past holes
+/// (see the module docs).
 pub fn scan_segment(bytes: &[u8], expected_first: u64) -> Scan {
     let mut offset = 0u64;
     let mut position = expected_first;
     let mut batches = Vec::new();
+    let mut holes = Vec::new();
     let mut damage = None;
     while offset < bytes.len() as u64 {
         match batch_at(bytes, offset, Some(position)) {
@@ -151,16 +188,29 @@ pub fn scan_segment(bytes: &[u8], expected_first: u64) -> Scan {
                 position = header.end_position;
             }
             Err(_) if is_zero_tail(&bytes[offset as usize..]) => break,
-            Err(e) => {
-                let after = count_valid_batches(bytes, offset + FRAME_ALIGNMENT as u64);
-                let kind =
-                    if after == 0 { DamageKind::Torn } else { DamageKind::Corrupt { reason: e.to_string(), valid_batches_after: after } };
-                damage = Some(Damage { offset, kind });
-                break;
-            }
+            Err(e) => match find_next_batch_from(bytes, offset + FRAME_ALIGNMENT as u64, position) {
+                Some((next, header)) => {
+                    holes.push(Hole { offset, len: next - offset, from: position, to: header.first_position, reason: e.to_string() });
+                    offset = next;
+                    position = header.first_position;
+                }
+                None => {
+                    // A header that parses, and a batch whose whole length
+                    // is in the file, yet bad: corrupt. Anything less
+                    // (garbage, a short batch): torn.
+                    let whole = BatchHeader::parse(&bytes[offset as usize..])
+                        .is_ok_and(|h| h.batch_len() <= bytes.len() as u64 - offset);
+                    let kind = match e {
+                        e if whole && !matches!(e, FormatError::Truncated { .. }) => DamageKind::Corrupt { reason: e.to_string() },
+                        _ => DamageKind::Torn,
+                    };
+                    damage = Some(Damage { offset, kind });
+                    break;
+                }
+            },
         }
     }
-    Scan { valid_len: offset, file_len: bytes.len() as u64, end_position: position, batches, damage }
+    Scan { valid_len: offset, file_len: bytes.len() as u64, end_position: position, batches, holes, damage }
 }
 
 /// The valid batch at `offset` of `bytes`: its header and frames. With
@@ -205,16 +255,18 @@ fn first_frame_fits(bytes: &[u8], at: usize) -> bool {
     frames.len() >= HEADER_LEN && parse_frame(frames, frames.len()).is_ok_and(|f| f.header.position == header.first_position)
 }
 
-/// How many valid batches lie at or after `from`, resuming after each at
-/// its end (bounded by the bytes: each step moves forward).
-fn count_valid_batches(bytes: &[u8], from: u64) -> u32 {
-    let mut count = 0u32;
+/// The first valid batch at a 32-byte aligned offset at or after `from`
+/// that starts at position `min_position` or later (an older batch there
+/// is stale bytes, never the stream's next batch).
+pub fn find_next_batch_from(bytes: &[u8], from: u64, min_position: u64) -> Option<(u64, BatchHeader)> {
     let mut at = from;
-    while let Some((offset, header)) = find_next_batch(bytes, at) {
-        count = count.saturating_add(1);
-        at = offset + header.batch_len();
+    loop {
+        let (offset, header) = find_next_batch(bytes, at)?;
+        if header.first_position >= min_position {
+            return Some((offset, header));
+        }
+        at = offset + FRAME_ALIGNMENT as u64;
     }
-    count
 }
 
 #[cfg(test)]
@@ -250,7 +302,7 @@ mod tests {
         assert_eq!(s.batches.iter().map(|b| b.file_offset).collect::<Vec<_>>(), offsets[..3]);
         assert_eq!((s.batches[0].position, s.batches[1].first_timestamp, s.batches[2].last_timestamp), (1024, 101, 202));
         assert_eq!(s.end_position, s.batches[2].end_position);
-        assert_eq!(scan_segment(&[], 7), Scan { valid_len: 0, file_len: 0, end_position: 7, batches: vec![], damage: None });
+        assert_eq!(scan_segment(&[], 7), Scan { valid_len: 0, file_len: 0, end_position: 7, batches: vec![], holes: vec![], damage: None });
     }
 
     #[test]
@@ -258,19 +310,35 @@ mod tests {
         let (seg, _) = segment(1);
         let s = scan_segment(&seg, 0);
         assert_eq!(s.valid_len, 0);
-        assert_eq!(s.damage, Some(Damage { offset: 0, kind: DamageKind::Torn }));
+        assert!(matches!(s.damage, Some(Damage { offset: 0, kind: DamageKind::Corrupt { .. } })), "{s:?}");
     }
 
     #[test]
-    fn corrupt_middle_counts_the_batches_after() {
+    fn a_corrupt_middle_batch_is_a_hole_and_the_batches_after_it_stay() {
         let (mut seg, offsets) = segment(4);
+        let whole = scan_segment(&seg, 1024);
         seg[offsets[1] as usize + 100] ^= 1;
         let s = scan_segment(&seg, 1024);
-        assert_eq!(s.valid_len, offsets[1]);
-        assert_eq!(s.batches.len(), 1);
-        let d = s.damage.unwrap();
-        assert!(matches!(&d.kind, DamageKind::Corrupt { valid_batches_after: 2, reason } if reason.contains("CRC")), "{d}");
+        assert_eq!(s.valid_len, seg.len() as u64);
+        assert_eq!(s.batches.len(), 3);
+        assert_eq!(s.damage, None);
+        assert!(!s.is_whole());
+        let h = &s.holes[..];
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert_eq!((h[0].offset, h[0].len), (offsets[1], offsets[2] - offsets[1]));
+        assert_eq!((h[0].from, h[0].to), (whole.batches[1].position, whole.batches[2].position));
+        assert!(h[0].reason.contains("CRC"), "{}", h[0]);
+        assert_eq!(s.end_position, whole.end_position);
         assert_eq!(find_next_batch(&seg, offsets[1] + 32).map(|(o, _)| o), Some(offsets[2]));
+    }
+
+    #[test]
+    fn a_bit_flip_in_the_last_batch_is_corrupt_not_torn() {
+        let (mut seg, offsets) = segment(3);
+        seg[offsets[2] as usize + 100] ^= 1;
+        let s = scan_segment(&seg, 1024);
+        assert_eq!((s.valid_len, s.batches.len()), (offsets[2], 2));
+        assert!(matches!(s.damage.map(|d| d.kind), Some(DamageKind::Corrupt { reason }) if reason.contains("CRC")));
     }
 
     #[test]

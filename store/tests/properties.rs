@@ -116,9 +116,11 @@ proptest! {
 
     /// Up to three flipped bits in batch `k`, and up to two more in any
     /// later batches (at most five in one batch of under 5,243 bits, all
-    /// of which CRC32C detects).
+    /// of which CRC32C detects): every undamaged batch is kept, each
+    /// damaged run in the middle is a hole of exactly its positions, and
+    /// a plain reader stops at the first damaged batch.
     #[test]
-    fn bit_flips_keep_the_batches_before_the_first_damaged_one(
+    fn bit_flips_lose_exactly_the_damaged_batches(
         seg in segment(),
         batch in any::<prop::sample::Index>(),
         flips in proptest::collection::vec((any::<prop::sample::Index>(), 0u8..8), 1..=3),
@@ -139,21 +141,37 @@ proptest! {
         prop_assume!(damaged.first() == Some(&k)); // two flips of one bit cancel out
         let start = range(k).start as u64;
         let scan = scan_segment(&bytes, seg.first_position);
-        prop_assert_eq!(scan.valid_len, start);
-        prop_assert_eq!(scan.batches.len(), k);
-        prop_assert_eq!(scan.end_position, seg.batch_positions[k]);
-        let d = scan.damage.clone().unwrap();
-        prop_assert_eq!(d.offset, start);
-        let whole_after = n - k - damaged.len();
-        match d.kind {
-            DamageKind::Torn => prop_assert_eq!(whole_after, 0, "torn only when no whole batch follows"),
-            DamageKind::Corrupt { valid_batches_after, .. } => {
-                prop_assert_eq!(valid_batches_after as usize, whole_after);
+        // Every undamaged batch is kept, before and after the damage.
+        let kept: Vec<u64> = (0..n).filter(|b| !damaged.contains(b)).map(|b| seg.batch_offsets[b]).collect();
+        prop_assert_eq!(scan.batches.iter().map(|b| b.file_offset).collect::<Vec<_>>(), kept.clone());
+        // Each run of damaged batches followed by a kept one is a hole of
+        // exactly its positions; a run at the end is the damaged tail.
+        let mut runs: Vec<(usize, usize)> = Vec::new();
+        for &b in &damaged {
+            match runs.last_mut() {
+                Some((_, end)) if *end == b => *end = b + 1,
+                _ => runs.push((b, b + 1)),
             }
         }
-        if damaged == [n - 1] {
-            prop_assert_eq!(d.kind, DamageKind::Torn, "damage in the last batch is a torn tail");
+        let tail = runs.last().filter(|r| r.1 == n).copied();
+        let holes: Vec<(u64, u64, u64, u64)> = runs
+            .iter()
+            .filter(|r| r.1 < n)
+            .map(|&(a, b)| (seg.batch_offsets[a], seg.batch_offsets[b] - seg.batch_offsets[a], seg.batch_positions[a], seg.batch_positions[b]))
+            .collect();
+        prop_assert_eq!(scan.holes.iter().map(|h| (h.offset, h.len, h.from, h.to)).collect::<Vec<_>>(), holes);
+        match tail {
+            None => {
+                prop_assert_eq!(scan.damage.clone(), None);
+                prop_assert_eq!(scan.valid_len, bytes.len() as u64);
+            }
+            Some((a, _)) => {
+                let d = scan.damage.clone().unwrap();
+                prop_assert_eq!((d.offset, scan.valid_len), (seg.batch_offsets[a], seg.batch_offsets[a]));
+                prop_assert_eq!(scan.end_position, seg.batch_positions[a]);
+            }
         }
+        prop_assert!(scan.holes.first().is_none_or(|h| h.offset == start) || tail.is_some_and(|t| t.0 == k));
         let (positions, ended) = read_all(&bytes, seg.first_position);
         prop_assert_eq!(positions, frame_positions(&seg, k));
         // A flipped frames_len can make the batch look longer than the

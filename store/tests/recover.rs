@@ -1,12 +1,13 @@
-//! `recover_segment` on real files: torn tails are cut, corrupt bytes are
-//! kept aside first, whole files are left alone.
+//! `recover_segment` on real files: torn tails are cut, a corrupt last
+//! batch is kept aside first, holes in the middle stay (with the batches
+//! after them), whole files are left alone.
 
 #![forbid(unsafe_code)]
 
 mod common;
 
 use common::{simple_segment, temp_dir};
-use rill_store::{find_next_batch, recover_segment, scan_segment, segment_file_name, DamageKind};
+use rill_store::{recover_segment, scan_segment, segment_file_name, DamageKind};
 use std::io::ErrorKind;
 
 #[test]
@@ -34,7 +35,7 @@ fn torn_tail_is_truncated_at_the_last_whole_batch() {
 }
 
 #[test]
-fn corrupt_middle_is_kept_in_a_side_file_before_the_cut() {
+fn a_corrupt_middle_is_a_hole_left_in_place_with_the_batches_after_it() {
     let dir = temp_dir();
     let seg = simple_segment(0, 5, 3);
     let path = dir.path().join(segment_file_name(0));
@@ -44,18 +45,36 @@ fn corrupt_middle_is_kept_in_a_side_file_before_the_cut() {
     std::fs::write(&path, &bytes).unwrap();
 
     let r = recover_segment(&path).unwrap();
+    assert_eq!((r.scan.damage.clone(), r.truncated_bytes, r.side_file.clone()), (None, 0, None));
+    let h = &r.scan.holes;
+    assert_eq!(h.len(), 1, "{h:?}");
+    assert_eq!((h[0].offset, h[0].len), (bad, seg.batch_offsets[3] - bad));
+    assert_eq!((h[0].from, h[0].to), (seg.batch_positions[2], seg.batch_positions[3]));
+    assert_eq!(r.scan.batches.len(), 4, "the batches after the hole stay");
+    assert_eq!(r.end_position(), *seg.batch_positions.last().unwrap());
+    assert_eq!(std::fs::read(&path).unwrap(), bytes, "nothing is cut");
+}
+
+#[test]
+fn a_corrupt_last_batch_is_kept_in_a_side_file_before_the_cut() {
+    let dir = temp_dir();
+    let seg = simple_segment(0, 5, 3);
+    let path = dir.path().join(segment_file_name(0));
+    let mut bytes = seg.bytes.clone();
+    let bad = seg.batch_offsets[4];
+    bytes[bad as usize + 100] ^= 0x40; // a payload bit of the last batch
+    std::fs::write(&path, &bytes).unwrap();
+
+    let r = recover_segment(&path).unwrap();
     let d = r.scan.damage.clone().unwrap();
     assert_eq!(d.offset, bad);
-    assert!(matches!(d.kind, DamageKind::Corrupt { valid_batches_after: 2, .. }), "{d}");
+    assert!(matches!(&d.kind, DamageKind::Corrupt { reason } if reason.contains("CRC")), "{d}");
     let side = r.side_file.clone().unwrap();
     assert_eq!(side, dir.path().join(format!("{}.corrupt-{bad}", segment_file_name(0))));
     let kept = std::fs::read(&side).unwrap();
     assert_eq!(kept, bytes[bad as usize..], "every cut byte is in the side file");
     assert_eq!(r.truncated_bytes, kept.len() as u64);
     assert_eq!(std::fs::read(&path).unwrap(), bytes[..bad as usize]);
-    // The valid batches after the damage can still be found in it.
-    let (at, header) = find_next_batch(&kept, 32).unwrap();
-    assert_eq!((at, header.first_position), (seg.batch_offsets[3] - bad, seg.batch_positions[3]));
 
     // A crash after the side file but before the cut: recovery again
     // reuses the side file holding the same bytes.
@@ -63,7 +82,7 @@ fn corrupt_middle_is_kept_in_a_side_file_before_the_cut() {
     let again = recover_segment(&path).unwrap();
     assert_eq!(again.side_file, Some(side.clone()));
     // Different bytes at the same offset do not overwrite it.
-    bytes[bad as usize + 8] ^= 0x41;
+    bytes[bad as usize + 101] ^= 0x41;
     std::fs::write(&path, &bytes).unwrap();
     let third = recover_segment(&path).unwrap();
     let other = third.side_file.unwrap();

@@ -9,7 +9,7 @@ use common::{simple_segment, temp_dir};
 use rill_shm::frame::FrameKind;
 use rill_shm::ring::{Ring, RingConfig, Start};
 use rill_store::{
-    encode_batch, recover_segment, scan_segment, BATCH_HEADER_LEN, segment_file_name, BatchHeader, FormatError, FrameBuf, FrameReader, LogError, ReadError,
+    encode_batch, recover_segment, scan_segment, BATCH_HEADER_LEN, segment_file_name, BatchHeader, FormatError, FrameBuf, FrameReader, ReadError,
     StreamLog,
 };
 use std::fs::{File, OpenOptions};
@@ -161,32 +161,42 @@ fn readers_and_index_follow_a_growing_segment() {
 }
 
 #[test]
-fn damaged_sealed_segments_and_gaps_are_errors() {
+fn damage_and_gaps_are_lost_ranges_and_the_batches_after_stay() {
     let dir = temp_dir();
     let a = simple_segment(0, 3, 2);
     let b_first = *a.batch_positions.last().unwrap();
     let b = simple_segment(b_first, 2, 2);
     let path_a = dir.path().join(segment_file_name(0));
+    // A torn end of a sealed segment: its last batch is lost.
     std::fs::write(&path_a, &a.bytes[..a.bytes.len() - 10]).unwrap();
     std::fs::write(dir.path().join(segment_file_name(b_first)), &b.bytes).unwrap();
-    match StreamLog::open(dir.path()) {
-        Err(LogError::Damaged { path, offset, source: FormatError::Truncated { .. } }) => {
-            assert_eq!((path, offset), (path_a.clone(), a.batch_offsets[2]));
-        }
-        other => panic!("expected a damaged sealed segment, got {other:?}"),
-    }
+    let log = StreamLog::open(dir.path()).unwrap();
+    let lost = log.lost();
+    assert_eq!(lost.len(), 1, "{lost:?}");
+    assert_eq!((lost[0].from, lost[0].to), (a.batch_positions[2], b_first));
+    assert_eq!(log.segments()[1].batches.len(), 2, "the next segment is whole");
     // The same tail on the last segment is only a batch not yet whole.
     std::fs::remove_file(dir.path().join(segment_file_name(b_first))).unwrap();
     let log = StreamLog::open(dir.path()).unwrap();
     assert_eq!(log.segments()[0].batches.len(), 2);
+    assert!(log.lost().is_empty());
+
+    // A damaged header in the middle: a hole, and the batch after it stays.
+    let mut bytes = a.bytes.clone();
+    bytes[a.batch_offsets[1] as usize] ^= 0xFF;
+    std::fs::write(&path_a, &bytes).unwrap();
+    let log = StreamLog::open(dir.path()).unwrap();
+    assert_eq!(log.segments()[0].batches.len(), 2);
+    let lost = log.lost();
+    assert_eq!((lost.len(), lost[0].from, lost[0].to), (1, a.batch_positions[1], a.batch_positions[2]));
+    assert_eq!(log.end_position(), Some(b_first));
 
     // A gap between segments.
     std::fs::write(&path_a, &a.bytes).unwrap();
     let c = simple_segment(b_first + 4096, 1, 1);
     std::fs::write(dir.path().join(segment_file_name(b_first + 4096)), &c.bytes).unwrap();
-    assert!(
-        matches!(StreamLog::open(dir.path()), Err(LogError::Gap { expected, found, .. }) if expected == b_first && found == b_first + 4096)
-    );
+    let lost = StreamLog::open(dir.path()).unwrap().lost();
+    assert_eq!(lost.iter().map(|l| (l.from, l.to)).collect::<Vec<_>>(), [(b_first, b_first + 4096)]);
 }
 
 /// A bad batch stops the reader with an error naming its offset, every
@@ -261,12 +271,15 @@ fn zero_tail_is_an_end_and_is_written_over() {
     std::fs::write(&path, &bytes).unwrap();
     assert!(StreamLog::open(dir.path()).is_ok());
     // ...but a non-zero byte in it is damage, for the index of a sealed
-    // segment (which reads the whole tail) and, in a header, for a reader
-    // (which takes an all-zero header as the end of what is written).
+    // segment (which reads the whole tail: the positions up to the next
+    // segment are lost, none here) and, in a header, for a reader (which
+    // takes an all-zero header as the end of what is written).
     let last = bytes.len() - 1;
     bytes[last] = 7;
     std::fs::write(&path, &bytes).unwrap();
-    assert!(matches!(StreamLog::open(dir.path()), Err(LogError::Damaged { .. })));
+    let log = StreamLog::open(dir.path()).unwrap();
+    assert_eq!(log.segments()[0].holes.len(), 1, "a damaged tail of a sealed segment is noted");
+    assert!(log.lost().is_empty(), "no position lost: the next segment starts where this one's batches end");
     let data_end = f.end_position() as usize - seg.batch_positions[2] as usize + seg.bytes.len() + BATCH_HEADER_LEN;
     bytes[data_end + 10] = 7;
     std::fs::write(&path, &bytes).unwrap();

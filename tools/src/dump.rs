@@ -5,7 +5,7 @@
 //! a header that cannot be read it resumes at the next valid batch, so one
 //! bad spot does not hide the rest. The verdict is the one recovery would
 //! reach ([`rill_store::scan_segment`]): whole, or the offset and kind of
-//! the first damage.
+//! the first damage, and every range of positions lost to damage.
 
 use anyhow::Context;
 use rill_shm::frame::{parse_frame, FrameKind, HEADER_LEN};
@@ -108,10 +108,12 @@ pub(crate) fn dump(path: &Path, batches_only: bool, out: &mut impl Write) -> any
     }
     let scan = scan_segment(&bytes, first);
     print_summary(out, &totals, &scan)?;
-    Ok(match scan.damage {
-        Some(d) => Verdict::Damaged(format!("damaged: {d}")),
-        None if totals.bad_batches > 0 => Verdict::Damaged(format!("damaged: {} bad batches", totals.bad_batches)),
-        None => Verdict::Whole,
+    let mut problems: Vec<String> = scan.holes.iter().map(|h| format!("hole at offset {}: {h}", h.offset)).collect();
+    problems.extend(scan.damage.iter().map(ToString::to_string));
+    Ok(match problems.is_empty() {
+        false => Verdict::Damaged(format!("damaged: {}", problems.join("; "))),
+        true if totals.bad_batches > 0 => Verdict::Damaged(format!("damaged: {} bad batches", totals.bad_batches)),
+        true => Verdict::Whole,
     })
 }
 
@@ -234,9 +236,13 @@ fn print_summary(out: &mut impl Write, t: &Totals, scan: &rill_store::Scan) -> a
         t.first_timestamp.unwrap_or(0),
         t.last_timestamp
     )?;
+    for h in &scan.holes {
+        writeln!(out, "LOST: {h}")?;
+    }
     match &scan.damage {
-        None if t.bad_batches == 0 => writeln!(out, "whole: every batch verifies")?,
-        None => writeln!(out, "DAMAGED: {} bad batches", t.bad_batches)?,
+        None if t.bad_batches == 0 && scan.holes.is_empty() => writeln!(out, "whole: every batch verifies")?,
+        None if scan.holes.is_empty() => writeln!(out, "DAMAGED: {} bad batches", t.bad_batches)?,
+        None => writeln!(out, "DAMAGED: {} hole(s); the batches after each are valid", scan.holes.len())?,
         Some(d) => writeln!(out, "DAMAGED: {d}")?,
     }
     Ok(())
@@ -302,10 +308,10 @@ mod tests {
         assert!(out.lines().nth(1).unwrap().contains("BAD (CRC mismatch"), "{out}");
         assert!(out.contains("batch @192: positions 4224..4384") && out.contains(" ok\n"), "{out}");
         assert!(
-            matches!(&v, Verdict::Damaged(s) if s.starts_with("damaged: corrupt batch at offset 0: CRC mismatch")
-                && s.ends_with("; 1 valid batch after it")),
+            matches!(&v, Verdict::Damaged(s) if s.starts_with("damaged: hole at offset 0: positions 4096..4224 lost (128 stream bytes; 192 damaged file bytes at offset 0: CRC mismatch")),
             "{v:?}"
         );
+        assert!(out.contains("LOST: positions 4096..4224 lost"), "{out}");
 
         let whole = segment(4096);
         let (v, out) = run_dump(&whole[..whole.len() - 8], false);
@@ -316,7 +322,7 @@ mod tests {
         garbage[0..4].copy_from_slice(b"XXXX");
         let (v, out) = run_dump(&garbage, true);
         assert!(out.contains("@0: skipping 192 bytes to the next valid batch, at offset 192"), "{out}");
-        assert!(matches!(v, Verdict::Damaged(ref s) if s.starts_with("damaged: corrupt batch at offset 0: bad magic")), "{v:?}");
+        assert!(matches!(v, Verdict::Damaged(ref s) if s.starts_with("damaged: hole at offset 0: positions 4096..4224 lost") && s.contains("bad magic")), "{v:?}");
     }
 
     #[test]

@@ -44,14 +44,15 @@ fn dump_exits_0_on_a_whole_file_and_1_naming_the_damage() {
     assert_eq!(out.status.code(), Some(0));
     assert!(!stdout.contains("message"), "{stdout}");
 
-    // A flipped byte in the middle batch: corrupt, with a batch after it.
+    // A flipped byte in the middle batch: a hole of exactly its positions,
+    // with a valid batch after it.
     let mut corrupt = bytes.clone();
     corrupt[offsets[1] + 70] ^= 0x20;
     std::fs::write(&path, &corrupt).unwrap();
     let out = rill_dump(&path, &[]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains(&format!("corrupt batch at offset {}", offsets[1])), "{stderr}");
+    assert!(stderr.contains(&format!("hole at offset {}: positions", offsets[1])) && stderr.contains("lost"), "{stderr}");
     assert!(String::from_utf8_lossy(&out.stdout).contains("BAD"));
 
     // Cut short: a torn tail.

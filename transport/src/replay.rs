@@ -20,8 +20,13 @@
 //!   archiver releases a position only once its batch is written).
 //!
 //! Every frame must start where the one before ended (within a segment,
-//! `FrameReader` checks batches; across segments, this does): a gap is an
-//! error, never skipped.
+//! `FrameReader` checks batches; across segments, this does). Damage on
+//! disk below the archiver's position (a batch that fails its CRC, a
+//! damaged end of a segment, a segment missing) is skipped to the next
+//! valid batch, and the positions lost are reported once, exactly, as
+//! [`PollError::Lost`]; the next poll goes on after them. (rilld finds and
+//! logs the same ranges when it recovers the log.) Anything else out of
+//! order is an error, never skipped.
 
 use rill_shm::frame::FrameKind;
 use rill_shm::ring::{Message, PollError};
@@ -59,6 +64,11 @@ pub(crate) struct LogReader {
     pos: u64,
     /// Padding frames read at or after `deliver_from`.
     padding_bytes: u64,
+    /// Why the segment read last ended early (damage with nothing valid
+    /// after it), for the notice of the positions lost up to the next.
+    damaged_end: Option<String>,
+    /// A loss to report before anything else: up to where, and why.
+    pending_gap: Option<(u64, String)>,
 }
 
 impl LogReader {
@@ -75,6 +85,8 @@ impl LogReader {
             archived: until,
             pos,
             padding_bytes: 0,
+            damaged_end: None,
+            pending_gap: None,
         }
     }
 
@@ -98,6 +110,8 @@ impl LogReader {
             archived,
             pos: from,
             padding_bytes: 0,
+            damaged_end: None,
+            pending_gap: None,
         }
     }
 
@@ -117,12 +131,18 @@ impl LogReader {
     pub(crate) fn poll<F: FnMut(Message<'_>)>(&mut self, limit: usize, handler: &mut F) -> Result<(usize, LogState), PollError> {
         let mut n = 0;
         while n < limit {
+            if let Some((to, reason)) = self.pending_gap.take() {
+                return self.lost(n, to, reason);
+            }
             if self.until.is_some_and(|u| self.pos >= u) {
                 return Ok((n, LogState::Done));
             }
             if self.reader.is_none() {
                 match self.segments.pop_front() {
-                    Some((first, file)) => self.open(first, file)?,
+                    Some((first, file)) => {
+                        self.open(first, file)?;
+                        continue;
+                    }
                     None if self.until.is_some() => {
                         let reason = format!("the log handed over ends at {} before the ring's start at {}", self.pos, self.until.unwrap_or(0));
                         return Err(self.fail(reason));
@@ -141,13 +161,42 @@ impl LogReader {
                     let reason = format!("the log handed over ends at {}, before the archiver's position {}", self.pos, self.archived);
                     return Err(self.fail(reason));
                 }
+                Ok(None) if last && self.pos < self.until.unwrap_or(0) => {
+                    // A replay's log ends before the ring's start: the
+                    // damaged end of a segment.
+                    let until = self.until.unwrap_or(self.pos);
+                    let why = self.damaged_end.take().unwrap_or_else(|| "the log handed over ends early".into());
+                    return self.lost(n, until, format!("{why} (the log ends at {}, the ring starts at {until})", self.pos));
+                }
                 Ok(None) => {
                     self.reader = None;
                     continue;
                 }
                 // A batch still being written at the end of a live segment.
                 Err(_) if last && self.until.is_none() && self.pos >= self.archived => return Ok((n, LogState::End)),
-                Err(e) => return Err(self.fail(e.to_string())),
+                // Damage below what rilld archived: skip to the next valid
+                // batch, with a notice of exactly what was lost (after
+                // returning what this poll handed out).
+                Err(_) if n > 0 => return Ok((n, LogState::More)),
+                Err(e) => match self.reader.as_mut().expect("set above").skip_damage() {
+                    Ok(Some(skipped)) if skipped.to > self.pos => return self.lost(0, skipped.to, e.to_string()),
+                    Ok(Some(_)) => continue,
+                    // Nothing valid after it in this segment: the rest of
+                    // it is lost up to the next one (or the ring's start).
+                    Ok(None) if !last || self.until.is_some() => {
+                        self.damaged_end = Some(e.to_string());
+                        if last {
+                            // Read as the end of the last segment above.
+                            let until = self.until.unwrap_or(self.pos);
+                            let why = self.damaged_end.take().unwrap_or_default();
+                            return self.lost(0, until, why);
+                        }
+                        self.reader = None;
+                        continue;
+                    }
+                    Ok(None) => return Err(self.fail(e.to_string())),
+                    Err(e2) => return Err(self.fail(format!("{e}; looking past it: {e2}"))),
+                },
             };
             let h = frame.header;
             if self.until.is_some_and(|u| h.position >= u) {
@@ -185,12 +234,31 @@ impl LogReader {
             // `pos`, skipping the frames before it.
             Some((offset, batch)) => FrameReader::at(file, offset, self.pos).expecting(batch),
             None if first == self.pos => FrameReader::new(file, first),
+            None if first > self.pos && self.pos < self.archived => {
+                // Lost between segments: the damaged end of the one before,
+                // or a segment missing.
+                let why = self.damaged_end.take().unwrap_or_else(|| "a segment is missing".into());
+                self.pending_gap = Some((first, format!("{why} (a segment starts at {first}, the one before ended at {})", self.pos)));
+                FrameReader::new(file, first)
+            }
             None => {
                 let reason = format!("the log has a gap: a segment starts at {first}, the one before ended at {}", self.pos);
                 return Err(self.fail(reason));
             }
         });
         Ok(())
+    }
+
+    /// Reports `self.pos..to` lost (after `n` messages handed out by this
+    /// poll: then it is reported by the next), and goes on at `to`.
+    fn lost(&mut self, n: usize, to: u64, reason: String) -> Result<(usize, LogState), PollError> {
+        if n > 0 {
+            self.pending_gap = Some((to, reason));
+            return Ok((n, LogState::More));
+        }
+        let from = self.pos;
+        self.pos = to;
+        Err(PollError::Lost { from, to, reason })
     }
 
     fn fail(&self, reason: String) -> PollError {
@@ -296,6 +364,51 @@ mod tests {
         let (got, state) = drain(&mut r);
         assert_eq!(got, pa);
         assert!(matches!(state, Err(PollError::Replay { reason, .. }) if reason.contains("gap")));
+    }
+
+    /// Positions delivered, loss notices, and how the reading ended.
+    type Drained = (Vec<u64>, Vec<(u64, u64)>, Result<LogState, PollError>);
+
+    /// Drains `r`, collecting positions and every loss notice.
+    fn drain_lossy(r: &mut LogReader) -> Drained {
+        let (mut got, mut lost) = (Vec::new(), Vec::new());
+        loop {
+            match r.poll(3, &mut |m| got.push(m.position)) {
+                Ok((_, LogState::More)) => {}
+                Ok((_, state)) => return (got, lost, Ok(state)),
+                Err(PollError::Lost { from, to, .. }) => lost.push((from, to)),
+                Err(e) => return (got, lost, Err(e)),
+            }
+        }
+    }
+
+    #[test]
+    fn damage_is_skipped_with_one_exact_loss_notice() {
+        // Five batches of 2 frames; a payload bit of batch 2 flipped.
+        let (mut bytes, pa) = segment_bytes(0, &[2, 2, 2, 2, 2]);
+        bytes[64 + 2 * 128 + 64 + 64 + 40] ^= 0x10;
+        let (b, pb) = segment(pa[9] + 64, &[2]);
+        let until = pb[1] + 64;
+        let mut r = LogReader::replay(vec![(0, file_with(&bytes)), (pa[9] + 64, b)], 0, until);
+        let (got, lost, state) = drain_lossy(&mut r);
+        assert_eq!(state.unwrap(), LogState::Done);
+        assert_eq!(lost, [(pa[4], pa[6])], "exactly batch 2's positions");
+        let want: Vec<u64> = pa.iter().copied().filter(|p| !(pa[4]..pa[6]).contains(p)).chain(pb).collect();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn a_damaged_segment_end_is_lost_up_to_the_next_segment() {
+        let (bytes, pa) = segment_bytes(0, &[2, 2]);
+        let end_a = pa[3] + 64;
+        let (b, pb) = segment(end_a, &[2]);
+        // The second batch of the first segment torn: nothing valid after it.
+        let torn = file_with(&bytes[..bytes.len() - 10]);
+        let mut r = LogReader::replay(vec![(0, torn), (end_a, b)], 0, pb[1] + 64);
+        let (got, lost, state) = drain_lossy(&mut r);
+        assert_eq!(state.unwrap(), LogState::Done);
+        assert_eq!(got, [pa[0], pa[1], pb[0], pb[1]]);
+        assert_eq!(lost, [(pa[2], end_a)]);
     }
 
     #[test]

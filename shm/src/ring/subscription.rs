@@ -98,6 +98,18 @@ pub enum PollError {
         /// What went wrong.
         reason: String,
     },
+    /// The stream's log lost positions `from..to`: damaged bytes on disk
+    /// (rilld reports the same range). Nothing of it was delivered; the
+    /// next poll goes on at `to`, with the first message after the damage.
+    #[error("the stream's log lost positions {from}..{to}: {reason}; reading goes on after it")]
+    Lost {
+        /// First position lost.
+        from: u64,
+        /// First position after the damage.
+        to: u64,
+        /// What was wrong there.
+        reason: String,
+    },
     /// The frame at `position` is committed but its header is impossible.
     #[error("corrupt frame at position {position}: {reason}")]
     Corrupt {
