@@ -19,6 +19,9 @@
 //!   throughput against raw O_DIRECT writes, durable acknowledgements
 //!   against a raw fdatasync, and the publisher's offer into a persisted
 //!   ring against a plain one.
+//! * `recovery`: rilld's recovery of a persisted log after `kill -9`,
+//!   beside a sequential read of the same bytes (page cache dropped), and
+//!   subscribing at `Latest` with a short and a long log.
 //!
 //! The parent is one side; it re-executes this binary with the hidden
 //! `__child` subcommand for the other, handing it the ring files' paths.
@@ -37,6 +40,7 @@ mod oneway;
 mod persist;
 mod pingpong;
 mod plot;
+mod recovery;
 mod report;
 mod rings;
 mod sockets;
@@ -71,6 +75,10 @@ enum Command {
     /// Archiving throughput, durable acknowledgement latency and offer
     /// cost of persisted streams, beside the disk's raw limits.
     Persist(persist::PersistArgs),
+    /// Recovery of a persisted stream's log after kill -9, beside a
+    /// sequential read of it; subscribing at Latest with short and long
+    /// logs.
+    Recovery(recovery::RecoveryArgs),
     /// The other side of a benchmark (started by this binary itself).
     #[command(name = "__child", hide = true)]
     Child(child::ChildArgs),
@@ -156,6 +164,7 @@ fn main() -> Result<()> {
         Command::Throughput(args) => throughput::run(&args),
         Command::Oneway(args) => oneway::run(&args),
         Command::Persist(args) => persist::run(&args),
+        Command::Recovery(args) => recovery::run(&args),
         Command::Child(args) => child::run(&args),
     }
 }

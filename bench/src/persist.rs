@@ -148,7 +148,7 @@ pub(crate) struct PersistArgs {
 }
 
 /// `1GiB`, `256MiB`, `64KiB` or plain bytes.
-fn parse_bytes(s: &str) -> Result<u64, String> {
+pub(crate) fn parse_bytes(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let (digits, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
     let n: u64 = digits.parse().map_err(|_| format!("{s:?} is not a size (bytes, or with KiB, MiB or GiB)"))?;
