@@ -155,7 +155,7 @@ pub(crate) fn run(args: &RecoveryArgs) -> Result<()> {
     std::fs::create_dir_all(&dir)?;
     let mut d = Rilld { dir, child: None };
     d.start()?;
-    let client = Client::connect_to(&d.socket())?;
+    let client = Client::connect_to(d.socket())?;
     fill(&client, "recovery", args.bytes)?;
     drop(client);
     let log_dir = d.dir.join("data").join("recovery");
@@ -180,13 +180,13 @@ pub(crate) fn run(args: &RecoveryArgs) -> Result<()> {
     println!("{:>10} {:>14} {:>10} {:>10}", "log", "first open ms", "p50 ms", "max ms");
     for (i, &size) in args.latest_logs.iter().enumerate() {
         let stream = format!("latest-{i}");
-        let client = Client::connect_to(&d.socket())?;
+        let client = Client::connect_to(d.socket())?;
         fill(&client, &stream, size)?;
         drop(client);
         d.kill9();
         drop_caches()?;
         d.start()?;
-        let client = Client::connect_to(&d.socket())?;
+        let client = Client::connect_to(d.socket())?;
         let mut times = Vec::new();
         for _ in 0..args.opens.max(1) {
             let t = Instant::now();
