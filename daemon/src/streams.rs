@@ -290,6 +290,29 @@ struct LogEnd {
 /// damage with a notice. Returns where the log ends and what it lost.
 fn recover_log(name: &str, dir: &Path) -> Result<(Option<LogEnd>, Vec<rill_store::Hole>), String> {
     let segments = rill_store::list_segments(dir).map_err(|e| format!("listing {}: {e}", dir.display()))?;
+    // The sealed segments are read one ahead by a thread of their own, so
+    // the disk reads the next while the CRCs of this one are checked.
+    std::thread::scope(|scope| {
+        let (tx, ahead) = std::sync::mpsc::sync_channel(1);
+        let sealed = &segments[..segments.len().saturating_sub(1)];
+        scope.spawn(move || {
+            for (_, path) in sealed {
+                if tx.send(std::fs::read(path)).is_err() {
+                    return;
+                }
+            }
+        });
+        recover_segments(name, &segments, &ahead)
+    })
+}
+
+/// [`recover_log`]'s walk over `segments`, the sealed ones' bytes coming
+/// from `ahead` in order.
+fn recover_segments(
+    name: &str,
+    segments: &[(u64, PathBuf)],
+    ahead: &std::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>,
+) -> Result<(Option<LogEnd>, Vec<rill_store::Hole>), String> {
     let mut lost = Vec::new();
     let mut end = None;
     for (i, (first, path)) in segments.iter().enumerate() {
@@ -310,7 +333,8 @@ fn recover_log(name: &str, dir: &Path) -> Result<(Option<LogEnd>, Vec<rill_store
             end = Some(LogEnd { position, segment_len: r.len() });
             r.scan
         } else {
-            let bytes = std::fs::read(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+            let bytes = ahead.recv().map_err(|_| "the segment reader stopped".to_owned())?;
+            let bytes = bytes.map_err(|e| format!("reading {}: {e}", path.display()))?;
             rill_store::scan_segment(&bytes, *first)
         };
         // A batch written but not yet synced when the last daemon died is
