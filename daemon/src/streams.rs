@@ -128,6 +128,9 @@ pub struct Stream {
     /// What its log lost to damage on disk, found at start (reported;
     /// readers skip it with a notice of the exact positions).
     pub log_damage: Option<String>,
+    /// Its log's index (persisted streams), built at the first replay and
+    /// refreshed at each.
+    pub log_index: Option<rill_store::StreamLog>,
     /// Why archiving could not be set up (at start or creation): the
     /// stream is held back until rilld is restarted with the cause fixed.
     pub setup_error: Option<String>,
@@ -477,8 +480,17 @@ impl Streams {
         if page_dir != config.ring_dir {
             locks.push(lock_dir(&page_dir)?);
         }
+        let data_dir_existed = config.data_dir.is_dir();
         match create_dir(&config.data_dir) {
-            Ok(()) => locks.push(lock_dir(&config.data_dir)?),
+            Ok(()) => {
+                if !data_dir_existed {
+                    // Its name durable in its parent before any log is in it.
+                    if let Some(parent) = config.data_dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                        sync_dir(parent).map_err(|e| anyhow::anyhow!(e))?;
+                    }
+                }
+                locks.push(lock_dir(&config.data_dir)?)
+            }
             Err(e) => tracing::warn!(error = %e, "no data directory: persisted streams cannot be created"),
         }
         let huge = rill_shm::os::mapping::dir_is_hugetlbfs(&config.ring_dir);
@@ -667,14 +679,21 @@ impl Streams {
     /// frame there) that asked to start at `start`: what to read first from
     /// the stream's log (read-only fds of the segments, in order), and from
     /// which position on to deliver. `None` for `Latest` and `Oldest`.
-    pub fn plan_replay(&self, name: &str, start: StartAt, ring_start: u64) -> Result<Option<(Replay, Vec<OwnedFd>)>, Refusal> {
-        let s = self.streams.get(name).ok_or_else(|| Refusal::new(ErrorCode::UnknownStream, format!("no stream {name:?}")))?;
+    pub fn plan_replay(&mut self, name: &str, start: StartAt, ring_start: u64) -> Result<Option<(Replay, Vec<OwnedFd>)>, Refusal> {
+        let s = self.streams.get_mut(name).ok_or_else(|| Refusal::new(ErrorCode::UnknownStream, format!("no stream {name:?}")))?;
         if matches!(start, StartAt::Latest | StartAt::Oldest) {
             return Ok(None); // the ring only: no log to read, however long
         }
         let log = if s.persist.is_some() {
-            let dir = self.data_dir.join(name);
-            Some(rill_store::StreamLog::open(&dir).map_err(|e| Refusal::new(ErrorCode::Internal, format!("stream {name:?}: reading its log: {e}")))?)
+            // The stream's index, kept between replays: a refresh reads
+            // only the batch headers appended since (and notes segments
+            // added or deleted), not the whole log again.
+            let read_err = |e: rill_store::LogError| Refusal::new(ErrorCode::Internal, format!("stream {name:?}: reading its log: {e}"));
+            match &mut s.log_index {
+                Some(index) => index.refresh().map_err(read_err)?,
+                None => s.log_index = Some(rill_store::StreamLog::open(&self.data_dir.join(name)).map_err(read_err)?),
+            }
+            s.log_index.as_ref()
         } else {
             None
         };
@@ -716,7 +735,11 @@ impl Streams {
                 replay.segments.push(seg.first_position);
                 fds.push(fd);
             }
-            if replay.segments.first().is_none_or(|&f| f > from) {
+            // `from` in a stretch the log lost (segments never synced
+            // before a power cut, or damage): the reader starts at the
+            // next segment and tells the subscriber what was lost first.
+            let lost = |f: u64| log.lost().iter().any(|h| h.from <= from && from < h.to && h.to <= f);
+            if replay.segments.first().is_none_or(|&f| f > from && !lost(f)) {
                 let msg = format!("stream {name:?}: the log has no segment holding position {from}");
                 return Err(Refusal::new(ErrorCode::Gone, msg));
             }
@@ -911,6 +934,7 @@ impl Streams {
             persist: None,
             archive: None,
             log_damage: None,
+            log_index: None,
             setup_error: None,
         };
         self.streams.insert(name, stream);

@@ -133,7 +133,9 @@ fn damage_in_a_sealed_segment_is_skipped_with_an_exact_loss_notice() -> Result<(
     let client = Client::connect_to(&d.socket)?;
     // Every message but those of batch 2, and one notice of exactly its
     // positions lost.
-    let read_all = |client: &Client, until: u64| -> Result<(Vec<u64>, Vec<(u64, u64)>)> {
+    // (Positions delivered, lost ranges noticed.)
+    type Read = (Vec<u64>, Vec<(u64, u64)>);
+    let read_all = |client: &Client, until: u64| -> Result<Read> {
         let mut sub = client.open_subscriber(stream, Start::Earliest, None)?;
         let (mut delivered, mut lost) = (Vec::new(), Vec::new());
         while delivered.last().is_none_or(|&p| p < until) {

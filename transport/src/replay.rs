@@ -75,7 +75,10 @@ impl LogReader {
     /// A replay: every frame of `segments` from the first one's start,
     /// handing out those at or after `from`, until `until`.
     pub(crate) fn replay(segments: Vec<(u64, File)>, from: u64, until: u64) -> Self {
-        let pos = segments.first().map_or(until, |s| s.0);
+        // Where the first segment starts, or `from` if that is later: a
+        // first segment starting after `from` (the log lost what was
+        // before it) is then a gap, reported as lost.
+        let pos = segments.first().map_or(until, |s| s.0.min(from));
         LogReader {
             segments: segments.into(),
             reader: None,

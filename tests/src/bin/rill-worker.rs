@@ -8,12 +8,14 @@
 //! rill-worker publish    --socket S --stream NAME --publisher K --seed S (--count N | --until-file PATH)
 //!                        [--api offer|claim] [--pause-every N --pause-us U] [--exclusive]
 //!                        [--persist none|interval:MS|always] [--wait-durable N [--durable-timeout-secs S]]
+//!                        [--print-sent]
 //! rill-worker subscribe  --socket S --stream NAME --seed S
 //!                        (--expect N0,N1,.. | --publishers P --done-file PATH | --follow P --done-file PATH)
 //!                        [--start latest|oldest|earliest|position:N|time:NS] [--wait futex|yield]
 //!                        [--stop-after N] [--ro-checks]
 //! rill-worker claim-hang --socket S --stream NAME --publisher K --count N --seed S
 //! rill-worker denied     --socket S --deny NAME[,NAME..] --stream NAME --seed S --expect N [--ro-checks]
+//! rill-worker read-back  --socket S --stream NAME --seed S --out PATH
 //! ```
 //! Every role also takes `[--capacity BYTES] [--max-len BYTES]
 //! [--policy back-pressure|overwrite]` (the shape of the stream if it
@@ -30,7 +32,10 @@
 //!   publisher. `--persist` creates the stream persisted; `--wait-durable
 //!   N` waits after every N messages until they are durable and prints
 //!   `DURABLE n=<messages durable so far> position=P` (and fails if that
-//!   takes over `--durable-timeout-secs`, default 60).
+//!   takes over `--durable-timeout-secs`, default 60). `--print-sent`
+//!   prints `SENT n=<messages offered so far> position=P` before each
+//!   `--pause-every` pause, so a parent that kills it knows (to within a
+//!   pause) how many it had sent.
 //! * `subscribe` prints `READY ...` once its subscriber is open and checks
 //!   every message (`rill_tests::check`): `--expect` exactly these counts
 //!   and stop; `--publishers P` exactly once and in order from sequence 0,
@@ -48,6 +53,14 @@
 //! * `denied` tries to publish to and subscribe to each `--deny` stream and
 //!   prints one `DENIED action=.. stream=.. code=.. message=..` line per
 //!   attempt, then subscribes to `--stream` like `subscribe`.
+//! * `read-back` reads an existing stream, which nobody publishes to, from
+//!   `Start::Earliest` to the tail that rilld reports at the start, and
+//!   writes one line `position publisher seq` per message to `--out`
+//!   (the parent compares that with the segment files). Every payload is
+//!   verified; its summary counts `delivered` and `damaged` and gives
+//!   `start` and `end` positions and the `tail` it read to. Each range the
+//!   log lost (`PollError::Lost`) is printed as `LOST from=.. to=..` and
+//!   counted in `lost_ranges`; reading goes on after it.
 //!
 //! Publishers and subscribers print `PROGRESS n=.. connected=..
 //! reconnects=.. handle=..` about every 100 ms: messages so far, whether
@@ -72,7 +85,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 /// Options that take no value.
-const FLAGS: [&str; 2] = ["ro-checks", "exclusive"];
+const FLAGS: [&str; 3] = ["ro-checks", "exclusive", "print-sent"];
 
 fn main() {
     tracing_subscriber::fmt()
@@ -87,7 +100,8 @@ fn main() {
         Some("subscribe") => Opts::parse(&args[1..], &FLAGS).and_then(|o| subscribe(&o)),
         Some("claim-hang") => Opts::parse(&args[1..], &FLAGS).and_then(|o| claim_hang(&o)),
         Some("denied") => Opts::parse(&args[1..], &FLAGS).and_then(|o| denied(&o)),
-        _ => Err(anyhow!("usage: rill-worker publish|subscribe|claim-hang|denied --socket PATH ...")),
+        Some("read-back") => Opts::parse(&args[1..], &FLAGS).and_then(|o| read_back(&o)),
+        _ => Err(anyhow!("usage: rill-worker publish|subscribe|claim-hang|denied|read-back --socket PATH ...")),
     };
     match result {
         Ok(true) => {}
@@ -277,6 +291,7 @@ fn publish_as<M: ClaimMode>(o: &Opts) -> Result<bool> {
     };
     let pause_every = o.num("pause-every", Some(0))?;
     let pause = Duration::from_micros(o.num("pause-us", Some(0))?);
+    let print_sent = o.get("print-sent").is_some();
     let wait_durable = o.num("wait-durable", Some(0))?;
     let durable_timeout = Duration::from_secs(o.num("durable-timeout-secs", Some(60))?);
     let mut durable_n = 0u64;
@@ -301,6 +316,9 @@ fn publish_as<M: ClaimMode>(o: &Opts) -> Result<bool> {
             println!("DURABLE n={seq} position={p}");
         }
         if pause_every > 0 && seq % pause_every == 0 {
+            if print_sent {
+                println!("SENT n={seq} position={last}");
+            }
             std::thread::sleep(pause);
         }
     }
@@ -357,6 +375,68 @@ fn denied(o: &Opts) -> Result<bool> {
     let stream = o.req("stream")?;
     let sub = client.open_subscriber(stream, Start::Latest, None).with_context(|| format!("open subscriber on {stream:?}"))?;
     run_subscriber(o, &client, sub)
+}
+
+/// `read-back`: see the module docs.
+fn read_back(o: &Opts) -> Result<bool> {
+    use std::io::Write;
+    let client = connect(o, "read-back")?;
+    let stream = o.req("stream")?;
+    let seed = o.num("seed", None)?;
+    let tail = client.stream_info(stream).with_context(|| format!("stream_info {stream:?}"))?.tail;
+    let mut sub = client.open_subscriber(stream, Start::Earliest, None).with_context(|| format!("open subscriber on {stream:?} from Earliest"))?;
+    let max_len = sub.info().max_message_len as usize;
+    let mut out = std::io::BufWriter::new(std::fs::File::create(o.req("out")?).context("--out")?);
+    let start = sub.position();
+    println!("READY pid={} start={start} tail={tail} replaying={}", std::process::id(), sub.is_replaying());
+    let (mut delivered, mut damaged, mut first_error) = (0u64, 0u64, None);
+    let (stall, mut last_progress) = (stall_limit(o)?, Instant::now());
+    let mut io_error = None;
+    let mut lost_ranges = 0u64;
+    while sub.position() < tail {
+        let before = sub.position();
+        let polled = sub.poll_blocking(256, Duration::from_millis(100), |m| {
+            delivered += 1;
+            let line = match payload::verify(m.payload, seed, max_len) {
+                Ok((publisher, seq)) => writeln!(out, "{} {publisher} {seq}", m.position),
+                Err(d) => {
+                    damaged += 1;
+                    first_error.get_or_insert_with(|| format!("damaged message at {}: {d}", m.position));
+                    writeln!(out, "{} damaged -", m.position)
+                }
+            };
+            if let Err(e) = line {
+                io_error.get_or_insert(e);
+            }
+        });
+        match polled {
+            Ok(_) => {}
+            // The log lost these positions (damage, or never synced before
+            // a power cut): rilld says so once, and reading goes on.
+            Err(rill::PollError::Lost { from, to, .. }) => {
+                lost_ranges += 1;
+                println!("LOST from={from} to={to}");
+            }
+            Err(e) => return Err(anyhow!("poll at {before}: {e}")),
+        }
+        if let Some(e) = io_error.take() {
+            return Err(e).context("writing --out");
+        }
+        if sub.position() != before {
+            last_progress = Instant::now();
+        } else if last_progress.elapsed() > stall {
+            first_error.get_or_insert_with(|| format!("stalled: no progress for {stall:?} at position {before}, tail {tail}"));
+            break;
+        }
+    }
+    out.flush().context("writing --out")?;
+    let ok = damaged == 0 && first_error.is_none();
+    println!(
+        "SUMMARY role=read-back ok={ok} delivered={delivered} damaged={damaged} lost_ranges={lost_ranges} start={start} end={} tail={tail}{}",
+        sub.position(),
+        first_error.map(|e| format!(" error={e}")).unwrap_or_default()
+    );
+    Ok(ok)
 }
 
 fn report_denial(action: &str, stream: &str, outcome: Result<(), rill::ClientError>) {
