@@ -7,6 +7,7 @@
 //! cut-torn <seed>   -> ok cut-torn seed=<seed> files=.. ... kept_ops=.. torn_writes=..
 //! stats             -> ok files=.. dirs=.. bytes_current=.. bytes_durable=.. bytes_pending=.. pending_ops=.. writes=.. write_bytes=.. fsyncs=.. fsyncdirs=.. cuts=..
 //! sync              -> ok sync   (everything becomes durable, as after sync(2) and a sync of every directory)
+//! limit <bytes|none> -> ok limit capacity=<bytes> used=<bytes>   (a full disk: file data past it is ENOSPC)
 //! ```
 //! `cut` and `cut-torn` are power losses (see [`crate::model`]). They run
 //! under the model's mutex, so a cut falls between two filesystem
@@ -44,7 +45,18 @@ pub fn execute(model: &Mutex<Model>, line: &str) -> String {
             m.sync_all();
             "ok sync".into()
         }
-        _ => format!("error unknown command {line:?} (ping, cut, cut-torn <seed>, stats, sync)"),
+        ("limit", Some(arg)) => {
+            let capacity = if arg == "none" { Ok(u64::MAX) } else { arg.parse::<u64>() };
+            match capacity {
+                Ok(c) => {
+                    m.set_capacity(c);
+                    let (_, used, _) = m.usage();
+                    format!("ok limit capacity={c} used={used}")
+                }
+                Err(e) => format!("error limit: {arg:?}: {e} (a byte count, or none)"),
+            }
+        }
+        _ => format!("error unknown command {line:?} (ping, cut, cut-torn <seed>, stats, sync, limit <bytes|none>)"),
     }
 }
 

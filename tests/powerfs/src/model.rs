@@ -588,6 +588,12 @@ impl Model {
     /// Applies `op` to file `ino`'s current bytes and queues it for the
     /// next sync; refuses what would pass [`MAX_FILE_BYTES`] or the
     /// capacity.
+    /// Sets how much file data the filesystem holds (`ENOSPC` beyond):
+    /// lower than what is used, nothing more may grow (a full disk).
+    pub fn set_capacity(&mut self, capacity_bytes: u64) {
+        self.capacity_bytes = capacity_bytes;
+    }
+
     fn change_file(&mut self, ino: Ino, op: Op) -> FsResult<()> {
         let (used, capacity) = (self.used_bytes, self.capacity_bytes);
         let f = self.file_mut(ino)?;

@@ -212,3 +212,17 @@ fn a_directory_with_two_durable_parents_keeps_one() {
     assert_eq!(parents, 1);
     assert_eq!(m.attr(c).unwrap().kind, Kind::Dir);
 }
+
+#[test]
+fn a_limit_below_what_is_used_is_a_full_disk_until_lifted() {
+    let m = std::sync::Mutex::new(Model::new(1 << 30));
+    let (ino, fh) = new_file(&mut m.lock().unwrap(), ROOT, "a");
+    m.lock().unwrap().write(fh, 0, &[1; 100]).unwrap();
+    assert_eq!(rill_powerfs::control::execute(&m, "limit 100"), "ok limit capacity=100 used=100");
+    assert_eq!(m.lock().unwrap().write(fh, 100, &[2; 1]), Err(libc::ENOSPC), "full: nothing grows");
+    m.lock().unwrap().write(fh, 0, &[3; 100]).unwrap(); // overwriting in place needs no space
+    assert!(rill_powerfs::control::execute(&m, "limit lots").starts_with("error limit"));
+    assert!(rill_powerfs::control::execute(&m, "limit none").starts_with("ok limit"));
+    m.lock().unwrap().write(fh, 100, &[2; 1]).unwrap();
+    assert_eq!(read_all(&mut m.lock().unwrap(), ino).len(), 101);
+}
