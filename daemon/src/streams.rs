@@ -755,10 +755,12 @@ impl Streams {
     /// which everything is on disk in whole batches. `Gone` if retention
     /// deleted `from`.
     ///
-    /// Cost: one directory listing and the batch headers of the first
-    /// segment (64 bytes each); the client reads the frames itself.
-    pub fn log_segments(&self, name: &str, from: u64) -> Result<(LogSegments, Vec<OwnedFd>), Refusal> {
-        let s = self.streams.get(name).ok_or_else(|| Refusal::new(ErrorCode::UnknownStream, format!("no stream {name:?}")))?;
+    /// Cost: one directory listing and the batch headers appended since
+    /// the last request (the index is kept); the client reads the frames
+    /// itself.
+    pub fn log_segments(&mut self, name: &str, from: u64) -> Result<(LogSegments, Vec<OwnedFd>), Refusal> {
+        let data_dir = &self.data_dir;
+        let s = self.streams.get_mut(name).ok_or_else(|| Refusal::new(ErrorCode::UnknownStream, format!("no stream {name:?}")))?;
         if s.persist.is_none() {
             return Err(Refusal::new(ErrorCode::Invalid, format!("stream {name:?} is not persisted: it has no log")));
         }
@@ -768,36 +770,39 @@ impl Streams {
             let why = s.setup_error.clone().unwrap_or_else(|| "no archiver slot".into());
             return Err(Refusal::new(ErrorCode::Internal, format!("stream {name:?} is not being archived: {why}")));
         };
-        let dir = self.data_dir.join(name);
-        let internal = |e: String| Refusal::new(ErrorCode::Internal, format!("stream {name:?}: reading its log: {e}"));
-        let listed = rill_store::list_segments(&dir).map_err(|e| internal(format!("{}: {e}", dir.display())))?;
+        // The stream's index, kept between requests (see plan_replay).
+        let internal = |e: rill_store::LogError| Refusal::new(ErrorCode::Internal, format!("stream {name:?}: reading its log: {e}"));
+        match &mut s.log_index {
+            Some(index) => index.refresh().map_err(internal)?,
+            None => s.log_index = Some(rill_store::StreamLog::open(&data_dir.join(name)).map_err(internal)?),
+        }
+        let listed = s.log_index.as_ref().expect("set above").segments();
         // The segment holding `from`: the last one starting at or before it.
-        let i = listed.partition_point(|(first, _)| *first <= from);
+        let i = listed.partition_point(|g| g.first_position <= from);
         if i == 0 {
             return match listed.first() {
                 None if from >= archived => Ok((LogSegments { segments: Vec::new(), start_offset: 0, start_batch: from, archived }, Vec::new())),
                 None => Err(gone(name, from, &format!("the log is empty though the archiver is at {archived}"))),
-                Some((f, _)) => Err(gone(name, from, &deleted_by_retention(*f))),
+                Some(g) => Err(gone(name, from, &deleted_by_retention(g.first_position))),
             };
         }
         let chosen = &listed[i - 1..listed.len().min(i - 1 + MAX_LOG_SEGMENTS)];
-        let (first, path) = &chosen[0];
+        let index = &chosen[0];
         let sealed = i < listed.len();
-        let index = rill_store::SegmentIndex::build(path, *first, sealed).map_err(|e| internal(e.to_string()))?;
         let (start_offset, start_batch) = match index.entry_at(from) {
             Some(e) => (e.file_offset, e.position),
             None if sealed => {
-                let next = listed[i].0;
-                let why = format!("the log has a gap: {} ends at {}, the next segment starts at {next}", path.display(), index.end_position);
+                let next = listed[i].first_position;
+                let why = format!("the log has a gap: {} ends at {}, the next segment starts at {next}", index.path.display(), index.end_position);
                 return Err(gone(name, from, &why));
             }
             // Not written yet: the next batch goes there.
             None => (index.valid_len, index.end_position),
         };
-        let fds = chosen.iter().map(|(_, p)| open_segment(name, from, p)).collect::<Result<Vec<_>, _>>()?;
-        let segments = chosen.iter().map(|(f, _)| *f).collect();
+        let fds = chosen.iter().map(|g| open_segment(name, from, &g.path)).collect::<Result<Vec<_>, _>>()?;
+        let segments = chosen.iter().map(|g| g.first_position).collect();
         // Cut short: the reader must not expect more than these hold.
-        let archived = listed.get(i - 1 + chosen.len()).map_or(archived, |(next, _)| archived.min(*next));
+        let archived = listed.get(i - 1 + chosen.len()).map_or(archived, |next| archived.min(next.first_position));
         Ok((LogSegments { segments, start_offset, start_batch, archived }, fds))
     }
 
