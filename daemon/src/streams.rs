@@ -524,11 +524,13 @@ impl Streams {
     }
 
     /// After adopting rings: brings back every persisted stream of the data
-    /// directory. Each stream's last segment is recovered (a torn tail cut
-    /// at the last whole batch, a corrupt one set aside, both logged); an
-    /// adopted ring gets its archiver slot back, and archiving resumes at
-    /// the end of the log; a stream whose ring is gone (the host rebooted)
-    /// gets a new ring that starts where its log ends. Returns how many.
+    /// directory. Each stream's log is recovered ([`recover_log`]: every
+    /// segment read, checked and synced; the last one's torn or corrupt
+    /// tail cut, a corrupt one set aside; damage elsewhere reported as lost
+    /// positions, never cut); an adopted ring gets its archiver slot back,
+    /// and archiving resumes at the end of the log; a stream whose ring is
+    /// gone (the host rebooted) gets a new ring whose origin is where its
+    /// log ends. Returns how many.
     pub fn recover_persisted(&mut self) -> usize {
         let Ok(entries) = std::fs::read_dir(&self.data_dir) else { return 0 };
         let mut n = 0;
