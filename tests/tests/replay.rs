@@ -164,11 +164,13 @@ fn damage_in_a_sealed_segment_is_skipped_with_an_exact_loss_notice() -> Result<(
     std::fs::write(&sealed, &bytes)?;
     d.spawn(deadline)?;
     let client = Client::connect_to(&d.socket)?;
+    let soon = Instant::now() + Duration::from_secs(30);
     let info = client.stream_info(stream)?;
     let why = info.archive_error.clone().unwrap_or_default();
     let range = format!("{}..{}", b2.position, scan.batches[4].position);
     ensure!(why.contains("log lost") && why.contains(&range), "stream info does not report the loss {range}: {why:?}");
-    ensure!(d.log().contains("the log lost these positions"), "rilld did not log the loss");
+    // (Its stderr is collected by a thread: wait for the line.)
+    wait_until(soon, "rilld logs the loss", || Ok(d.log().contains("the log lost these positions")))?;
     let health = client.health()?;
     ensure!(health.healthy, "one stream's damaged log made rilld unhealthy: {}", health.detail);
     let (_, lost) = read_all(&client, last_before)?;
