@@ -295,17 +295,24 @@ fn recover_log(name: &str, dir: &Path) -> Result<(Option<LogEnd>, Vec<rill_store
     let segments = rill_store::list_segments(dir).map_err(|e| format!("listing {}: {e}", dir.display()))?;
     // The sealed segments are read one ahead by a thread of their own, so
     // the disk reads the next while the CRCs of this one are checked.
+    // Two buffers go round (one read into, one scanned), so no segment's
+    // worth of fresh memory is faulted in per segment.
     std::thread::scope(|scope| {
         let (tx, ahead) = std::sync::mpsc::sync_channel(1);
+        let (give_back, returned) = std::sync::mpsc::channel::<Vec<u8>>();
         let sealed = &segments[..segments.len().saturating_sub(1)];
         scope.spawn(move || {
+            let mut spare = vec![Vec::new(), Vec::new()];
             for (_, path) in sealed {
-                if tx.send(std::fs::read(path)).is_err() {
+                let mut buf = spare.pop().or_else(|| returned.recv().ok()).unwrap_or_default();
+                buf.clear();
+                let read = std::fs::File::open(path).and_then(|mut f| std::io::Read::read_to_end(&mut f, &mut buf)).map(|_| buf);
+                if tx.send(read).is_err() {
                     return;
                 }
             }
         });
-        recover_segments(name, &segments, &ahead)
+        recover_segments(name, &segments, &ahead, &give_back)
     })
 }
 
@@ -315,6 +322,7 @@ fn recover_segments(
     name: &str,
     segments: &[(u64, PathBuf)],
     ahead: &std::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>,
+    give_back: &std::sync::mpsc::Sender<Vec<u8>>,
 ) -> Result<(Option<LogEnd>, Vec<rill_store::Hole>), String> {
     let mut lost = Vec::new();
     let mut end = None;
@@ -338,7 +346,9 @@ fn recover_segments(
         } else {
             let bytes = ahead.recv().map_err(|_| "the segment reader stopped".to_owned())?;
             let bytes = bytes.map_err(|e| format!("reading {}: {e}", path.display()))?;
-            rill_store::scan_segment(&bytes, *first)
+            let scan = rill_store::scan_segment(&bytes, *first);
+            let _ = give_back.send(bytes); // the reader may be done: fine
+            scan
         };
         // A batch written but not yet synced when the last daemon died is
         // whole in the page cache: sync it before calling anything durable.
