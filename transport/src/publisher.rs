@@ -56,6 +56,15 @@ pub enum DurableError {
         /// The durable position at the deadline.
         durable: u64,
     },
+    /// The message at `position` was never published: its publisher took
+    /// longer between claim and commit than the daemon's unblock timeout,
+    /// so the daemon padded over the claim (see `rilld --unblock-timeout-ms`)
+    /// and what is durable there is padding. Publish it again.
+    #[error("the message at position {position} was padded over (its claim outlived the daemon's unblock timeout): it was never published")]
+    Lost {
+        /// The position waited for.
+        position: u64,
+    },
 }
 
 /// The stream's only publisher: see the [module docs](self).
@@ -142,7 +151,10 @@ impl<M: ClaimMode> Publisher<M> {
     /// futex in the ring that the archiver wakes when the durable position
     /// moves: a sync takes a hundred microseconds or more, and spinning
     /// waiters would take the CPU the kernel needs to finish it. A stream
-    /// that is not persisted is an error at once.
+    /// that is not persisted is an error at once. A message whose claim
+    /// the daemon padded over (its publisher stalled between claim and
+    /// commit past the unblock timeout) is [`DurableError::Lost`], never
+    /// acknowledged.
     ///
     /// ```no_run
     /// use rill::{Client, Durability, StreamOptions};
@@ -159,7 +171,16 @@ impl<M: ClaimMode> Publisher<M> {
         if self.info.persist.is_none() {
             return Err(DurableError::NotPersisted { stream: self.info.name.clone() });
         }
-        self.publication.ring().wait_durable(position, DURABLE_SPIN, timeout).map_err(|durable| DurableError::TimedOut { position, durable })
+        let ring = self.publication.ring();
+        let durable = ring.wait_durable(position, DURABLE_SPIN, timeout).map_err(|durable| DurableError::TimedOut { position, durable })?;
+        // A claim padded over by the daemon is durable as padding: not an
+        // acknowledgement of the message. (The archiver holds the frame in
+        // the ring until it is durable, so it is normally still there to
+        // look at; if publishers lapped it since, nothing can be told.)
+        if ring.is_padding_at(position) == Some(true) {
+            return Err(DurableError::Lost { position });
+        }
+        Ok(durable)
     }
 
     /// Whether this is the stream's exclusive publisher.

@@ -433,6 +433,23 @@ impl Ring {
         self.inner.mem.counters().publishers.value.origin.load(Ordering::Acquire)
     }
 
+    /// Whether the frame at position `p` is still in the ring, committed at
+    /// `p`, and padding: `Some(true)` for padding (such as a claim the
+    /// daemon padded over because its publisher stalled past the unblock
+    /// timeout: that message was never published), `Some(false)` for
+    /// data, `None` if the ring no longer holds a frame committed at `p`
+    /// (lapped since) or never did.
+    pub fn is_padding_at(&self, p: u64) -> Option<bool> {
+        use crate::frame::{unpack_len_kind, FrameKind, WORD_LEN_KIND};
+        let mem = &self.inner.mem;
+        let off = (p & self.inner.mask) as usize;
+        committed(mem, self.inner.salt, off, p)?;
+        let (_, kind, _) = unpack_len_kind(mem.word(off + WORD_LEN_KIND).load(Ordering::Acquire));
+        let padding = FrameKind::from_u16(kind)? == FrameKind::Padding;
+        // Still the frame at `p` (not lapped while we looked)?
+        committed(mem, self.inner.salt, off, p).map(|_| padding)
+    }
+
     /// Pid recorded as holding the ring's exclusive publication (0: none).
     /// The ring does not enforce it: an [`ExclusivePublication`] trusts that
     /// it is the only writer, and the arbiter (rilld) records here whom it

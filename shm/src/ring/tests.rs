@@ -390,3 +390,16 @@ fn a_latest_join_does_not_let_publishers_lap_an_unfinished_claim() {
     assert!(!got.is_empty());
     assert!(got.iter().all(|m| m.len() == 100 && (m.iter().all(|&b| b == 2) || m.iter().all(|&b| b == 1) || m.iter().all(|&b| b == 3))));
 }
+
+#[test]
+fn is_padding_at_tells_a_padded_claim_from_a_message() {
+    let ring = Ring::private(&cfg(4096, 512, Policy::BackPressure)).unwrap();
+    let mut publ = ring.exclusive_publication().unwrap();
+    let data = publ.offer(b"kept").unwrap();
+    let claim = publ.try_claim(100).unwrap();
+    let padded = claim.position();
+    claim.abort(); // what the daemon's reclaimer makes of a stalled claim
+    assert_eq!(ring.is_padding_at(data), Some(false));
+    assert_eq!(ring.is_padding_at(padded), Some(true));
+    assert_eq!(ring.is_padding_at(padded + 4096), None, "never held there");
+}
