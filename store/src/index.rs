@@ -117,8 +117,11 @@ impl SegmentIndex {
             let zero_header = head.iter().all(|&b| b == 0);
             if !zero_header || sealed {
                 // Damage, if a valid batch follows: a hole to skip.
+                // (The file may change meanwhile: a live segment being
+                // written. Read what is there; a short read is an end.)
                 let mut rest = vec![0u8; (file_len - self.valid_len) as usize];
-                file.read_exact_at(&mut rest, self.valid_len).map_err(|source| LogError::Io { path: self.path.clone(), source })?;
+                let got = read_up_to(&file, &mut rest, self.valid_len).map_err(|source| LogError::Io { path: self.path.clone(), source })?;
+                rest.truncate(got);
                 if let Some((at, h)) = find_next_batch_from(&rest, FRAME_ALIGNMENT as u64, self.end_position) {
                     let hole = Hole { offset: self.valid_len, len: at, from: self.end_position, to: h.first_position, reason: problem.to_string() };
                     self.holes.push(hole);
@@ -164,6 +167,21 @@ impl SegmentIndex {
         // from batch to batch: look at each.
         self.batches.iter().find(|b| b.data_frames > 0 && b.last_timestamp >= ts_ns)
     }
+}
+
+/// Reads into `buf` from `offset` until it is full or the file ends;
+/// returns the bytes read.
+fn read_up_to(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match file.read_at(&mut buf[n..], offset + n as u64) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
 }
 
 /// The header at `offset`: `None` if fewer than 64 bytes are in the file.
