@@ -26,7 +26,7 @@
 //! The parent is one side; it re-executes this binary with the hidden
 //! `__child` subcommand for the other, handing it the ring files' paths.
 //! Results are percentiles and ratios against the floor measured in the same
-//! run (see `shared/STYLE.md`: no absolute thresholds, numbers in context).
+//! run: no absolute thresholds, every number beside its floor.
 
 // `deny`, not `forbid`: `uring_write` allows the one unsafe operation the
 // raw disk measurement needs (an io_uring submission), and nothing else.
