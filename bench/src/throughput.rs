@@ -584,7 +584,7 @@ macro_rules! batching {
                     ensure!(b.push(payload), "batch too small for its messages");
                     *seq += 1;
                 }
-                b.commit();
+                b.commit()?;
                 Ok(true)
             }
         }

@@ -5,5 +5,6 @@
 
 pub mod archiver;
 pub mod config;
+pub mod indexer;
 pub mod server;
 pub mod streams;

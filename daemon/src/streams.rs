@@ -10,6 +10,7 @@
 
 use crate::archiver::{Archiver, ArchiveStatus, Job, Retention};
 use crate::config::Config;
+use crate::indexer::{Indexer, LogIndex};
 use rill::protocol::{
     Durability, ErrorCode, LogSegments, Policy, Replay, StartAt, StreamInfo, StreamOptions, SubscriberInfo, MAX_LOG_SEGMENTS,
     MAX_REPLAY_SEGMENTS,
@@ -128,9 +129,9 @@ pub struct Stream {
     /// What its log lost to damage on disk, found at start (reported;
     /// readers skip it with a notice of the exact positions).
     pub log_damage: Option<String>,
-    /// Its log's index (persisted streams), built at the first replay and
-    /// refreshed at each.
-    pub log_index: Option<rill_store::StreamLog>,
+    /// Its log's index (persisted streams), kept near the log's end by the
+    /// indexer thread.
+    pub log_index: Option<std::sync::Arc<LogIndex>>,
     /// Why archiving could not be set up (at start or creation): the
     /// stream is held back until rilld is restarted with the cause fixed.
     pub setup_error: Option<String>,
@@ -273,6 +274,7 @@ pub struct Streams {
     retention: Retention,
     direct_io: bool,
     archiver: Archiver,
+    indexer: Indexer,
 }
 
 /// Where a recovered log ends: the stream position after its last batch,
@@ -525,6 +527,7 @@ impl Streams {
             direct_io: config.direct_io,
             retention: Retention { max_bytes: config.retention_bytes, max_age: config.retention_ms.map(Duration::from_millis) },
             archiver: Archiver::start()?,
+            indexer: Indexer::start()?,
         })
     }
 
@@ -629,6 +632,8 @@ impl Streams {
         }
         let pid = std::process::id();
         let s = self.streams.get_mut(name).ok_or("no such stream")?;
+        // The indexer builds the log's index now, in the background.
+        s.log_index.get_or_insert_with(|| self.indexer.index(dir.clone()));
         // A holding slot: on an overwrite ring too, publishers never pass
         // it, so nothing is overwritten before it is on disk. (An adopted
         // one is holding already.)
@@ -696,19 +701,18 @@ impl Streams {
         if matches!(start, StartAt::Latest | StartAt::Oldest) {
             return Ok(None); // the ring only: no log to read, however long
         }
-        let log = if s.persist.is_some() {
-            // The stream's index, kept between replays: a refresh reads
-            // only the batch headers appended since (and notes segments
-            // added or deleted), not the whole log again.
-            let read_err = |e: rill_store::LogError| Refusal::new(ErrorCode::Internal, format!("stream {name:?}: reading its log: {e}"));
-            match &mut s.log_index {
-                Some(index) => index.refresh().map_err(read_err)?,
-                None => s.log_index = Some(rill_store::StreamLog::open(&self.data_dir.join(name)).map_err(read_err)?),
+        // The stream's index, kept near the log's end by the indexer: what
+        // is left to read here is the batch headers appended since its
+        // last turn (see `indexer`).
+        let guard = match s.persist {
+            Some(_) => {
+                let read_err = |e: rill_store::LogError| Refusal::new(ErrorCode::Internal, format!("stream {name:?}: reading its log: {e}"));
+                let index = s.log_index.get_or_insert_with(|| self.indexer.index(self.data_dir.join(name)));
+                Some(index.current().map_err(read_err)?)
             }
-            s.log_index.as_ref()
-        } else {
-            None
+            None => None,
         };
+        let log = guard.as_ref().and_then(|g| g.as_ref());
         let first_on_disk = log.as_ref().and_then(|l| l.first_position());
         let from = match start {
             StartAt::Latest | StartAt::Oldest => unreachable!("answered above"),
@@ -782,13 +786,11 @@ impl Streams {
             let why = s.setup_error.clone().unwrap_or_else(|| "no archiver slot".into());
             return Err(Refusal::new(ErrorCode::Internal, format!("stream {name:?} is not being archived: {why}")));
         };
-        // The stream's index, kept between requests (see plan_replay).
+        // The stream's index (see plan_replay).
         let internal = |e: rill_store::LogError| Refusal::new(ErrorCode::Internal, format!("stream {name:?}: reading its log: {e}"));
-        match &mut s.log_index {
-            Some(index) => index.refresh().map_err(internal)?,
-            None => s.log_index = Some(rill_store::StreamLog::open(&data_dir.join(name)).map_err(internal)?),
-        }
-        let listed = s.log_index.as_ref().expect("set above").segments();
+        let index = s.log_index.get_or_insert_with(|| self.indexer.index(data_dir.join(name)));
+        let guard = index.current().map_err(internal)?;
+        let listed = guard.as_ref().expect("current() builds it").segments();
         // The segment holding `from`: the last one starting at or before it.
         let i = listed.partition_point(|g| g.first_position <= from);
         if i == 0 {

@@ -16,7 +16,8 @@
 //!               |   512  replicated position                       |
 //!               |   640  futex word, waiters                       |
 //!               |   768  next_publisher_id, fenced, slot_hwm,      |
-//!               |        exclusive_pid, origin                     |
+//!               |        exclusive_pid, origin, reclaim,           |
+//!               |        reclaim_end, padded_end                   |
 //!               |   896  head (oldest frame that may be uncommitted)|
 //! offset 1024   +--------------------------------------------------+
 //!               | Slot[slot_count], 128 B each: state (free,       |
@@ -188,7 +189,31 @@ pub struct PublisherWords {
     /// anyone uses the ring. (Added without a new [`LAYOUT_VERSION`]: the
     /// word was zero padding, and zero is right for every older ring.)
     pub origin: AtomicU64,
+    /// The reclaimer's current decision about one abandoned claim:
+    /// `position << 2 | state`, state one of `RECLAIM_*` (see
+    /// `ring::reclaim`). A publisher reads it at every commit, after
+    /// announcing its commit, to learn whether the reclaimer padded over
+    /// its claim; it may abort a pending decision with a CAS.
+    pub reclaim: AtomicU64,
+    /// Where the padding of the decision in `reclaim` would end (written
+    /// before it; the reclaimer may still shorten the padding, never
+    /// lengthen it). A decision whose range does not reach a claim does
+    /// not concern that claim's publisher.
+    pub reclaim_end: AtomicU64,
+    /// The end of the furthest padding the reclaimer ever wrote (only
+    /// grows); a publisher whose claim starts before it lost that claim.
+    pub padded_end: AtomicU64,
 }
+
+/// [`PublisherWords::reclaim`]: no decision in progress.
+pub const RECLAIM_NONE: u64 = 0;
+/// [`PublisherWords::reclaim`]: the reclaimer announced it means to pad
+/// the claim and is checking whether its publisher commits after all.
+pub const RECLAIM_PENDING: u64 = 1;
+/// [`PublisherWords::reclaim`]: the reclaimer is padding the claim.
+pub const RECLAIM_PADDING: u64 = 2;
+/// [`PublisherWords::reclaim`]: the claim was padded over.
+pub const RECLAIM_PADDED: u64 = 3;
 
 /// The shared counters.
 #[repr(C)]
@@ -250,6 +275,9 @@ const _: () = {
     assert!(offset_of!(Counters, publishers) == 640);
     assert!(offset_of!(Counters, head) == 768);
     assert!(offset_of!(PublisherWords, origin) == 16);
+    assert!(offset_of!(PublisherWords, reclaim) == 24);
+    assert!(offset_of!(PublisherWords, reclaim_end) == 32);
+    assert!(offset_of!(PublisherWords, padded_end) == 40);
     assert!(COUNTERS_OFFSET + size_of::<Counters>() <= SLOTS_OFFSET);
     assert!(size_of::<Slot>() == SLOT_SIZE);
     assert!(align_of::<Slot>() == 128);
@@ -302,6 +330,9 @@ impl Counters {
                     slot_hwm: AtomicU32::new(0),
                     origin: AtomicU64::new(0),
                     exclusive_pid: AtomicU32::new(0),
+                    reclaim: AtomicU64::new(0),
+                    reclaim_end: AtomicU64::new(0),
+                    padded_end: AtomicU64::new(0),
                 },
             },
         }

@@ -99,3 +99,21 @@ mod model {
     atomic!(AtomicU32, u32);
     atomic!(AtomicU64, u64);
 }
+
+/// One wait of a short spin-then-yield loop (`n` counts from 1): a spin
+/// hint for the first few, then a yield of the CPU. Under loom, a yield
+/// (which lets the model run the thread being waited for).
+#[inline]
+pub(crate) fn spin_or_yield(n: u32) {
+    #[cfg(loom)]
+    {
+        let _ = n;
+        loom::thread::yield_now();
+    }
+    #[cfg(not(loom))]
+    if n < 64 {
+        std::hint::spin_loop();
+    } else {
+        std::thread::yield_now();
+    }
+}

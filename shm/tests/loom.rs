@@ -661,3 +661,71 @@ fn holding_join_races_overwrite_limit_refresh() {
     });
     assert!(HELD_FROM_ZERO.load(StdOrdering::Relaxed) > 0, "the holding joiner never started at the oldest frame");
 }
+
+/// Executions of `reclaimer_races_a_stalled_commit` in which the claim was
+/// padded over, and in which it was published: both must happen.
+static RECLAIMED_EXECUTIONS: AtomicUsize = AtomicUsize::new(0);
+static PUBLISHED_EXECUTIONS: AtomicUsize = AtomicUsize::new(0);
+
+/// (h) A publisher commits a claim while the reclaimer (timeout 0, so it
+/// decides to pad on its second look) pads over it, and a subscriber reads
+/// meanwhile. Either the commit succeeds and every reader gets the message,
+/// or it returns `Reclaimed` and no reader ever gets it; the stream goes on
+/// either way. Seen to fail with a publisher that skips its check (the
+/// old protocol: the reclaimer padded a frame a reader had already taken,
+/// and the publisher was told nothing), and with a reclaimer that looks at
+/// the tag before the position word (it took a committed frame for one
+/// left over from fresh memory).
+#[test]
+fn reclaimer_races_a_stalled_commit() {
+    check("reclaimer_races_a_stalled_commit", 2, || {
+        let ring = Ring::loom(CAPACITY, MAX_LEN, Policy::BackPressure, 2);
+        let mut sub = ring.subscribe(Start::Latest).unwrap();
+        let mut publ = ring.shared_publication().unwrap();
+        publ.set_timestamps(false);
+        let mut reclaimer = ring.reclaimer(0);
+        let sub_bell = bell();
+        let publisher = {
+            let bells = [sub_bell.clone()];
+            thread::spawn(move || {
+                let mut batch = publ.try_claim_batch(message_span(8)).unwrap();
+                assert!(batch.push(&[0x5A; 8]));
+                let result = batch.commit();
+                ring_all(&bells);
+                result
+            })
+        };
+        let padder = {
+            let bells = [sub_bell.clone()];
+            thread::spawn(move || {
+                let padded = reclaimer.do_work(0) + reclaimer.do_work(1);
+                ring_all(&bells);
+                padded
+            })
+        };
+        // Reads while both run; takes whatever it finds committed.
+        let mut got = Vec::new();
+        poll_into(&mut sub, &mut got, &[]);
+        let result = publisher.join().unwrap();
+        let padded = padder.join().unwrap();
+        poll_into(&mut sub, &mut got, &[]);
+        assert_eq!(sub.position(), message_span(8) as u64, "the subscriber is past the frame either way");
+        match result {
+            Ok(position) => {
+                assert_eq!(position, 0);
+                assert_eq!(padded, 0, "padded over a published message");
+                assert_eq!(got.iter().map(|g| (g.tag, g.position)).collect::<Vec<_>>(), [(0x5A, 0)]);
+                PUBLISHED_EXECUTIONS.fetch_add(1, StdOrdering::Relaxed);
+            }
+            Err(ClaimError::Reclaimed { position }) => {
+                assert_eq!(position, 0);
+                assert!(got.is_empty(), "a reader got a message whose publisher was told it was lost: {got:?}");
+                assert_eq!(sub.padding_bytes(), message_span(8) as u64);
+                RECLAIMED_EXECUTIONS.fetch_add(1, StdOrdering::Relaxed);
+            }
+            Err(e) => panic!("commit failed: {e}"),
+        }
+    });
+    assert!(RECLAIMED_EXECUTIONS.load(StdOrdering::Relaxed) > 0, "the reclaimer never won");
+    assert!(PUBLISHED_EXECUTIONS.load(StdOrdering::Relaxed) > 0, "the publisher never won");
+}

@@ -291,7 +291,7 @@ impl World {
                 c.buf().copy_from_slice(&msg);
                 let position = c.position();
                 if commit {
-                    c.commit();
+                    c.commit().expect("no reclaimer runs here");
                 } else {
                     drop(c); // becomes padding
                 }
@@ -326,7 +326,7 @@ impl World {
                     }
                     pushed += 1;
                 }
-                let first = if commit { Some(b.commit()) } else { None };
+                let first = if commit { Some(b.commit().expect("no reclaimer runs here")) } else { None };
                 Ok((first, id, pushed))
             })
         });

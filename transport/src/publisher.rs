@@ -88,7 +88,7 @@ pub type ExclusivePublisher = Publisher<Exclusive>;
 /// publisher.offer_blocking(b"ACME 101.6", Duration::from_millis(100))?;
 /// let mut claim = publisher.try_claim(4)?;        // write in place
 /// claim.buf().copy_from_slice(b"ping");
-/// claim.commit();
+/// claim.commit()?;
 /// # let _ = position;
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```

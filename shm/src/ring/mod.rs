@@ -15,10 +15,11 @@
 //! the position word and the tag word (publisher id | commit tag). The
 //! commit tag is a 32-bit hash of the position keyed by a random per-ring
 //! salt. A publisher writes `length/kind`, then CLAIMED (`p | 1 << 63`) in
-//! the position word, then the payload, then `p` in the position word, and
-//! last the tag word with release. A reader at `p` loads the tag word with
-//! acquire and reads the frame only if the tag is `tag(p)` and the position
-//! word is `p`.
+//! the position word, then the payload, then COMMITTING (`p | 1 << 62`,
+//! see `publication` for the check it makes then), then the tag word with
+//! release, and last `p` in the position word. A reader at `p` loads the
+//! tag word with acquire and reads the frame only if the tag is `tag(p)`
+//! and the position word is `p`.
 //!
 //! The ring is never zeroed between laps, so the bytes at `p` may be
 //! anything an earlier lap left there. An earlier frame at that offset has
@@ -109,11 +110,20 @@ pub fn wake_page_path(page_dir: &Path, name: &str) -> PathBuf {
 }
 
 pub(crate) const CLAIMED_BIT: u64 = 1 << 63;
+pub(crate) const COMMITTING_BIT: u64 = 1 << 62;
 
 /// The CLAIMED value of the position word at `p`.
 #[inline]
 pub(crate) const fn claimed(p: u64) -> u64 {
     p | CLAIMED_BIT
+}
+
+/// The COMMITTING value of the position word at `p`: its publisher is
+/// committing the claim and checks whether the reclaimer padded over it
+/// (see `publication`). Readers take it for an uncommitted frame.
+#[inline]
+pub(crate) const fn committing(p: u64) -> u64 {
+    p | COMMITTING_BIT
 }
 
 /// The commit tag of position `p` in a ring salted with `salt` (never 0,
@@ -124,16 +134,21 @@ pub const fn commit_tag(salt: u64, p: u64) -> u32 {
     ((p ^ salt).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as u32 | 1
 }
 
-/// Commits the frame at data offset `off`, position `p`: position word,
-/// then the tag word with release.
+/// Commits the frame at data offset `off`, position `p`: the tag word,
+/// then the position word, both with release. A frame is committed once
+/// both say `p`; the position word goes last, so that it says `p`
+/// without the tag only where no publisher ever committed (the reclaimer
+/// relies on that: see `reclaim`).
 #[inline]
 pub(crate) fn commit(mem: &RingMemory, salt: u64, off: usize, p: u64, publisher_id: u32) {
     use crate::frame::{WORD_POSITION, WORD_PUBLISHER};
-    mem.word(off + WORD_POSITION).store(p, Ordering::Relaxed);
     let tag_word = u64::from(publisher_id) | (u64::from(commit_tag(salt, p)) << 32);
     // SYNC(commit): Release pairs with the Acquire load in `committed`: a
     // reader that sees the tag sees the whole frame.
     mem.word(off + WORD_PUBLISHER).store(tag_word, Ordering::Release);
+    // SYNC(commit-position): Release pairs with the reclaimer's Acquire
+    // load: one that sees `p` sees the tag and the length.
+    mem.word(off + WORD_POSITION).store(p, Ordering::Release);
 }
 
 /// If the frame at data offset `off` is committed at position `p`, its

@@ -16,13 +16,34 @@
 //!    length it sees with CLAIMED);
 //! 3. (wrap) commit the padding frame at the old tail;
 //! 4. the caller writes the payload;
-//! 5. timestamp, `p` into the position word, then the tag word (release);
-//! 6. if a subscriber sleeps, bump the futex word and FUTEX_WAKE.
+//! 5. timestamp, and COMMITTING(p) into the position word: the claim's
+//!    announcement that it commits (readers take it for nothing);
+//! 6. load the reclaimer's decision words (`reclaim`, `padded_end`): if the
+//!    reclaimer padded over the claim while we stalled, the claim is lost:
+//!    make it padding and report [`ClaimError::Reclaimed`];
+//! 7. else the tag word, then `p` into the position word (release);
+//! 8. if a subscriber sleeps, bump the futex word and FUTEX_WAKE.
 //!
-//! No system call, lock or allocation per message, except the wake in 7,
+//! Steps 5 and 6 are one side of a Dekker handshake with the reclaimer,
+//! which announces its decision and then looks at the position word (see
+//! `reclaim`): at least one of the two sees the other. As for the wake in 8,
+//! the reclaimer pays the barrier (membarrier), so a publisher pays only a
+//! compiler fence and two loads of a line nobody writes, unless it could not
+//! register for membarrier and fences anyway.
+//!
+//! No system call, lock or allocation per message, except the wake in 8,
 //! made only when a waiter is flagged.
 
-use super::{claimed, commit, Policy, Ring};
+use super::{claimed, commit, committing, Policy, Ring};
+use crate::layout::{RECLAIM_NONE, RECLAIM_PADDING, RECLAIM_PENDING};
+
+/// How often a commit waits for the reclaimer to finish writing padding
+/// that may reach into its claim before it stops waiting (a reclaimer that
+/// died in the middle of it). The reclaimer needs a handful of stores.
+#[cfg(not(loom))]
+const MAX_RECLAIM_WAITS: u32 = 1 << 16;
+#[cfg(loom)]
+const MAX_RECLAIM_WAITS: u32 = 3;
 use crate::frame::{frame_span, pack_len_kind, FrameKind, HEADER_LEN, WORD_LEN_KIND, WORD_POSITION};
 use crate::frame::WORD_TIMESTAMP;
 use crate::layout::{SLOT_ACTIVE, SLOT_HOLDING};
@@ -55,6 +76,16 @@ pub enum ClaimError {
     /// A blocking call reached its deadline.
     #[error("deadline passed while back-pressured")]
     TimedOut,
+    /// Nothing of the claim was published: this publisher stalled between
+    /// claim and commit for longer than the daemon's unblock timeout, and
+    /// the daemon padded over the claim so that the stream could go on
+    /// (see `Ring::reclaimer`). Every subscriber saw padding there, never
+    /// the message; publish it again. (`offer` does so by itself.)
+    #[error("the claim at position {position} was padded over while this publisher stalled past the unblock timeout: nothing of it was published")]
+    Reclaimed {
+        /// Position of the claim (of a batch: its first frame).
+        position: u64,
+    },
 }
 
 /// Why an offer failed; gives the caller's message back where it can.
@@ -172,13 +203,19 @@ impl<M: ClaimMode> Publication<M> {
     /// Writes `payload` as one message. Returns its position.
     #[inline]
     pub fn offer(&mut self, payload: &[u8]) -> Result<u64, ClaimError> {
-        let p = self.reserve(payload.len(), frame_span(payload.len() + HEADER_LEN))?;
-        let off = (p & self.mask) as usize;
-        // SAFETY: [off + HEADER_LEN, off + HEADER_LEN + len) lies inside the
-        // span we just reserved; nobody reads it before our commit.
-        unsafe { self.ring.inner.mem.write_bytes(off + HEADER_LEN, payload) };
-        self.commit_frame(p, self.now());
-        Ok(p)
+        let span = frame_span(payload.len() + HEADER_LEN);
+        loop {
+            let p = self.reserve(payload.len(), span)?;
+            let off = (p & self.mask) as usize;
+            // SAFETY: [off + HEADER_LEN, off + HEADER_LEN + len) lies inside
+            // the span we just reserved; nobody reads it before our commit.
+            unsafe { self.ring.inner.mem.write_bytes(off + HEADER_LEN, payload) };
+            match self.commit_claim(p, p + span as u64, self.now()) {
+                // Padded over while we stalled: nobody saw it; offer again.
+                Err(ClaimError::Reclaimed { .. }) => continue,
+                other => return other.map(|()| p),
+            }
+        }
     }
 
     /// Like [`offer`](Self::offer), but waits while back-pressured until
@@ -298,14 +335,122 @@ impl<M: ClaimMode> Publication<M> {
         mem.word(off + WORD_POSITION).store(claimed(p), Ordering::Release);
     }
 
-    /// Writes timestamp and id, then commits the frame at `p`.
+    /// Commits every frame of the claim `[start, end)` (one frame, or a
+    /// batch of frames each with its `len_kind` written): steps 5 to 8 of
+    /// the module docs. If the reclaimer padded over any of it, the whole
+    /// claim becomes padding and the result is [`ClaimError::Reclaimed`].
     #[inline]
-    fn commit_frame(&self, p: u64, timestamp_ns: u64) {
+    fn commit_claim(&self, start: u64, end: u64, timestamp_ns: u64) -> Result<(), ClaimError> {
         let mem = &self.ring.inner.mem;
-        let off = self.off(p);
-        mem.word(off + WORD_TIMESTAMP).store(timestamp_ns, Ordering::Relaxed);
-        commit(mem, self.salt, off, p, self.id);
+        let mut p = start;
+        while p < end {
+            let off = self.off(p);
+            mem.word(off + WORD_TIMESTAMP).store(timestamp_ns, Ordering::Relaxed);
+            // SYNC(commit-position): Release, as in `commit`: a reclaimer
+            // that sees COMMITTING sees the length (and the payload).
+            mem.word(off + WORD_POSITION).store(committing(p), Ordering::Release);
+            p += self.span_at(off);
+        }
+        let result = if self.reclaimed(start, end) {
+            self.pad_claim(start, end);
+            Err(ClaimError::Reclaimed { position: start })
+        } else {
+            let mut p = start;
+            while p < end {
+                let off = self.off(p);
+                commit(mem, self.salt, off, p, self.id);
+                p += self.span_at(off);
+            }
+            Ok(())
+        };
         self.wake_if_waiting();
+        result
+    }
+
+    /// The span of the frame at data offset `off`, from its `len_kind`
+    /// word (at least one alignment unit, so a walk always advances).
+    #[inline]
+    fn span_at(&self, off: usize) -> u64 {
+        let word = self.ring.inner.mem.word(off + WORD_LEN_KIND).load(Ordering::Relaxed);
+        let (len, _, _) = crate::frame::unpack_len_kind(word);
+        (frame_span(len as usize) as u64).max(crate::frame::FRAME_ALIGNMENT as u64)
+    }
+
+    /// Whether the reclaimer padded over (part of) the claim `[start,
+    /// end)`, whose position words say COMMITTING. The load side of the
+    /// handshake with `Reclaimer::pad`: the reclaimer stores PENDING, runs
+    /// a barrier on every CPU, then looks at the position words; we stored
+    /// CLAIMED and COMMITTING and now look at its decision. A decision
+    /// still pending whose padding could reach our claim is cancelled
+    /// (CAS), so it never pads; one being carried out is waited for.
+    #[inline]
+    fn reclaimed(&self, start: u64, end: u64) -> bool {
+        if self.fence_on_commit || cfg!(loom) {
+            fence(Ordering::SeqCst);
+        } else {
+            // The reclaimer's membarrier orders our store before our load.
+            std::sync::atomic::compiler_fence(Ordering::SeqCst);
+        }
+        let words = &self.ring.inner.mem.counters().publishers.value;
+        // SYNC(reclaim): Acquire pairs with the reclaimer's SeqCst/Release
+        // stores and AcqRel CAS: a decision we see comes with its
+        // reclaim_end, and with the padded_end and padding written before it.
+        let mut decision = words.reclaim.load(Ordering::Acquire);
+        let mut waits = 0u32;
+        loop {
+            let (at, state) = (decision >> 2, decision & 3);
+            if state == RECLAIM_NONE || at >= end {
+                break;
+            }
+            let until = words.reclaim_end.load(Ordering::Acquire);
+            let now = words.reclaim.load(Ordering::Acquire);
+            if now != decision {
+                decision = now; // a new decision meanwhile: read both again
+                continue;
+            }
+            if until <= start {
+                break; // about claims before ours only
+            }
+            match state {
+                RECLAIM_PENDING => {
+                    match words.reclaim.compare_exchange(decision, at << 2, Ordering::AcqRel, Ordering::Acquire) {
+                        Ok(_) => break,
+                        Err(now) => decision = now,
+                    }
+                }
+                _ if at >= start => return true, // PADDING or PADDED our claim
+                RECLAIM_PADDING if waits < MAX_RECLAIM_WAITS => {
+                    // Padding that may reach into our claim is being
+                    // written (a few stores): wait for its padded_end.
+                    waits += 1;
+                    crate::sync::spin_or_yield(waits);
+                    decision = words.reclaim.load(Ordering::Acquire);
+                }
+                _ => break,
+            }
+        }
+        // Padding that reached into the claim (an earlier frame of a batch,
+        // or a scan over a claim not yet marked) was written after
+        // padded_end moved past its end.
+        words.padded_end.load(Ordering::Acquire) > start
+    }
+
+    /// Turns the whole claim `[start, end)` into padding frames of their
+    /// own spans, committed. Readers may have seen the reclaimer's padding
+    /// at some of these positions (with the same spans, or one reaching the
+    /// claim's end), never a message: so every reader sees padding here.
+    #[cold]
+    fn pad_claim(&self, start: u64, end: u64) {
+        let mem = &self.ring.inner.mem;
+        tracing::warn!(position = start, bytes = end - start, "claim padded over by the reclaimer while this publisher stalled");
+        let mut p = start;
+        while p < end {
+            let off = self.off(p);
+            let span = self.span_at(off).min(end - p);
+            mem.word(off + WORD_LEN_KIND).store(pack_len_kind(span as u32, FrameKind::Padding, 0), Ordering::Relaxed);
+            commit(mem, self.salt, off, p, self.id);
+            p += span;
+        }
     }
 
     #[inline]
@@ -439,11 +584,14 @@ impl<M: ClaimMode> Claim<'_, M> {
         unsafe { self.publication.ring.inner.mem.bytes_mut(off, self.len) }
     }
 
-    /// Publishes the message.
-    pub fn commit(mut self) {
+    /// Publishes the message, unless the daemon padded over the claim
+    /// while this publisher stalled ([`ClaimError::Reclaimed`]: nothing was
+    /// published; claim again).
+    pub fn commit(mut self) -> Result<(), ClaimError> {
         self.done = true;
         let ts = self.publication.now();
-        self.publication.commit_frame(self.position, ts);
+        let end = self.position + frame_span(self.len + HEADER_LEN) as u64;
+        self.publication.commit_claim(self.position, end, ts)
     }
 
     /// Turns the claim into padding (what dropping it does).
@@ -525,32 +673,23 @@ impl<M: ClaimMode> Batch<'_, M> {
     }
 
     /// Commits every message, and pads the unused rest. Returns the
-    /// position of the first frame.
-    pub fn commit(mut self) -> u64 {
+    /// position of the first frame, or [`ClaimError::Reclaimed`] if the
+    /// daemon padded over the batch while this publisher stalled: then no
+    /// message of it was published.
+    pub fn commit(mut self) -> Result<u64, ClaimError> {
         let start = self.start;
-        self.commit_all();
+        let result = self.commit_all();
         self.start = self.end; // nothing left for Drop
-        start
+        result.map(|()| start)
     }
 
-    fn commit_all(&self) {
+    fn commit_all(&self) -> Result<(), ClaimError> {
         let pubn = &*self.publication;
-        let ts = pubn.now();
-        let mem = &pubn.ring.inner.mem;
         if self.start == self.cursor {
             let w = pack_len_kind((self.end - self.start) as u32, FrameKind::Padding, 0);
             pubn.mark_claimed(self.start, w);
         }
-        let mut p = self.start;
-        while p < self.end {
-            let off = pubn.off(p);
-            let (len, _, _) = crate::frame::unpack_len_kind(mem.word(off + WORD_LEN_KIND).load(Ordering::Relaxed));
-            mem.word(off + WORD_TIMESTAMP).store(ts, Ordering::Relaxed);
-            commit(mem, pubn.salt, off, p, pubn.id);
-            p += frame_span(len as usize) as u64;
-        }
-        debug_assert_eq!(p, self.end);
-        pubn.wake_if_waiting();
+        pubn.commit_claim(self.start, self.end, pubn.now())
     }
 }
 
@@ -559,7 +698,7 @@ impl<M: ClaimMode> Drop for Batch<'_, M> {
     fn drop(&mut self) {
         if self.start < self.end {
             self.cursor = self.start;
-            self.commit_all();
+            let _ = self.commit_all(); // padding either way
         }
     }
 }

@@ -81,7 +81,7 @@ fn batch_commits_together_and_pads_rest() {
     assert!(batch.push(b"0123456789"));
     assert!(batch.push(b"abc"));
     assert!(sub.poll(10, |_| ()).unwrap() == 0, "nothing visible before commit");
-    batch.commit();
+    batch.commit().unwrap();
     assert_eq!(drain(&mut sub), vec![b"0123456789".to_vec(), b"abc".to_vec()]);
     assert_eq!(sub.position(), 4 * message_span(10) as u64);
     // Dropped batch: padding only.
@@ -103,7 +103,7 @@ fn dropped_claim_becomes_padding() {
     }
     let mut c = publ.try_claim(3).unwrap();
     c.buf().copy_from_slice(b"yes");
-    c.commit();
+    c.commit().unwrap();
     assert_eq!(drain(&mut sub), vec![b"yes".to_vec()]);
 }
 
@@ -144,6 +144,82 @@ fn reclaimer_pads_abandoned_claim() {
     assert_eq!(rec.do_work(1_000), message_span(40) as u64);
     assert_eq!(drain(&mut sub), vec![b"behind the dead claim".to_vec()]);
     assert_eq!(rec.do_work(2_000), 0);
+}
+
+/// A publisher that stalls past the timeout between claim and commit (not
+/// dead: SIGSTOP, a page fault storm, a long computation in place) learns
+/// at commit that its claim was padded over, and nobody sees the message.
+#[test]
+fn a_stalled_claim_padded_over_is_reported_at_commit_and_never_seen() {
+    let ring = Ring::private(&cfg(4096, 256, Policy::BackPressure)).unwrap();
+    let mut sub = ring.subscribe(Start::Latest).unwrap();
+    let mut rec = ring.reclaimer(1_000);
+    let mut slow = ring.shared_publication().unwrap();
+    let mut live = ring.shared_publication().unwrap();
+    let mut claim = slow.try_claim(40).unwrap();
+    let at = claim.position();
+    claim.buf().fill(b's');
+    live.offer(b"behind the stalled claim").unwrap();
+    assert_eq!(rec.do_work(0), 0);
+    assert_eq!(rec.do_work(1_000), message_span(40) as u64);
+    assert_eq!(drain(&mut sub), vec![b"behind the stalled claim".to_vec()]);
+    assert_eq!(claim.commit(), Err(ClaimError::Reclaimed { position: at }));
+    assert_eq!(ring.is_padding_at(at), Some(true));
+    // The stream goes on, and nobody reading from the start sees the message.
+    live.offer(b"after").unwrap();
+    assert_eq!(drain(&mut sub), vec![b"after".to_vec()]);
+    let mut again = ring.subscribe(Start::Oldest).unwrap();
+    assert_eq!(drain(&mut again), vec![b"behind the stalled claim".to_vec(), b"after".to_vec()]);
+    assert_eq!(rec.do_work(2_000), 0);
+}
+
+/// The same for a batch stalled while being filled: the reclaimer pads the
+/// frames it finds one timeout after another (here the first message and
+/// the unused rest), the publisher fills more frames over that padding,
+/// and at commit the whole batch turns out lost: every reader sees padding
+/// from its first frame to its end, never one of its messages.
+#[test]
+fn a_stalled_batch_padded_in_part_is_lost_whole_and_never_seen() {
+    let ring = Ring::private(&cfg(4096, 256, Policy::BackPressure)).unwrap();
+    let mut sub = ring.subscribe(Start::Latest).unwrap();
+    let mut rec = ring.reclaimer(1_000);
+    let mut slow = ring.shared_publication().unwrap();
+    let mut live = ring.shared_publication().unwrap();
+    let mut batch = slow.try_claim_batch(4 * message_span(40)).unwrap();
+    assert!(batch.push(&[b'1'; 40]));
+    live.offer(b"behind").unwrap();
+    let (mut now, mut padded) = (0, 0);
+    while padded < 4 * message_span(40) as u64 {
+        now += 1_000;
+        padded += rec.do_work(now);
+        assert!(now < 100_000, "the reclaimer padded only {padded} bytes");
+        if padded == message_span(40) as u64 {
+            // Stalled again after the first frame was padded: fills more.
+            assert!(batch.push(&[b'2'; 40]));
+        }
+    }
+    assert!(batch.push(&[b'3'; 40]));
+    assert_eq!(batch.commit(), Err(ClaimError::Reclaimed { position: 0 }));
+    live.offer(b"after").unwrap();
+    assert_eq!(drain(&mut sub), vec![b"behind".to_vec(), b"after".to_vec()]);
+    let mut again = ring.subscribe(Start::Oldest).unwrap();
+    assert_eq!(drain(&mut again), vec![b"behind".to_vec(), b"after".to_vec()]);
+}
+
+/// A claim that was pending a decision but committed in time keeps its
+/// message: a reclaimer that finds it committed pads nothing.
+#[test]
+fn a_claim_committed_in_time_is_never_padded() {
+    let ring = Ring::private(&cfg(4096, 256, Policy::BackPressure)).unwrap();
+    let mut sub = ring.subscribe(Start::Latest).unwrap();
+    let mut rec = ring.reclaimer(1_000);
+    let mut slow = ring.shared_publication().unwrap();
+    let mut claim = slow.try_claim(8).unwrap();
+    claim.buf().copy_from_slice(b"in time!");
+    assert_eq!(rec.do_work(0), 0);
+    claim.commit().unwrap();
+    assert_eq!(rec.do_work(1_000), 0);
+    assert_eq!(drain(&mut sub), vec![b"in time!".to_vec()]);
 }
 
 #[test]
@@ -384,7 +460,7 @@ fn a_latest_join_does_not_let_publishers_lap_an_unfinished_claim() {
     }
     assert!(end <= unfinished + capacity, "a publisher got to {end}, past one ring from the unfinished claim at {unfinished}");
     claim.buf().fill(3);
-    claim.commit();
+    claim.commit().unwrap();
     // The subscriber reads on from where it joined, every frame intact.
     let got = drain(&mut sub);
     assert!(!got.is_empty());

@@ -258,7 +258,10 @@ impl<M: ClaimMode> Sender<M> {
                 Ok(mut c) => {
                     payload::write_message(c.buf(), seed, publisher, seq, max_len);
                     let p = c.position();
-                    c.commit();
+                    match c.commit() {
+                        Err(ClaimError::Reclaimed { .. }) => continue, // nothing published: again
+                        other => other?,
+                    }
                     self.wait.progressed();
                     return Ok(p);
                 }

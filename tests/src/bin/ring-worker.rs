@@ -149,7 +149,10 @@ impl Sender {
                 Ok(mut c) => {
                     payload::write_message(c.buf(), seed, publisher, seq, max_len);
                     let p = c.position();
-                    c.commit();
+                    match c.commit() {
+                        Err(ClaimError::Reclaimed { .. }) => continue, // nothing published: again
+                        other => other?,
+                    }
                     self.wait.progressed();
                     return Ok(p);
                 }
@@ -180,7 +183,10 @@ impl Sender {
                         let buf = b.claim(len).ok_or_else(|| anyhow!("batch of {bytes} bytes has no room for #{i}"))?;
                         payload::write_message(buf, seed, publisher, seq + i as u64, max_len);
                     }
-                    b.commit();
+                    match b.commit() {
+                        Err(ClaimError::Reclaimed { .. }) => continue, // nothing published: again
+                        other => other?,
+                    };
                     self.wait.progressed();
                     return Ok(k);
                 }

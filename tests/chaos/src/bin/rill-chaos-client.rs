@@ -281,7 +281,7 @@ fn claim_in_place(p: &mut Publisher, seed: u64, index: u32, seq: u64, work: Opti
         if let Some(work) = work {
             std::thread::sleep(work);
         }
-        claim.commit();
+        claim.commit()?; // Reclaimed: retried below, nothing was published
         Ok(position)
     })
 }
@@ -294,6 +294,9 @@ fn retry_back_pressure(stop: &Path, mut attempt: impl FnMut() -> Result<u64, Cla
     loop {
         match attempt() {
             Ok(position) => return Ok(position),
+            // Stalled past the unblock timeout (SIGSTOP) between claim and
+            // commit: the claim became padding, publish the message again.
+            Err(ClaimError::Reclaimed { .. }) => continue,
             Err(ClaimError::BackPressured) => {
                 tries += 1;
                 if since.elapsed() > BACK_PRESSURE_LIMIT {
