@@ -9,6 +9,7 @@
 //! client_timeout_ms = 5000           # silent this long = hung: released
 //! unblock_timeout_ms = 5000          # abandoned claims padded after this
 //! resume_grace_ms = 5000             # after a restart, time for clients to come back
+//! stall_limit_ms = 30000             # a subscriber a whole ring behind this long is revoked
 //! slot_count = 16                    # subscriber slots per stream (max 64)
 //! keep = ["orders."]                 # streams with these prefixes stay when unused
 //! data_dir = "/var/lib/rill"         # segment files of persisted streams (on disk, never tmpfs)
@@ -92,6 +93,11 @@ pub struct Config {
     /// After a restart, adopted subscriber slots wait this long for their
     /// owners to reconnect.
     pub resume_grace_ms: u64,
+    /// A subscriber of a back-pressure stream that stays a whole ring
+    /// behind (holding every publisher back) without moving for this long
+    /// loses its slot: publishers go on, and its next poll says it was
+    /// revoked. Heartbeats do not count: only its position does.
+    pub stall_limit_ms: u64,
     /// Subscriber slots per stream.
     pub slot_count: u32,
     /// Streams whose names start with one of these stay when unused.
@@ -126,6 +132,7 @@ impl Default for Config {
             client_timeout_ms: 5000,
             unblock_timeout_ms: 5000,
             resume_grace_ms: 5000,
+            stall_limit_ms: 30_000,
             slot_count: 16,
             keep: Vec::new(),
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),

@@ -35,6 +35,10 @@ struct Args {
     /// After a restart, wait this long for clients to resume (ms).
     #[arg(long)]
     resume_grace_ms: Option<u64>,
+    /// Revoke a subscriber that holds publishers back a whole ring behind
+    /// without moving for this long (ms).
+    #[arg(long)]
+    stall_limit_ms: Option<u64>,
     /// Directory for persisted streams' segment files (default
     /// /var/lib/rill; a disk filesystem, not tmpfs).
     #[arg(long)]
@@ -90,6 +94,9 @@ fn run(args: Args) -> anyhow::Result<()> {
     }
     if let Some(v) = args.linger_ms {
         config.linger_ms = v;
+    }
+    if let Some(v) = args.stall_limit_ms {
+        config.stall_limit_ms = v;
     }
     if let Some(v) = args.resume_grace_ms {
         config.resume_grace_ms = v;

@@ -113,6 +113,9 @@ pub struct Stream {
     pub shared_may_resume_until: Option<Instant>,
     /// Slot owners, by slot index.
     pub owners: Vec<SlotOwner>,
+    /// Per slot: where a subscriber that holds publishers back a whole
+    /// ring behind was first seen stalled, and since when.
+    stalled: Vec<Option<(u64, Instant)>>,
     /// Pads abandoned claims.
     pub reclaimer: Reclaimer,
     /// Since when nobody uses the stream.
@@ -194,6 +197,42 @@ impl Stream {
         Ok(())
     }
 
+    /// Revokes the subscribers of a back-pressure stream that have held
+    /// every publisher back, a whole ring behind, without moving for
+    /// `limit` (a client that heartbeats but never reads, or reads
+    /// nothing). Returns how many.
+    fn revoke_stalled(&mut self, subscribers: &[rill_shm::ring::SlotInfo], now: Instant, limit: Duration) -> usize {
+        let info = self.ring.info();
+        if Policy::from(info.policy) != Policy::BackPressure {
+            return 0;
+        }
+        // Behind by this much, it holds publishers back: no room for one
+        // more message of the largest size.
+        let full = info.capacity.saturating_sub(rill_shm::frame::message_span(info.max_message_len as usize) as u64 + rill_shm::frame::HEADER_LEN as u64);
+        let tail = self.ring.tail();
+        let mut revoked = 0;
+        for i in 0..self.stalled.len() {
+            let x = subscribers.iter().find(|x| x.index == i as u32 && matches!(self.owners[i], SlotOwner::Client { .. } | SlotOwner::Adopted { .. }));
+            let Some(x) = x.filter(|x| tail.saturating_sub(x.position) >= full) else {
+                self.stalled[i] = None;
+                continue;
+            };
+            match self.stalled[i] {
+                Some((at, since)) if at == x.position => {
+                    if now.duration_since(since) >= limit {
+                        tracing::warn!(stream = %self.name, slot = i, pid = x.pid, position = x.position, tail, stalled_ms = now.duration_since(since).as_millis() as u64,
+                            "subscriber held every publisher back a whole ring behind without moving for the stall limit; slot revoked");
+                        self.free_slot(i as u32, true);
+                        self.stalled[i] = None;
+                        revoked += 1;
+                    }
+                }
+                _ => self.stalled[i] = Some((x.position, now)),
+            }
+        }
+        revoked
+    }
+
     /// Frees slot `slot` in the books and the ring. A slot taken from its
     /// owner (`reaped`: dead, hung, or gone past the resume grace) whose
     /// process still lives is revoked rather than freed: publishers stop
@@ -267,6 +306,7 @@ pub struct Streams {
     page_dir: PathBuf,
     slot_count: u32,
     unblock_timeout_ns: u64,
+    stall_limit: Duration,
     linger: Duration,
     keep_prefixes: Vec<String>,
     data_dir: PathBuf,
@@ -520,6 +560,7 @@ impl Streams {
             page_dir,
             slot_count: config.slot_count,
             unblock_timeout_ns: config.unblock_timeout_ms * 1_000_000,
+            stall_limit: Duration::from_millis(config.stall_limit_ms),
             linger: Duration::from_millis(config.linger_ms),
             keep_prefixes: config.keep.clone(),
             data_dir: config.data_dir.clone(),
@@ -937,7 +978,9 @@ impl Streams {
     fn insert(&mut self, name: String, ring: Ring, ring_dir: PathBuf, keep: bool, owners: Vec<SlotOwner>) {
         let keep = keep || self.keep_prefixes.iter().any(|p| name.starts_with(p.as_str()));
         let reclaimer = ring.reclaimer(self.unblock_timeout_ns);
+        let stalled = vec![None; owners.len()];
         let stream = Stream {
+            stalled,
             name: name.clone(),
             ring,
             ring_dir,
@@ -1109,6 +1152,7 @@ impl Streams {
                     work += 1;
                 }
             }
+            work += s.revoke_stalled(&subscribers, now, self.stall_limit);
             for i in 0..s.owners.len() {
                 if let SlotOwner::Adopted { deadline } = s.owners[i] {
                     let pid = subscribers.iter().find(|x| x.index == i as u32).map(|x| x.pid);

@@ -1112,3 +1112,75 @@ fn sigterm_exits_zero_and_removes_the_socket() -> Result<()> {
     ensure!(sub.try_exited()?.is_none(), "the subscriber died with the daemon: {}", sub.stderr());
     Ok(())
 }
+
+// ---------------------------------------------------------------------------
+// 7. A subscriber that heartbeats but never reads
+
+/// A subscriber whose client heartbeats (its process lives and its
+/// connection is fine) but never polls holds every publisher of a
+/// back-pressure stream back a whole ring behind. Past `--stall-limit-ms`
+/// rilld revokes its slot: the publisher goes on, `reaped_subscribers`
+/// (shown by `rill streams`) counts it, and its next poll says it was
+/// revoked. The other subscriber, which reads, keeps its slot.
+#[test]
+fn subscriber_that_never_reads_is_revoked_after_the_stall_limit() -> Result<()> {
+    use rill::{PollError, Start};
+    let name = "rilld_stalled_subscriber";
+    let (_serial, _seed, deadline) = setup(name)?;
+    let d = Rilld::start(name, &opts(&[("stall-limit-ms", "1500".into())]), deadline)?;
+    let stream = "load.stalled-sub";
+    let options = StreamOptions::new().with_capacity(CAPACITY).with_max_message_len(MAX_LEN as u32);
+    let stalled_client = d.client()?;
+    let mut stalled = stalled_client.subscriber_with(stream, Start::Latest, options.clone())?;
+    let slow_client = d.client()?;
+    let mut slow = slow_client.subscriber_with(stream, Start::Latest, options.clone())?;
+    let client = d.client()?;
+    let mut publ = client.publisher_with(stream, options)?;
+    let payload = [7u8; 1000];
+    let mut sent = 0u64;
+    // Fill the ring: both subscribers hold the publisher back.
+    while publ.offer(&payload).is_ok() {
+        sent += 1;
+    }
+    ensure!(sent > 0 && info(&client, stream)?.reaped_subscribers == 0);
+    // The slow subscriber reads a message now and then; the stalled one
+    // never polls.
+    let mut read = 0u64;
+    let revoked_at = loop {
+        ensure!(Instant::now() < deadline, "the stalled subscriber was never revoked (sent {sent}, slow read {read})");
+        read += slow.poll(1, |_| {})? as u64;
+        match publ.offer(&payload) {
+            Ok(_) => sent += 1,
+            Err(rill::ClaimError::BackPressured) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let i = info(&client, stream)?;
+        if i.reaped_subscribers > 0 {
+            break i;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    ensure!(revoked_at.reaped_subscribers == 1, "more than the stalled subscriber revoked: {revoked_at:?}");
+    ensure!(revoked_at.subscribers.len() == 1, "the subscriber that reads lost its slot too: {revoked_at:?}");
+    // Only the slow subscriber holds the publisher back now: with it
+    // reading along, two rings' worth more go through (a bounded amount:
+    // the publisher never outruns it), and it reads every one.
+    let more = sent + 2 * CAPACITY / payload.len() as u64;
+    while read < more {
+        read += slow.poll(64, |_| {})? as u64;
+        while sent < more && publ.offer(&payload).is_ok() {
+            sent += 1;
+        }
+        ensure!(Instant::now() < deadline, "watchdog: the slow subscriber stopped at {read} of {sent} (want {more})");
+    }
+    ensure!(read == sent, "the slow subscriber read {read} of {sent}");
+    // The stalled one is told at its next poll.
+    let told = match stalled.poll(64, |_| {}) {
+        Ok(n) => bail!("the revoked subscriber was handed {n} messages, not told it was revoked"),
+        Err(e) => e,
+    };
+    ensure!(matches!(told, PollError::Revoked { .. } | PollError::RevokedDuringRead { .. }), "the revoked subscriber was told {told:?}");
+    let log = d.log();
+    ensure!(log.contains("without moving for the stall limit; slot revoked"), "rilld did not log the revoke:\n{log}");
+    Ok(())
+}

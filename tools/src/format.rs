@@ -84,6 +84,16 @@ pub(crate) fn streams_table(streams: &[StreamInfo]) -> String {
             out.push_str(&format!("[{}] archiving of {name} stopped; its publishers are held back until rilld restarts: {error}\n", i + 1));
         }
     }
+    let reaped: Vec<_> = streams.iter().filter(|s| s.reaped_subscribers > 0).collect();
+    if !reaped.is_empty() {
+        out.push('\n');
+        for s in reaped {
+            out.push_str(&format!(
+                "{}: {} subscriber slot(s) taken back (owner dead, hung, or stalled a whole ring behind past the stall limit; rilld's log says which)\n",
+                s.name, s.reaped_subscribers
+            ));
+        }
+    }
     out
 }
 
