@@ -2,15 +2,10 @@
 //! a fresh directory with short timeouts, restarting, killing, and its log.
 //!
 //! # Which rilld
-//! Cargo builds only the binaries of the package under test, and
-//! `CARGO_BIN_EXE_rilld` exists only inside the daemon crate (a
-//! dev-dependency on `rill-daemon` would build its library, not its
-//! binary). So [`rilld_bin`] runs `cargo build -p rill-daemon --bin rilld`
-//! once per test process, with the test binary's profile and target
-//! directory (a no-op when up to date; cargo's lock is free while tests
-//! run), and takes `rilld` next to the test binary's `deps/` directory:
-//! target/<profile>/rilld. `RILLD=/path/to/rilld` skips the build and uses
-//! that binary.
+//! [`rilld_bin`]: `RILLD=/path/to/rilld` if set, else the one `cargo build
+//! -p rill-daemon --bin rilld` puts in this test's profile and target
+//! directory, built once per test process
+//! ([`workspace_bin`](crate::workspace_bin) says why and how).
 
 #![forbid(unsafe_code)]
 
@@ -20,7 +15,6 @@ use rill::Client;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 /// Short daemon timeouts, so that fault tests do not wait for seconds.
@@ -38,45 +32,7 @@ pub const DAEMON_FLAGS: [&str; 8] = [
 /// The rilld binary (see "Which rilld" in the module docs), built once
 /// per test process.
 pub fn rilld_bin() -> Result<PathBuf> {
-    static BIN: OnceLock<std::result::Result<PathBuf, String>> = OnceLock::new();
-    BIN.get_or_init(|| build_rilld().map_err(|e| format!("{e:#}"))).clone().map_err(anyhow::Error::msg)
-}
-
-fn build_rilld() -> Result<PathBuf> {
-    if let Some(p) = std::env::var_os("RILLD") {
-        let p = PathBuf::from(p);
-        ensure!(p.is_file(), "RILLD={} is not a file", p.display());
-        return Ok(p);
-    }
-    let exe = std::env::current_exe().context("current_exe")?;
-    // target/[<triple>/]<profile>/deps/<this test binary>
-    let profile_dir = exe.parent().and_then(Path::parent).context("test binary outside target/<profile>/deps")?;
-    let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
-        Some("debug") => "dev",
-        Some(other) => other,
-        None => bail!("cannot tell the profile from {}", profile_dir.display()),
-    };
-    let above = profile_dir.parent().context("no target directory")?;
-    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| option_env!("CARGO").unwrap_or("cargo").into()));
-    cmd.args(["build", "--quiet", "-p", "rill-daemon", "--bin", "rilld", "--profile", profile]);
-    cmd.arg("--manifest-path").arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml"));
-    if above.join("CACHEDIR.TAG").exists() {
-        cmd.arg("--target-dir").arg(above);
-    } else {
-        // Cross layout: target/<triple>/<profile>.
-        let triple = above.file_name().and_then(|n| n.to_str()).context("target triple")?;
-        cmd.args(["--target", triple]).arg("--target-dir").arg(above.parent().context("no target directory")?);
-    }
-    let out = cmd.output().with_context(|| format!("run {cmd:?}"))?;
-    ensure!(
-        out.status.success(),
-        "{cmd:?} failed ({}):\n{}\n(or build rilld yourself and set RILLD=/path/to/rilld)",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let bin = profile_dir.join("rilld");
-    ensure!(bin.is_file(), "{cmd:?} succeeded but {} does not exist", bin.display());
-    Ok(bin)
+    crate::workspace_bin("rill-daemon", "rilld", "RILLD")
 }
 
 /// A rilld process and the directory it works in.
@@ -139,6 +95,7 @@ impl Rilld {
         let mut p = Worker::spawn_command(cmd, &format!("rilld#{}", self.starts))?;
         wait_until(deadline, "rilld accepts connections", || {
             if let Some(status) = p.try_exited()? {
+                p.wait_exit(deadline)?; // reads its stderr to the end
                 bail!("rilld exited ({status}) at start: {}", p.stderr());
             }
             Ok(rill::wire::connect(&self.socket).is_ok())

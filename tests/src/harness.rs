@@ -12,7 +12,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
@@ -69,6 +69,8 @@ pub struct Worker {
     lines: Receiver<String>,
     seen: Vec<String>,
     stderr: Arc<Mutex<String>>,
+    /// Disconnected once stderr reached its end (everything is in `stderr`).
+    stderr_end: Receiver<()>,
     status: Option<ExitStatus>,
 }
 
@@ -82,9 +84,21 @@ impl Worker {
 
     /// Starts a prepared command (for a uid, gid or environment of its
     /// own); stdin, stdout and stderr are set here.
-    pub fn spawn_command(mut cmd: Command, name: &str) -> Result<Self> {
+    pub fn spawn_command(cmd: Command, name: &str) -> Result<Self> {
+        Self::spawn_stdin(cmd, name, Stdio::null())
+    }
+
+    /// [`Worker::spawn_command`] with stdin a pipe, whose writing end is
+    /// returned (drop it to close the worker's stdin).
+    pub fn spawn_with_stdin(cmd: Command, name: &str) -> Result<(Self, ChildStdin)> {
+        let mut w = Self::spawn_stdin(cmd, name, Stdio::piped())?;
+        let stdin = w.child.stdin.take().expect("stdin is piped");
+        Ok((w, stdin))
+    }
+
+    fn spawn_stdin(mut cmd: Command, name: &str, stdin: Stdio) -> Result<Self> {
         let mut child = cmd
-            .stdin(Stdio::null())
+            .stdin(stdin)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -102,13 +116,15 @@ impl Worker {
         let stderr = Arc::new(Mutex::new(String::new()));
         let mut err = child.stderr.take().expect("stderr is piped");
         let sink = Arc::clone(&stderr);
+        let (end_tx, stderr_end) = mpsc::channel::<()>();
         std::thread::spawn(move || {
+            let _end = end_tx; // dropped at the end of stderr
             let mut buf = [0u8; 4096];
             while let Ok(n @ 1..) = err.read(&mut buf) {
                 sink.lock().unwrap_or_else(|e| e.into_inner()).push_str(&String::from_utf8_lossy(&buf[..n]));
             }
         });
-        Ok(Worker { name: name.to_owned(), child, lines, seen: Vec::new(), stderr, status: None })
+        Ok(Worker { name: name.to_owned(), child, lines, seen: Vec::new(), stderr, stderr_end, status: None })
     }
 
     /// The label given at spawn.
@@ -216,12 +232,15 @@ impl Worker {
         self.seen.iter().rev().find_map(|l| Summary::parse(l))
     }
 
+    /// Reads stdout to its end, and waits until stderr is read to its end
+    /// too, so that [`Worker::stderr`] has all of it.
     fn drain_lines(&mut self) {
-        // The reader thread ends at EOF, shortly after the process exits.
+        // The reader threads end at EOF, shortly after the process exits.
         let until = Instant::now() + Duration::from_secs(5);
         while let Ok(l) = self.lines.recv_timeout(until.saturating_duration_since(Instant::now())) {
             self.seen.push(l);
         }
+        let _ = self.stderr_end.recv_timeout(until.saturating_duration_since(Instant::now()));
     }
 
     /// Sends SIGKILL and reaps the process (so its pid is really gone, not
@@ -294,19 +313,8 @@ impl Summary {
     }
 }
 
-/// Polls `cond` every few milliseconds until it holds; fails at `deadline`
-/// with `what` in the message.
-pub fn wait_until(deadline: Instant, what: &str, mut cond: impl FnMut() -> Result<bool>) -> Result<()> {
-    loop {
-        if cond()? {
-            return Ok(());
-        }
-        if Instant::now() >= deadline {
-            bail!("watchdog: timed out waiting until {what}");
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
+// Shared with `rill-powerfs`, hence defined in `rill-test-support`.
+pub use rill_test_support::wait_until;
 
 /// Huge pages as this machine offers them.
 #[derive(Debug, Clone, PartialEq, Eq)]

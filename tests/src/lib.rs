@@ -7,6 +7,9 @@
 //!   processes with watchdogs, summaries, huge-page discovery.
 //! * [`daemon`]: running `rilld` in tests (building it, starting,
 //!   restarting, killing, its log).
+//! * [`workspace_bin`]: any other workspace binary (e.g. the `rill` CLI),
+//!   built on demand (from `rill-test-support`, which `rill-powerfs` uses
+//!   too).
 //!
 //! The worker binaries are `ring-worker` (src/bin/ring-worker.rs: maps ring
 //! files itself) and `rill-worker` (src/bin/rill-worker.rs: a client of
@@ -19,3 +22,5 @@ pub mod daemon;
 pub mod harness;
 pub mod opts;
 pub mod payload;
+
+pub use rill_test_support::workspace_bin;

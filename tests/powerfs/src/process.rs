@@ -4,22 +4,23 @@
 //!
 //! # Which binary
 //! `CARGO_BIN_EXE_rill-powerfs` exists only in this crate's own tests.
-//! Elsewhere [`binary`] runs `cargo build -p rill-powerfs --bin
-//! rill-powerfs` once per test process, with the test binary's profile and
-//! target directory (a no-op when up to date), and takes the binary from
-//! target/<profile>/, as `rill_tests::daemon` does for rilld.
-//! `RILL_POWERFS=/path/to/rill-powerfs` skips the build.
+//! Elsewhere [`binary`] gives `RILL_POWERFS=/path/to/rill-powerfs` if set,
+//! else the one `cargo build -p rill-powerfs --bin rill-powerfs` puts in
+//! the test's profile and target directory, built once per test process
+//! (`rill_test_support::workspace_bin`, as `rill_tests::daemon` finds
+//! rilld).
 //!
 //! Every wait takes a deadline; passing it is a failure that says what was
 //! awaited. Deadlines only turn hangs into failures.
 
 use anyhow::{bail, ensure, Context, Result};
+use rill_test_support::wait_until;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// A running `rill-powerfs` and its mount. On drop: SIGTERM, and if the
@@ -60,16 +61,17 @@ impl PowerFs {
             }
         });
         let mut fs = PowerFs { child: Some(child), mountpoint: mountpoint.to_owned(), control: control.to_owned(), stderr };
-        loop {
-            if ready.recv_timeout(Duration::from_millis(20)).is_ok() {
-                break;
+        let said_ready = wait_until(deadline, "rill-powerfs says READY", || {
+            if ready.try_recv().is_ok() {
+                return Ok(true);
             }
             if let Some(status) = fs.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                bail!("rill-powerfs exited ({status}) before it was ready (is /dev/fuse there? are we root?): {}", fs.log());
+                bail!("rill-powerfs exited ({status}) before it was ready (is /dev/fuse there? are we root?)");
             }
-            if Instant::now() >= deadline {
-                bail!("watchdog: rill-powerfs did not say READY in time: {}", fs.log());
-            }
+            Ok(false)
+        });
+        if let Err(e) = said_ready {
+            bail!("{e:#}: {}", fs.log());
         }
         ensure!(is_mounted(mountpoint)?, "rill-powerfs said READY but {} is not a mount point: {}", mountpoint.display(), fs.log());
         Ok(fs)
@@ -166,43 +168,5 @@ pub fn is_mounted(path: &Path) -> Result<bool> {
 /// The `rill-powerfs` binary (see "Which binary" in the module docs),
 /// built once per test process.
 pub fn binary() -> Result<PathBuf> {
-    static BIN: OnceLock<std::result::Result<PathBuf, String>> = OnceLock::new();
-    BIN.get_or_init(|| build().map_err(|e| format!("{e:#}"))).clone().map_err(anyhow::Error::msg)
-}
-
-fn build() -> Result<PathBuf> {
-    if let Some(p) = std::env::var_os("RILL_POWERFS") {
-        let p = PathBuf::from(p);
-        ensure!(p.is_file(), "RILL_POWERFS={} is not a file", p.display());
-        return Ok(p);
-    }
-    let exe = std::env::current_exe().context("current_exe")?;
-    // target/[<triple>/]<profile>/deps/<the test binary>
-    let profile_dir = exe.parent().and_then(Path::parent).context("test binary outside target/<profile>/deps")?;
-    let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
-        Some("debug") => "dev",
-        Some(other) => other,
-        None => bail!("cannot tell the profile from {}", profile_dir.display()),
-    };
-    let above = profile_dir.parent().context("no target directory")?;
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut cmd = Command::new(cargo);
-    cmd.args(["build", "--quiet", "-p", "rill-powerfs", "--bin", "rill-powerfs", "--profile", profile]);
-    cmd.arg("--manifest-path").arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../Cargo.toml"));
-    if above.join("CACHEDIR.TAG").exists() {
-        cmd.arg("--target-dir").arg(above);
-    } else {
-        let triple = above.file_name().and_then(|n| n.to_str()).context("target triple")?;
-        cmd.args(["--target", triple]).arg("--target-dir").arg(above.parent().context("no target directory")?);
-    }
-    let out = cmd.output().with_context(|| format!("run {cmd:?}"))?;
-    ensure!(
-        out.status.success(),
-        "{cmd:?} failed ({}):\n{}\n(or build it yourself and set RILL_POWERFS=/path/to/rill-powerfs)",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let bin = profile_dir.join("rill-powerfs");
-    ensure!(bin.is_file(), "{cmd:?} succeeded but {} does not exist", bin.display());
-    Ok(bin)
+    rill_test_support::workspace_bin("rill-powerfs", "rill-powerfs", "RILL_POWERFS")
 }
