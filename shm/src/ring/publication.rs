@@ -342,6 +342,19 @@ impl<M: ClaimMode> Publication<M> {
     #[inline]
     fn commit_claim(&self, start: u64, end: u64, timestamp_ns: u64) -> Result<(), ClaimError> {
         let mem = &self.ring.inner.mem;
+        #[cfg(loom)]
+        if !self.ring.inner.reclaimable {
+            // A model without a reclaimer (`Ring::loom_reclaimable`).
+            let mut p = start;
+            while p < end {
+                let off = self.off(p);
+                mem.word(off + WORD_TIMESTAMP).store(timestamp_ns, Ordering::Relaxed);
+                commit(mem, self.salt, off, p, self.id);
+                p += self.span_at(off);
+            }
+            self.wake_if_waiting();
+            return Ok(());
+        }
         let mut p = start;
         while p < end {
             let off = self.off(p);
