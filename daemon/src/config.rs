@@ -18,11 +18,25 @@
 //! retention_ms = 604800000           # delete sealed segments older than 7 days (default: never)
 //! direct_io = true                  # write segments with O_DIRECT where the filesystem supports it
 //!
+//! [limits]                           # each refusal names the limit (ErrorCode::Limit)
+//! connections = 4096                 # client connections in total
+//! connections_per_uid = 1024         # ... of one uid
+//! streams = 1024                     # streams in total
+//! streams_per_uid = 256              # ... created by one uid
+//! stream_bytes = 1073741824          # the largest ring a client may create (1 GiB)
+//! ring_bytes = 12884901888           # ring memory in total (default: half the machine's memory)
+//! ring_bytes_per_uid = 6442450944    # ... created by one uid (default: a quarter of it)
+//! persisted_streams = 64             # persisted streams (a thread, an io_uring, a segment each)
+//! persisted_streams_per_uid = 16     # ... created by one uid
+//!
 //! [[allow]]                          # uid 1000 may publish to orders.*, read all
 //! uids = [1000]
 //! publish = ["orders."]
 //! subscribe = [""]
 //! ```
+//!
+//! Limits apply to every uid, root included; streams that rilld
+//! recovered or adopted at start count towards the totals only.
 //!
 //! Without `[[allow]]` rules only root and the daemon's own uid may use
 //! the daemon. A rule grants its `publish` and `subscribe` name prefixes to
@@ -117,8 +131,61 @@ pub struct Config {
     /// directory's filesystem supports it; buffered writes elsewhere
     /// (tmpfs) or when false.
     pub direct_io: bool,
+    /// Limits on what clients may take (see [`Limits`]).
+    pub limits: Limits,
     /// Access rules.
     pub allow: Vec<AllowRule>,
+}
+
+/// What clients may take of the host, in total and per uid. A request
+/// past a limit is refused with `ErrorCode::Limit` and a message naming
+/// the limit, its value and how much is in use; nothing else changes.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Client connections in total.
+    pub connections: usize,
+    /// Client connections of one uid.
+    pub connections_per_uid: usize,
+    /// Streams in total.
+    pub streams: usize,
+    /// Streams created by one uid (and not removed since).
+    pub streams_per_uid: usize,
+    /// The largest ring capacity a client may ask for, in bytes.
+    pub stream_bytes: u64,
+    /// Ring memory of all streams together, in bytes (capacities).
+    pub ring_bytes: u64,
+    /// Ring memory of the streams one uid created, in bytes.
+    pub ring_bytes_per_uid: u64,
+    /// Persisted streams in total (each has an archiver thread, an
+    /// io_uring and a preallocated segment file).
+    pub persisted_streams: usize,
+    /// Persisted streams created by one uid.
+    pub persisted_streams_per_uid: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        let memory = physical_memory().unwrap_or(8 << 30);
+        Limits {
+            connections: 4096,
+            connections_per_uid: 1024,
+            streams: 1024,
+            streams_per_uid: 256,
+            stream_bytes: 1 << 30,
+            ring_bytes: memory / 2,
+            ring_bytes_per_uid: memory / 4,
+            persisted_streams: 64,
+            persisted_streams_per_uid: 16,
+        }
+    }
+}
+
+/// The machine's memory (`MemTotal` of /proc/meminfo), in bytes.
+fn physical_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib: u64 = text.lines().find_map(|l| l.strip_prefix("MemTotal:"))?.trim().trim_end_matches("kB").trim().parse().ok()?;
+    Some(kib * 1024)
 }
 
 impl Default for Config {
@@ -140,6 +207,7 @@ impl Default for Config {
             retention_bytes: None,
             retention_ms: None,
             direct_io: true,
+            limits: Limits::default(),
             allow: Vec::new(),
         }
     }
@@ -226,6 +294,9 @@ impl Config {
             "segment_bytes {} is below the 1 MiB minimum",
             self.segment_bytes
         );
+        let l = &self.limits;
+        anyhow::ensure!(l.connections > 0 && l.connections_per_uid > 0, "[limits] connections and connections_per_uid must be positive");
+        anyhow::ensure!(l.stream_bytes > 0 && l.ring_bytes > 0 && l.ring_bytes_per_uid > 0, "[limits] byte limits must be positive");
         for r in &self.allow {
             anyhow::ensure!(!r.uids.is_empty() || !r.gids.is_empty(), "an [[allow]] rule names no uids or gids");
         }

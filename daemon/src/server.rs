@@ -19,7 +19,7 @@ use rill::wire::{self, WireError};
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsFd, OwnedFd};
 use std::time::{Duration, Instant};
 
@@ -27,6 +27,12 @@ use std::time::{Duration, Instant};
 const TICK: Duration = Duration::from_millis(20);
 /// Most messages read from one client per loop (fairness).
 const MAX_REQUESTS_PER_CLIENT: usize = 16;
+/// Refused connections kept open until their client read why.
+const MAX_REFUSED: usize = 64;
+/// How long a refused connection is kept open at most.
+const REFUSED_LINGER: Duration = Duration::from_secs(1);
+/// How long accepting pauses after it ran out of file descriptors.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(200);
 
 #[derive(Debug)]
 struct Handle {
@@ -61,6 +67,13 @@ pub struct Server {
     next_id: u64,
     started: Instant,
     buf: Vec<u8>,
+    /// Connections refused by a limit, kept a moment so that the client
+    /// reads why before the socket closes (bounded: [`MAX_REFUSED`]).
+    refused: VecDeque<(OwnedFd, Instant)>,
+    /// `accept` failed for want of file descriptors: the listener is left
+    /// out of `poll` until then (it would report the waiting connection
+    /// again at once), and the warning is not repeated before.
+    accept_paused_until: Option<Instant>,
 }
 
 impl Server {
@@ -72,6 +85,7 @@ impl Server {
         mask.add(Signal::SIGINT);
         mask.thread_block()?;
         let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)?;
+        raise_open_file_limit(&config);
         let mut streams = Streams::new(&config)?;
         let adopted = streams.adopt_existing(Duration::from_millis(config.resume_grace_ms));
         let persisted = streams.recover_persisted();
@@ -86,6 +100,8 @@ impl Server {
             next_id: 1,
             started: Instant::now(),
             buf: Vec::new(),
+            refused: VecDeque::new(),
+            accept_paused_until: None,
         })
     }
 
@@ -124,7 +140,9 @@ impl Server {
 
     fn wait(&self, timeout: Duration) -> anyhow::Result<Ready> {
         let mut fds = vec![PollFd::new(self.signals.as_fd(), PollFlags::POLLIN)];
-        if let Some(l) = &self.listener {
+        let paused = self.accept_paused_until.is_some_and(|until| Instant::now() < until);
+        let listening = self.listener.as_ref().filter(|_| !paused);
+        if let Some(l) = listening {
             fds.push(PollFd::new(l.as_fd(), PollFlags::POLLIN));
         }
         let first_client = fds.len();
@@ -137,14 +155,14 @@ impl Server {
         let hit = |f: &PollFd<'_>| f.revents().is_some_and(|r| !r.is_empty());
         Ok(Ready {
             signal: hit(&fds[0]),
-            accept: self.listener.is_some() && hit(&fds[1]),
+            accept: listening.is_some() && hit(&fds[1]),
             clients: (first_client..fds.len()).filter(|&i| hit(&fds[i])).map(|i| i - first_client).collect(),
         })
     }
 
     fn accept_all(&mut self) {
-        let Some(listener) = &self.listener else { return };
         loop {
+            let Some(listener) = &self.listener else { return };
             match wire::accept(listener.as_fd()) {
                 Ok(fd) => {
                     let (pid, uid, gid) = match wire::peer_credentials(fd.as_fd()) {
@@ -154,6 +172,10 @@ impl Server {
                             continue;
                         }
                     };
+                    if let Some(why) = self.over_connection_limit(uid) {
+                        self.refuse(fd, pid, uid, why);
+                        continue;
+                    }
                     let id = self.next_id;
                     self.next_id += 1;
                     tracing::debug!(conn = id, pid, uid, gid, "client connected");
@@ -170,12 +192,46 @@ impl Server {
                     });
                 }
                 Err(WireError::WouldBlock) => return,
+                Err(WireError::Io { source: e @ (nix::Error::EMFILE | nix::Error::ENFILE), .. }) => {
+                    let conns = self.conns.len();
+                    tracing::warn!(error = %e, conns, pause_ms = ACCEPT_PAUSE.as_millis() as u64,
+                        "accept: out of file descriptors; not accepting for a moment (raise rilld's open-file limit, or lower limits.connections)");
+                    self.accept_paused_until = Some(Instant::now() + ACCEPT_PAUSE);
+                    return;
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed");
                     return;
                 }
             }
         }
+    }
+
+    /// Which connection limit a new connection of `uid` would pass, if
+    /// any, as the refusal's message.
+    fn over_connection_limit(&self, uid: u32) -> Option<String> {
+        let l = &self.config.limits;
+        let total = self.conns.len();
+        if total >= l.connections {
+            return Some(format!("limits.connections is {} and {total} clients are connected", l.connections));
+        }
+        let own = self.conns.iter().filter(|c| c.uid == uid).count();
+        (own >= l.connections_per_uid)
+            .then(|| format!("limits.connections_per_uid is {} and uid {uid} has {own} connections", l.connections_per_uid))
+    }
+
+    /// Tells a connection why it is refused (an `Error` with
+    /// `ErrorCode::Limit`, the answer its Hello gets) and keeps it a
+    /// moment, so that it reads that rather than a reset.
+    fn refuse(&mut self, fd: OwnedFd, pid: u32, uid: u32, why: String) {
+        tracing::warn!(pid, uid, %why, "connection refused");
+        let bytes = protocol::encode_response(&error(ErrorCode::Limit, format!("rilld refuses the connection: {why}"))).expect("small reply encodes");
+        let _ = wire::send(fd.as_fd(), &bytes, &[]);
+        let now = Instant::now();
+        while self.refused.len() >= MAX_REFUSED || self.refused.front().is_some_and(|(_, at)| now.duration_since(*at) > REFUSED_LINGER) {
+            self.refused.pop_front();
+        }
+        self.refused.push_back((fd, now));
     }
 
     /// Reads and answers up to a few requests of client `i`. Returns false
@@ -247,6 +303,10 @@ impl Server {
                 | Request::CreateStream { .. }
                 | Request::Resume { .. }
                 | Request::LogSegments { .. }
+                | Request::ListStreams
+                | Request::ListStreamsPage { .. }
+                | Request::StreamInfo { .. }
+                | Request::Health
         );
         if needs_hello && !self.conns[i].hello {
             return (error(ErrorCode::NoHello, "send Hello first".into()), Vec::new());
@@ -267,17 +327,24 @@ impl Server {
                 self.streams.refresh_archive_status();
                 Ok((self.health(), Vec::new()))
             }
-            Request::ListStreams => {
-                self.streams.refresh_archive_status();
-                Ok((Response::Streams { streams: self.streams.iter().map(|s| s.info()).collect() }, Vec::new()))
+            Request::ListStreams => match self.list_page(i, None) {
+                (streams, None) => Ok((Response::Streams { streams }, Vec::new())),
+                (_, Some(_)) => Err(Refusal::new(
+                    ErrorCode::Invalid,
+                    "the streams do not fit in one reply: ask a page at a time (ListStreamsPage; a client library of this rilld's version does)".to_owned(),
+                )),
+            },
+            Request::ListStreamsPage { after } => {
+                let (streams, next) = self.list_page(i, after.as_deref());
+                Ok((Response::StreamsPage { streams, next }, Vec::new()))
             }
-            Request::StreamInfo { stream } => {
+            Request::StreamInfo { stream } => self.visible(i, &stream).and_then(|()| {
                 self.streams.refresh_archive_status();
                 self.streams.require(&stream).map(|s| (Response::Info { info: s.info() }, Vec::new()))
-            }
+            }),
             Request::CreateStream { stream, options } => self
                 .check(i, Action::Publish, &stream)
-                .and_then(|()| self.streams.create(&stream, &options))
+                .and_then(|()| self.streams.create(&stream, &options, self.conns[i].uid))
                 .map(|s| (Response::Created { info: s.info() }, Vec::new())),
             Request::OpenPublisher { stream, create, exclusive } => self.open_publisher(i, &stream, create, exclusive),
             Request::OpenSubscriber { stream, start, create } => self.open_subscriber(i, &stream, start, create),
@@ -289,6 +356,40 @@ impl Server {
                 .map(|(log, fds)| (Response::LogSegments { log }, fds)),
         };
         result.unwrap_or_else(|r| (error(r.code, r.message), Vec::new()))
+    }
+
+    /// Whether client `i` may see `stream` (it may publish or subscribe
+    /// to it): the same refusal whether the stream exists or not.
+    fn visible(&self, i: usize, stream: &str) -> Result<(), Refusal> {
+        let c = &self.conns[i];
+        if self.config.check(c.uid, c.gid, Action::Subscribe, stream).is_ok() {
+            return Ok(());
+        }
+        self.check(i, Action::Publish, stream)
+    }
+
+    /// The streams client `i` may see, in name order, after `after`: as
+    /// many as fit in one reply, and the name to continue after if more
+    /// follow.
+    fn list_page(&mut self, i: usize, after: Option<&str>) -> (Vec<protocol::StreamInfo>, Option<String>) {
+        self.streams.refresh_archive_status();
+        let (uid, gid) = (self.conns[i].uid, self.conns[i].gid);
+        let may = |n: &str| [Action::Subscribe, Action::Publish].iter().any(|&a| self.config.check(uid, gid, a, n).is_ok());
+        // Room for the reply's own framing besides its streams.
+        let mut room = protocol::MAX_MESSAGE_LEN - 4096;
+        let mut page: Vec<protocol::StreamInfo> = Vec::new();
+        // `iter` is in name order.
+        for s in self.streams.iter().filter(|s| after.is_none_or(|a| s.name.as_str() > a) && may(&s.name)) {
+            let info = s.info();
+            let len = protocol::encode_response(&Response::Info { info: info.clone() }).map_or(usize::MAX, |b| b.len());
+            if let Some(last) = page.last().filter(|_| len > room) {
+                let next = last.name.clone();
+                return (page, Some(next));
+            }
+            room = room.saturating_sub(len);
+            page.push(info);
+        }
+        (page, None)
     }
 
     fn check(&self, i: usize, action: Action, stream: &str) -> Result<(), Refusal> {
@@ -306,7 +407,7 @@ impl Server {
         match create {
             Some(options) => {
                 self.check(i, Action::Publish, stream)?;
-                self.streams.create(stream, &options).map(|_| ())
+                self.streams.create(stream, &options, self.conns[i].uid).map(|_| ())
             }
             None => Err(Refusal::new(ErrorCode::UnknownStream, format!("no stream {stream:?} (and no options to create it)"))),
         }
@@ -408,9 +509,12 @@ impl Server {
                         let admitted = if own {
                             true
                         } else {
-                            // An exclusive publisher's grace rule is for new
-                            // ones; a resuming one only needs nobody else.
-                            s.admit_publisher(false, Instant::now()).is_ok() && !(h.exclusive && s.publishers > 0)
+                            // The rules of a new open, the resume grace
+                            // included: an exclusive publisher that was not
+                            // the holder (rilld restored that from the
+                            // ring) must not write beside shared ones that
+                            // may still resume.
+                            s.admit_publisher(h.exclusive, Instant::now()).is_ok()
                         };
                         if admitted {
                             s.publishers += 1;
@@ -477,12 +581,22 @@ impl Server {
         let timeout = Duration::from_millis(self.config.client_timeout_ms);
         let mut i = 0;
         while i < self.conns.len() {
-            if now.duration_since(self.conns[i].last_seen) > timeout && !self.conns[i].handles.is_empty() {
+            if now.duration_since(self.conns[i].last_seen) > timeout {
+                // With handles: a hung client. Without: a connection that
+                // only takes a file descriptor (the client library
+                // heartbeats whether it has handles or not).
                 let c = self.conns.swap_remove(i);
-                self.drop_conn(c, "no heartbeat (hung client)", true);
+                let why = if c.handles.is_empty() { "silent past the client timeout (idle connection)" } else { "no heartbeat (hung client)" };
+                if c.handles.is_empty() {
+                    tracing::debug!(conn = c.id, pid = c.pid, uid = c.uid, why, "connection dropped");
+                }
+                self.drop_conn(c, why, true);
             } else {
                 i += 1;
             }
+        }
+        while self.refused.front().is_some_and(|(_, at)| now.duration_since(*at) > REFUSED_LINGER) {
+            self.refused.pop_front();
         }
         self.streams.tick(now, rill_shm::os::now_monotonic_ns());
     }
@@ -577,4 +691,25 @@ fn bind(path: &std::path::Path) -> anyhow::Result<OwnedFd> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))?;
     Ok(fd)
+}
+
+/// Raises the soft limit on open files to the hard one: every connection
+/// takes a descriptor, and so does every stream (its ring; a persisted
+/// one its segment and io_uring too). Warns if even the hard limit cannot
+/// hold `limits.connections` with room for the streams: past it, `accept`
+/// fails and rilld pauses accepting rather than spinning.
+fn raise_open_file_limit(config: &Config) {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else { return };
+    if soft < hard {
+        if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            tracing::warn!(soft, hard, error = %e, "cannot raise the open-file limit");
+        }
+    }
+    let l = &config.limits;
+    let need = (l.connections + 4 * l.streams + 64) as u64;
+    if hard < need {
+        tracing::warn!(open_files = hard, connections = l.connections, streams = l.streams,
+            "the open-file limit is below what limits.connections and limits.streams may need; lower them or raise it (LimitNOFILE, ulimit -n)");
+    }
 }

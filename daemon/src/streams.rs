@@ -113,6 +113,9 @@ pub struct Stream {
     pub shared_may_resume_until: Option<Instant>,
     /// Slot owners, by slot index.
     pub owners: Vec<SlotOwner>,
+    /// The uid whose request created the stream (`None`: recovered or
+    /// adopted at start); what it counts against in `[limits]`.
+    pub creator: Option<u32>,
     /// Per slot: where a subscriber that holds publishers back a whole
     /// ring behind was first seen stalled, and since when.
     stalled: Vec<Option<(u64, Instant)>>,
@@ -307,6 +310,7 @@ pub struct Streams {
     slot_count: u32,
     unblock_timeout_ns: u64,
     stall_limit: Duration,
+    limits: crate::config::Limits,
     linger: Duration,
     keep_prefixes: Vec<String>,
     data_dir: PathBuf,
@@ -561,6 +565,7 @@ impl Streams {
             slot_count: config.slot_count,
             unblock_timeout_ns: config.unblock_timeout_ms * 1_000_000,
             stall_limit: Duration::from_millis(config.stall_limit_ms),
+            limits: config.limits.clone(),
             linger: Duration::from_millis(config.linger_ms),
             keep_prefixes: config.keep.clone(),
             data_dir: config.data_dir.clone(),
@@ -981,6 +986,7 @@ impl Streams {
         let stalled = vec![None; owners.len()];
         let stream = Stream {
             stalled,
+            creator: None,
             name: name.clone(),
             ring,
             ring_dir,
@@ -1014,7 +1020,7 @@ impl Streams {
             .ok_or_else(|| Refusal::new(ErrorCode::UnknownStream, format!("no stream {name:?}")))
     }
 
-    /// Every stream.
+    /// Every stream, in name order.
     pub fn iter(&self) -> impl Iterator<Item = &Stream> {
         self.streams.values()
     }
@@ -1029,10 +1035,69 @@ impl Streams {
         self.streams.is_empty()
     }
 
-    /// Creates `name` with `options`, or returns it if it exists with the
-    /// same shape.
-    pub fn create(&mut self, name: &str, options: &StreamOptions) -> Result<&mut Stream, Refusal> {
+    /// Creates `name` with `options` for uid `creator`, within the
+    /// limits, or returns it if it exists with the same shape.
+    pub fn create(&mut self, name: &str, options: &StreamOptions, creator: u32) -> Result<&mut Stream, Refusal> {
         rill::protocol::check_stream_name(name).map_err(|m| Refusal::new(ErrorCode::Invalid, m))?;
+        if !self.streams.contains_key(name) {
+            self.check_limits(name, options, creator)?;
+        }
+        let s = self.create_unlimited(name, options)?;
+        s.creator.get_or_insert(creator);
+        Ok(s)
+    }
+
+    /// Refuses a new stream `name` that would take uid `creator` or all
+    /// clients together past a limit of `[limits]`.
+    fn check_limits(&self, name: &str, options: &StreamOptions, creator: u32) -> Result<(), Refusal> {
+        let l = &self.limits;
+        let mine = || self.streams.values().filter(|s| s.creator == Some(creator));
+        let bytes = |s: &Stream| s.ring.info().capacity;
+        let refuse = |what: &str, limit: String, used: String| {
+            tracing::warn!(stream = name, uid = creator, what, %limit, %used, "stream refused by a limit");
+            Err(Refusal::new(
+                ErrorCode::Limit,
+                format!("cannot create stream {name:?}: limits.{what} is {limit} and {used} (uid {creator}); see [limits] in rilld's configuration"),
+            ))
+        };
+        if options.capacity > l.stream_bytes {
+            return refuse("stream_bytes", l.stream_bytes.to_string(), format!("the stream asks for {} bytes", options.capacity));
+        }
+        let total = self.streams.len();
+        if total >= l.streams {
+            return refuse("streams", l.streams.to_string(), format!("{total} streams exist"));
+        }
+        let own = mine().count();
+        if own >= l.streams_per_uid {
+            return refuse("streams_per_uid", l.streams_per_uid.to_string(), format!("this uid created {own} of them"));
+        }
+        let used: u64 = self.streams.values().map(bytes).sum();
+        if used + options.capacity > l.ring_bytes {
+            return refuse("ring_bytes", l.ring_bytes.to_string(), format!("rings take {used} bytes, and the stream asks for {} more", options.capacity));
+        }
+        let own_bytes: u64 = mine().map(bytes).sum();
+        if own_bytes + options.capacity > l.ring_bytes_per_uid {
+            return refuse(
+                "ring_bytes_per_uid",
+                l.ring_bytes_per_uid.to_string(),
+                format!("this uid's rings take {own_bytes} bytes, and the stream asks for {} more", options.capacity),
+            );
+        }
+        if options.persist.is_some() {
+            let persisted = self.streams.values().filter(|s| s.persist.is_some()).count();
+            if persisted >= l.persisted_streams {
+                return refuse("persisted_streams", l.persisted_streams.to_string(), format!("{persisted} persisted streams exist"));
+            }
+            let own = mine().filter(|s| s.persist.is_some()).count();
+            if own >= l.persisted_streams_per_uid {
+                return refuse("persisted_streams_per_uid", l.persisted_streams_per_uid.to_string(), format!("this uid created {own} of them"));
+            }
+        }
+        Ok(())
+    }
+
+    /// [`Streams::create`] without the limits.
+    fn create_unlimited(&mut self, name: &str, options: &StreamOptions) -> Result<&mut Stream, Refusal> {
         if let Some(s) = self.streams.get(name) {
             let have = s.options();
             let same = have.capacity == options.capacity

@@ -582,6 +582,9 @@ fn request_with_too_many_fds_gets_an_error_and_leaks_nothing() -> Result<()> {
         let resp = c.call(&encode(&Request::Health), &fds).with_context(|| format!("request {i} with {} fds; rilld's log:\n{}", fds.len(), d.log()))?;
         ensure!(matches!(resp, Response::Error { code: ErrorCode::Malformed, .. }), "{} fds: {resp:?}", fds.len());
     }
+    // Usable still: Hello (health needs one), then health.
+    let hello = c.call(&encode(&Request::Hello { client_name: name.into() }), &[])?;
+    ensure!(matches!(hello, Response::Hello { .. }), "{hello:?}");
     let health = c.call(&encode(&Request::Health), &[])?;
     ensure!(matches!(health, Response::Health { healthy: true, .. }), "{health:?}");
     drop(c);

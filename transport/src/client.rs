@@ -305,11 +305,22 @@ impl Client {
         }
     }
 
-    /// Every stream the daemon holds.
+    /// Every stream the daemon holds that this client's uid may publish
+    /// or subscribe to, in name order (asked for a page at a time).
     pub fn streams(&self) -> Result<Vec<StreamInfo>, ClientError> {
-        match self.simple_call(&Request::ListStreams)? {
-            Response::Streams { streams } => Ok(streams),
-            other => Err(unexpected(other, "ListStreams")),
+        let mut all = Vec::new();
+        let mut after = None;
+        loop {
+            match self.simple_call(&Request::ListStreamsPage { after: after.take() })? {
+                Response::StreamsPage { streams, next } => {
+                    all.extend(streams);
+                    match next {
+                        Some(n) => after = Some(n),
+                        None => return Ok(all),
+                    }
+                }
+                other => return Err(unexpected(other, "ListStreamsPage")),
+            }
         }
     }
 

@@ -264,7 +264,8 @@ pub enum Request {
         /// The handle from the open reply.
         handle: u64,
     },
-    /// List every stream.
+    /// List every stream the client's uid may use (an error if they do
+    /// not fit in one reply: then page with `ListStreamsPage`).
     ListStreams,
     /// Describe one stream.
     StreamInfo {
@@ -289,6 +290,14 @@ pub enum Request {
         stream: String,
         /// The first position wanted.
         from: u64,
+    },
+    /// One page of the streams the client's uid may use, in name order,
+    /// after `after` (from the first if `None`); answered with
+    /// [`Response::StreamsPage`]. (`ListStreams` answers only while every
+    /// stream fits in one reply.)
+    ListStreamsPage {
+        /// The last name of the previous page.
+        after: Option<String>,
     },
 }
 
@@ -379,6 +388,10 @@ pub enum ErrorCode {
     /// The start asked for is gone: deleted by retention, or older than
     /// the ring of a stream that is not persisted.
     Gone,
+    /// A limit of rilld's configuration (`[limits]`, named in the
+    /// message) refuses it: too many connections, streams, ring bytes or
+    /// persisted streams, in total or for the client's uid.
+    Limit,
 }
 
 /// A reply from the daemon.
@@ -456,6 +469,14 @@ pub enum Response {
         code: ErrorCode,
         /// A message for humans naming what was refused and why.
         message: String,
+    },
+    /// A page of streams (reply to `ListStreamsPage`).
+    StreamsPage {
+        /// The streams, in name order.
+        streams: Vec<StreamInfo>,
+        /// Ask again with `after: next` for the next page; `None`: this
+        /// was the last.
+        next: Option<String>,
     },
 }
 

@@ -110,9 +110,9 @@ impl FakeState {
             Request::Heartbeat => (Response::HeartbeatAck, none),
             Request::Close { .. } => (Response::Closed, none),
             Request::Health => (Response::Health { healthy: true, detail: "fake".into() }, none),
-            Request::ListStreams => {
+            Request::ListStreams | Request::ListStreamsPage { after: None } => {
                 let streams = self.rings.keys().cloned().collect::<Vec<_>>();
-                (Response::Streams { streams: streams.iter().map(|n| self.info(n)).collect() }, none)
+                (Response::StreamsPage { streams: streams.iter().map(|n| self.info(n)).collect(), next: None }, none)
             }
             Request::Resume { handles } => {
                 let ids = handles.iter().map(|_| self.handle_id()).collect();
