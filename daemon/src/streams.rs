@@ -15,7 +15,7 @@ use rill::protocol::{
     Durability, ErrorCode, LogSegments, Policy, Replay, StartAt, StreamInfo, StreamOptions, SubscriberInfo, MAX_LOG_SEGMENTS,
     MAX_REPLAY_SEGMENTS,
 };
-use rill_shm::ring::{slot_page_path, wake_page_path, CreateError, PagePreference, Reclaimer, Ring, RingConfig, Start};
+use rill_shm::ring::{daemon_page_path, slot_page_path, wake_page_path, CreateError, PagePreference, Reclaimer, Ring, RingConfig, Start};
 use rill_shm::Access;
 use std::collections::BTreeMap;
 use std::os::fd::OwnedFd;
@@ -936,7 +936,7 @@ impl Streams {
                 let file = e.file_name();
                 let Some(file) = file.to_str() else { continue };
                 let slot = file.strip_prefix(&slot_prefix).is_some_and(|i| !i.is_empty() && i.bytes().all(|b| b.is_ascii_digit()));
-                if slot || file == format!("{name}.wake") || file == format!("{name}.keep") {
+                if slot || file == format!("{name}.wake") || file == format!("{name}.daemon") || file == format!("{name}.keep") {
                     paths.push(e.path());
                 }
             }
@@ -1166,7 +1166,8 @@ impl Streams {
         Ok(())
     }
 
-    /// Fds for a publisher: ring (rw), wake page, every slot page (ro).
+    /// Fds for a publisher: ring (rw), wake page, every slot page (ro),
+    /// the daemon page (ro).
     pub fn publisher_fds(&self, name: &str) -> std::io::Result<Vec<OwnedFd>> {
         let s = &self.streams[name];
         let mut fds = vec![
@@ -1176,16 +1177,19 @@ impl Streams {
         for i in 0..s.ring.info().slot_count {
             fds.push(open_fd(&slot_page_path(&self.page_dir, name, i), false)?);
         }
+        fds.push(open_fd(&daemon_page_path(&self.page_dir, name), false)?);
         Ok(fds)
     }
 
-    /// Fds for a subscriber: ring (ro), wake page, its own slot page (rw).
+    /// Fds for a subscriber: ring (ro), wake page, its own slot page (rw),
+    /// the daemon page (ro).
     pub fn subscriber_fds(&self, name: &str, slot: u32) -> std::io::Result<Vec<OwnedFd>> {
         let s = &self.streams[name];
         Ok(vec![
             open_fd(&s.ring_dir.join(name), false)?,
             open_fd(&wake_page_path(&self.page_dir, name), true)?,
             open_fd(&slot_page_path(&self.page_dir, name, slot), true)?,
+            open_fd(&daemon_page_path(&self.page_dir, name), false)?,
         ])
     }
 
@@ -1259,7 +1263,7 @@ impl Streams {
         if s.persist.is_some() {
             self.archiver.remove(name);
         }
-        let mut paths = vec![s.ring_dir.join(name), wake_page_path(&self.page_dir, name), self.page_dir.join(format!("{name}.keep"))];
+        let mut paths = vec![s.ring_dir.join(name), wake_page_path(&self.page_dir, name), daemon_page_path(&self.page_dir, name), self.page_dir.join(format!("{name}.keep"))];
         paths.extend((0..s.ring.info().slot_count).map(|i| slot_page_path(&self.page_dir, name, i)));
         for p in paths {
             let _ = std::fs::remove_file(p);

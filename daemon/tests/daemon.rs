@@ -90,11 +90,12 @@ fn open_pub(c: &mut Conn, name: &str) -> Ring {
 fn open_pub_with(c: &mut Conn, name: &str, options: StreamOptions) -> Ring {
     let (resp, mut fds) = c.call(&Request::OpenPublisher { stream: name.into(), create: Some(options), exclusive: false });
     let Response::Publisher { info, .. } = resp else { panic!("{resp:?}") };
-    assert_eq!(fds.len(), 2 + info.slot_count as usize);
+    assert_eq!(fds.len(), 3 + info.slot_count as usize);
+    let daemon = fds.pop().unwrap();
     let slots: Vec<_> = fds.drain(2..).map(|f| Some((f, Access::ReadOnly))).collect();
     let wake = fds.pop().unwrap();
     let ring = fds.pop().unwrap();
-    Ring::from_fds(ring, Access::ReadWrite, slots, (wake, Access::ReadWrite)).unwrap()
+    Ring::from_fds(ring, Access::ReadWrite, slots, (wake, Access::ReadWrite), (daemon, Access::ReadOnly)).unwrap()
 }
 
 fn open_sub(c: &mut Conn, name: &str) -> (Ring, u32, u64) {
@@ -106,14 +107,15 @@ fn open_sub(c: &mut Conn, name: &str) -> (Ring, u32, u64) {
 fn open_sub_keeping_slot_page(c: &mut Conn, name: &str) -> (Ring, u32, u64, OwnedFd) {
     let (resp, mut fds) = c.call(&Request::OpenSubscriber { stream: name.into(), start: StartAt::Latest, create: None });
     let Response::Subscriber { slot, position, info, .. } = resp else { panic!("{resp:?}") };
-    assert_eq!(fds.len(), 3);
+    assert_eq!(fds.len(), 4);
+    let daemon = fds.pop().unwrap();
     let own = fds.pop().unwrap();
     let page = own.try_clone().unwrap();
     let wake = fds.pop().unwrap();
     let ring = fds.pop().unwrap();
     let mut own = Some(own);
     let slots = (0..info.slot_count).map(|i| if i == slot { own.take().map(|f| (f, Access::ReadWrite)) } else { None }).collect();
-    (Ring::from_fds(ring, Access::ReadOnly, slots, (wake, Access::ReadWrite)).unwrap(), slot, position, page)
+    (Ring::from_fds(ring, Access::ReadOnly, slots, (wake, Access::ReadWrite), (daemon, Access::ReadOnly)).unwrap(), slot, position, page)
 }
 
 #[test]

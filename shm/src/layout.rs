@@ -31,9 +31,11 @@
 //! Counters sit 128 bytes apart, not 64: Intel's adjacent-line prefetcher
 //! pulls cache lines in pairs, so 64-byte separation still false-shares.
 //!
-//! With [`FLAG_EXTERNAL_SLOTS`] (rings made by `rilld`), the slot table and
-//! the wake words here are unused: each slot is its own page file and the
-//! wake words a shared page file (see [`SlotPage`]).
+//! With [`FLAG_EXTERNAL_SLOTS`] (rings made by `rilld`), the slot table,
+//! the wake words and the durable and replicated lines here are unused:
+//! each slot is its own page file, the wake words a shared page file (see
+//! [`SlotPage`]), and the positions rilld vouches for are on a page only
+//! rilld writes ([`DaemonPage`]).
 //!
 //! Opening checks `magic`, then `layout_version`, then that `state` is
 //! [`STATE_READY`] (written last, with release, by the creator); a ring still
@@ -133,6 +135,30 @@ pub const PAGE_FILE_LEN: u64 = 4096;
 /// cannot touch data or positions.
 #[derive(Debug)]
 pub struct SlotPage;
+
+/// Offset in the wake page of the count of publishers asleep waiting for
+/// durability (an `AtomicU32`; see [`DurableWords::waiters`], which it
+/// stands for in the daemon's layout). Clients write it, so it is on the
+/// page every client may write, not on the [`DaemonPage`].
+pub const WAKE_PAGE_DURABLE_WAITERS: usize = 128;
+
+/// A one-page file of the positions the daemon vouches for, which only
+/// the daemon writes: every client maps it read-only (`<stream>.daemon`
+/// in the page directory; rilld's layout only, with
+/// [`FLAG_EXTERNAL_SLOTS`]). In the ring file, which publishers map
+/// read-write, a publisher could write any position it liked and make
+/// every `wait_durable` of the stream return at once; here it cannot.
+/// In rilld's rings the `durable` and `replicated` lines of [`Counters`]
+/// are unused.
+#[repr(C)]
+#[derive(Debug)]
+pub struct DaemonPage {
+    /// The durable position and its futex (`waiters` unused: that count
+    /// is at [`WAKE_PAGE_DURABLE_WAITERS`] in the wake page).
+    pub durable: Line<DurableWords>,
+    /// Position held by enough replicas.
+    pub replicated: Line<AtomicU64>,
+}
 
 /// One counter on its own 128-byte line.
 #[repr(C, align(128))]
@@ -270,6 +296,10 @@ const _: () = {
     assert!(offset_of!(Counters, tail) == 0);
     assert!(offset_of!(Counters, limit_granted) == 128);
     assert!(offset_of!(Counters, durable) == 256);
+    assert!(offset_of!(DaemonPage, durable) == 0);
+    assert!(offset_of!(DaemonPage, replicated) == 128);
+    assert!(size_of::<DaemonPage>() <= PAGE_FILE_LEN as usize);
+    assert!(size_of::<WakeWords>() <= WAKE_PAGE_DURABLE_WAITERS);
     assert!(offset_of!(Counters, replicated) == 384);
     assert!(offset_of!(Counters, wake) == 512);
     assert!(offset_of!(Counters, publishers) == 640);

@@ -6,8 +6,8 @@
 //! atomics on the heap, so the model checker sees every access the ring
 //! makes. The ring's algorithms call only these methods.
 
-use crate::layout::{Counters, Slot, WakeWords};
-use crate::sync::AtomicU64;
+use crate::layout::{Counters, DurableWords, Slot, WakeWords};
+use crate::sync::{AtomicU32, AtomicU64};
 
 #[cfg(not(loom))]
 use crate::os::mapping::Region;
@@ -25,6 +25,19 @@ pub(crate) struct RingMemory {
     wake: *const WakeWords,
     #[cfg(not(loom))]
     wake_page: Option<Region>,
+    /// The durable position and its futex: in the counters, or on the
+    /// daemon page.
+    #[cfg(not(loom))]
+    durable: *const DurableWords,
+    /// Publishers waiting for durability: in the counters, or on the wake
+    /// page.
+    #[cfg(not(loom))]
+    durable_waiters: *const AtomicU32,
+    #[cfg(not(loom))]
+    replicated: *const AtomicU64,
+    /// The page of positions only the daemon writes (rilld's layout).
+    #[cfg(not(loom))]
+    daemon_page: Option<Region>,
     #[cfg(not(loom))]
     data: *mut u8,
     #[cfg(loom)]
@@ -79,13 +92,24 @@ impl RingMemory {
             (base.add(counters_off).cast::<Counters>(), base.add(slots_off).cast(), base.add(data_off))
         };
         // SAFETY: counters points at a live, aligned Counters (see above).
-        let wake = unsafe { std::ptr::addr_of!((*counters).wake.value) };
+        let (wake, durable, durable_waiters, replicated) = unsafe {
+            (
+                std::ptr::addr_of!((*counters).wake.value),
+                std::ptr::addr_of!((*counters).durable.value),
+                std::ptr::addr_of!((*counters).durable.value.waiters),
+                std::ptr::addr_of!((*counters).replicated.value),
+            )
+        };
         RingMemory {
             region,
             counters,
             slots: SlotSource::Table(slots),
             wake,
             wake_page: None,
+            durable,
+            durable_waiters,
+            replicated,
+            daemon_page: None,
             data,
             capacity,
             slot_count,
@@ -95,14 +119,53 @@ impl RingMemory {
     /// Moves slots and wake words to page files: `pages[i]` maps slot `i`
     /// (or `None`), `wake` maps the wake page. Each region is at least
     /// `PAGE_FILE_LEN` bytes and page aligned (checked).
-    pub(crate) fn use_page_files(&mut self, pages: Vec<Option<Region>>, wake: Region) {
+    pub(crate) fn use_page_files(&mut self, pages: Vec<Option<Region>>, wake: Region, daemon: Region) {
+        use crate::layout::{DaemonPage, PAGE_FILE_LEN, WAKE_PAGE_DURABLE_WAITERS};
         assert_eq!(pages.len(), self.slot_count as usize);
-        for r in pages.iter().flatten().chain(std::iter::once(&wake)) {
-            assert!(r.len() >= std::mem::size_of::<Slot>() && (r.as_ptr() as usize).is_multiple_of(4096));
+        for r in pages.iter().flatten().chain([&wake, &daemon]) {
+            assert!(r.len() >= PAGE_FILE_LEN as usize && (r.as_ptr() as usize).is_multiple_of(4096));
         }
         self.wake = wake.as_ptr().cast();
+        // SAFETY: the wake page is at least PAGE_FILE_LEN bytes (checked),
+        // so the u32 at WAKE_PAGE_DURABLE_WAITERS is inside it and aligned.
+        self.durable_waiters = unsafe { wake.as_ptr().add(WAKE_PAGE_DURABLE_WAITERS).cast() };
+        let page = daemon.as_ptr().cast::<DaemonPage>();
+        // SAFETY: the daemon page is large and aligned enough (checked, and
+        // DaemonPage fits in PAGE_FILE_LEN: layout's static asserts).
+        (self.durable, self.replicated) = unsafe { (std::ptr::addr_of!((*page).durable.value), std::ptr::addr_of!((*page).replicated.value)) };
         self.wake_page = Some(wake);
+        self.daemon_page = Some(daemon);
         self.slots = SlotSource::Pages(pages);
+    }
+
+    /// The durable position and its futex.
+    #[inline]
+    pub(crate) fn durable(&self) -> &DurableWords {
+        // SAFETY: points into the counters or the daemon page, both owned
+        // by self; atomics only.
+        unsafe { &*self.durable }
+    }
+
+    /// How many publishers sleep waiting for durability.
+    #[inline]
+    pub(crate) fn durable_waiters(&self) -> &AtomicU32 {
+        // SAFETY: points into the counters or the wake page, owned by self.
+        unsafe { &*self.durable_waiters }
+    }
+
+    /// The replicated position.
+    #[inline]
+    pub(crate) fn replicated(&self) -> &AtomicU64 {
+        // SAFETY: points into the counters or the daemon page, owned by self.
+        unsafe { &*self.replicated }
+    }
+
+    /// Whether this process may write the durable and replicated
+    /// positions (the daemon, or whoever maps a ring without page files
+    /// read-write).
+    pub(crate) fn vouch_writable(&self) -> bool {
+        let access = self.daemon_page.as_ref().map_or(self.region.access(), Region::access);
+        access == crate::os::mapping::Access::ReadWrite
     }
 
     /// The region (for its access mode and page kind).
@@ -251,6 +314,22 @@ impl RingMemory {
 
     pub(crate) fn wake(&self) -> &WakeWords {
         &self.counters.wake.value
+    }
+
+    pub(crate) fn durable(&self) -> &DurableWords {
+        &self.counters.durable.value
+    }
+
+    pub(crate) fn durable_waiters(&self) -> &AtomicU32 {
+        &self.counters.durable.value.waiters
+    }
+
+    pub(crate) fn replicated(&self) -> &AtomicU64 {
+        &self.counters.replicated.value
+    }
+
+    pub(crate) fn vouch_writable(&self) -> bool {
+        true
     }
 
     pub(crate) fn wake_writable(&self) -> bool {

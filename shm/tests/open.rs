@@ -134,7 +134,7 @@ fn open_fd(path: &std::path::Path, write: bool) -> std::os::fd::OwnedFd {
 
 #[test]
 fn page_file_rings_give_subscribers_only_their_own_slot() {
-    use rill_shm::ring::{slot_page_path, wake_page_path, ClaimError};
+    use rill_shm::ring::{daemon_page_path, slot_page_path, wake_page_path, ClaimError};
     let dir = TempDir::new("pages");
     let (rings, pages) = (dir.0.join("rings"), dir.0.join("pages"));
     std::fs::create_dir_all(&rings).unwrap();
@@ -150,7 +150,8 @@ fn page_file_rings_give_subscribers_only_their_own_slot() {
         .map(|i| (i == slot).then(|| (open_fd(&slot_page_path(&pages, "p", i), true), Access::ReadWrite)))
         .collect();
     let wake = (open_fd(&wake_page_path(&pages, "p"), true), Access::ReadWrite);
-    let sub_ring = Ring::from_fds(open_fd(&rings.join("p"), false), Access::ReadOnly, sub_slots, wake).unwrap();
+    let vouch = || (open_fd(&daemon_page_path(&pages, "p"), false), Access::ReadOnly);
+    let sub_ring = Ring::from_fds(open_fd(&rings.join("p"), false), Access::ReadOnly, sub_slots, wake, vouch()).unwrap();
     assert!(sub_ring.is_read_only());
     assert!(sub_ring.subscribe(Start::Latest).is_err(), "cannot take other slots");
     assert!(sub_ring.subscriber_on_slot((slot + 1) % 3, 0).is_err(), "cannot use a slot it does not map");
@@ -159,7 +160,7 @@ fn page_file_rings_give_subscribers_only_their_own_slot() {
     // A publisher maps the ring read-write and every slot read-only.
     let pub_slots = (0..3).map(|i| Some((open_fd(&slot_page_path(&pages, "p", i), false), Access::ReadOnly))).collect();
     let wake = (open_fd(&wake_page_path(&pages, "p"), true), Access::ReadWrite);
-    let pub_ring = Ring::from_fds(open_fd(&rings.join("p"), true), Access::ReadWrite, pub_slots, wake).unwrap();
+    let pub_ring = Ring::from_fds(open_fd(&rings.join("p"), true), Access::ReadWrite, pub_slots, wake, vouch()).unwrap();
     assert!(pub_ring.subscribe(Start::Latest).is_err(), "publishers cannot take slots");
     let mut publ = pub_ring.exclusive_publication().unwrap();
     let mut sent = 0u32;
@@ -182,9 +183,56 @@ fn page_file_rings_give_subscribers_only_their_own_slot() {
     drop(sub);
     assert!(daemon.subscribers().is_empty(), "dropping frees the slot");
 
+    // Durability is vouched for on the daemon page, which only the daemon
+    // writes: a publisher that writes the ring header's durable line (it
+    // may write the whole ring file) changes nothing.
+    let end = daemon.tail();
+    daemon.set_durable_position(end - 1);
+    forge_header_durable(&rings.join("p"), u64::MAX);
+    assert_eq!(pub_ring.durable_position(), end - 1);
+    assert_eq!(pub_ring.wait_durable(end, std::time::Duration::ZERO, std::time::Duration::from_millis(50)), Err(end - 1));
+    assert_eq!(pub_ring.wait_durable(end - 2, std::time::Duration::ZERO, std::time::Duration::from_secs(5)), Ok(end - 1));
+    let waiter = std::thread::spawn({
+        let pub_ring = pub_ring.clone();
+        move || pub_ring.wait_durable(end, std::time::Duration::ZERO, std::time::Duration::from_secs(30))
+    });
+    while daemon.set_durable_position(end + 1) == 0 && !waiter.is_finished() {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    assert_eq!(waiter.join().unwrap(), Ok(end + 1));
+
     // The daemon re-opens everything after a restart.
     let adopted = Ring::open_page_files(&rings, &pages, "p", Access::ReadWrite).unwrap();
     assert_eq!(adopted.tail(), daemon.tail());
+    assert_eq!(adopted.durable_position(), end + 1);
+}
+
+/// Writes `value` over the durable position in the ring file's counters,
+/// as a publisher (which may write the ring file) could.
+fn forge_header_durable(ring: &std::path::Path, value: u64) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new().write(true).open(ring).unwrap();
+    let at = (rill_shm::layout::COUNTERS_OFFSET + std::mem::offset_of!(rill_shm::layout::Counters, durable)) as u64;
+    f.write_all_at(&value.to_le_bytes(), at).unwrap();
+}
+
+/// A ring made before daemon pages existed (its durable position in the
+/// ring file's counters) is upgraded when the daemon opens it: the page
+/// is made, holding that position.
+#[test]
+fn a_ring_without_a_daemon_page_gets_one_from_its_counters() {
+    use rill_shm::ring::daemon_page_path;
+    let dir = TempDir::new("upgrade");
+    let (rings, pages) = (dir.0.join("rings"), dir.0.join("pages"));
+    std::fs::create_dir_all(&rings).unwrap();
+    std::fs::create_dir_all(&pages).unwrap();
+    let cfg = RingConfig { capacity: 4096, max_message_len: 256, slot_count: 2, ..config() };
+    drop(Ring::create_with_page_files(&rings, &pages, "old", &cfg).unwrap());
+    std::fs::remove_file(daemon_page_path(&pages, "old")).unwrap();
+    forge_header_durable(&rings.join("old"), 4242);
+    let ring = Ring::open_page_files(&rings, &pages, "old", Access::ReadWrite).unwrap();
+    assert_eq!(ring.durable_position(), 4242);
+    assert!(daemon_page_path(&pages, "old").is_file());
 }
 
 #[test]

@@ -318,7 +318,7 @@ fn denied_uid_cannot_read_the_ring_file_by_path() -> Result<()> {
     let d = Rilld::start(name, &["--config".into(), config.display().to_string()], deadline)?;
     let client = d.client()?;
     let _publ = client.publisher_with("secret.x", stream_options())?;
-    let files = [d.ring_dir().join("secret.x"), d.dir.join("pages/secret.x.slot0"), d.dir.join("pages/secret.x.wake")];
+    let files = [d.ring_dir().join("secret.x"), d.dir.join("pages/secret.x.slot0"), d.dir.join("pages/secret.x.wake"), d.dir.join("pages/secret.x.daemon")];
     let mut readable = Vec::new();
     for f in &files {
         ensure!(f.exists(), "{} does not exist", f.display());

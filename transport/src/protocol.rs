@@ -36,8 +36,10 @@ use thiserror::Error;
 
 /// `b"RL"` little-endian.
 pub const MAGIC: u16 = u16::from_le_bytes(*b"RL");
-/// Version of this protocol.
-pub const PROTOCOL_VERSION: u16 = 3;
+/// Version of this protocol. 4: publishers and subscribers also get the
+/// daemon page (read-only), so a client of version 3 could not map a
+/// ring.
+pub const PROTOCOL_VERSION: u16 = 4;
 /// Header bytes before the body.
 pub const HEADER_LEN: usize = 8;
 /// Largest message (header + body) either side sends or accepts.
@@ -47,7 +49,7 @@ pub const MAX_MESSAGE_LEN: usize = 128 * 1024;
 /// log segments for a replaying subscriber).
 pub const MAX_FDS: usize = 253;
 /// Most log segments one subscriber's replay may span.
-pub const MAX_REPLAY_SEGMENTS: usize = MAX_FDS - 3;
+pub const MAX_REPLAY_SEGMENTS: usize = MAX_FDS - 4;
 /// Most segments one [`Request::LogSegments`] reply hands over (a reader
 /// asks again for the rest once it has read them).
 pub const MAX_LOG_SEGMENTS: usize = MAX_FDS;
@@ -405,14 +407,15 @@ pub enum Response {
         /// How often the client should send Heartbeat.
         heartbeat_ms: u32,
     },
-    /// A publisher; fds: ring (rw), wake, slot pages (ro).
+    /// A publisher; fds: ring (rw), wake, slot pages (ro), daemon page (ro).
     Publisher {
         /// Handle for Close.
         handle: u64,
         /// The stream.
         info: StreamInfo,
     },
-    /// A subscriber; fds: ring (ro), wake, own slot page (rw).
+    /// A subscriber; fds: ring (ro), wake, own slot page (rw), daemon page
+    /// (ro), then the replay's segments (ro).
     Subscriber {
         /// Handle for Close.
         handle: u64,

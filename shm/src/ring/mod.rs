@@ -109,6 +109,13 @@ pub fn wake_page_path(page_dir: &Path, name: &str) -> PathBuf {
     page_dir.join(format!("{name}.wake"))
 }
 
+/// Path of the daemon page of ring `name` in `page_dir` (the positions
+/// only the daemon writes: [`crate::layout::DaemonPage`]).
+#[cfg(not(loom))]
+pub fn daemon_page_path(page_dir: &Path, name: &str) -> PathBuf {
+    page_dir.join(format!("{name}.daemon"))
+}
+
 pub(crate) const CLAIMED_BIT: u64 = 1 << 63;
 pub(crate) const COMMITTING_BIT: u64 = 1 << 62;
 
@@ -441,7 +448,7 @@ impl Ring {
         // none yet) could see a tail beyond them.
         c.head.value.store(position, Ordering::Release);
         c.limit_granted.value.fetch_max(position, Ordering::SeqCst);
-        c.durable.value.position.fetch_max(position, Ordering::Release);
+        self.inner.mem.durable().position.fetch_max(position, Ordering::Release);
         c.publishers.value.origin.store(position, Ordering::Release);
         c.tail.value.store(position, Ordering::Release);
         Ok(())
@@ -490,21 +497,23 @@ impl Ring {
 
     /// Position up to which the stream is durable (set by the archiver).
     pub fn durable_position(&self) -> u64 {
-        self.inner.mem.counters().durable.value.position.load(Ordering::Acquire)
+        self.inner.mem.durable().position.load(Ordering::Acquire)
     }
 
     /// Publishes the durable position (the archiver's job; only grows) and
     /// wakes the publishers asleep in [`Ring::wait_durable`]; returns how
     /// many were asleep.
     pub fn set_durable_position(&self, position: u64) -> u32 {
-        let d = &self.inner.mem.counters().durable.value;
+        let mem = &self.inner.mem;
+        assert!(mem.vouch_writable(), "set_durable_position on a ring whose daemon page this process maps read-only");
+        let d = mem.durable();
         // SYNC(durable): SeqCst, for the Dekker handshake with a waiter's
         // SeqCst store of `waiters` and load of the position: either it
         // sees the new position, or we see it waiting. (Release would do
         // for the position alone: a waiter that sees it also sees what the
         // archiver wrote first.)
         let before = d.position.fetch_max(position, Ordering::SeqCst);
-        let sleepers = d.waiters.load(Ordering::SeqCst);
+        let sleepers = mem.durable_waiters().load(Ordering::SeqCst);
         if sleepers != 0 && before < position {
             // SYNC(futex): Release pairs with the waiter's Acquire load of
             // the futex word; one that loaded it before this bump returns
@@ -523,7 +532,7 @@ impl Ring {
     /// a sync runs (on a busy host, spinning waiters would take the CPU the
     /// kernel's I/O threads need to finish that very sync).
     pub fn wait_durable(&self, position: u64, spin: std::time::Duration, timeout: std::time::Duration) -> Result<u64, u64> {
-        let d = &self.inner.mem.counters().durable.value;
+        let (d, waiters) = (self.inner.mem.durable(), self.inner.mem.durable_waiters());
         let start = std::time::Instant::now();
         let mut spins = 0u32;
         loop {
@@ -545,25 +554,26 @@ impl Ring {
             }
             // SYNC(futex): Acquire pairs with the waker's Release bump.
             let seen = d.futex.load(Ordering::Acquire);
-            d.waiters.fetch_add(1, Ordering::SeqCst);
+            waiters.fetch_add(1, Ordering::SeqCst);
             // SYNC(durable): SeqCst, the other half of the handshake in
             // set_durable_position.
             if d.position.load(Ordering::SeqCst) <= position {
                 crate::os::futex::wait(&d.futex, seen, Some((timeout - waited).min(std::time::Duration::from_millis(100))));
             }
-            d.waiters.fetch_sub(1, Ordering::SeqCst);
+            waiters.fetch_sub(1, Ordering::SeqCst);
         }
     }
 
     /// Position held by enough replicas (set by the replicator).
     pub fn replicated_position(&self) -> u64 {
-        self.inner.mem.counters().replicated.value.load(Ordering::Acquire)
+        self.inner.mem.replicated().load(Ordering::Acquire)
     }
 
     /// Publishes the replicated position. Only grows.
     pub fn set_replicated_position(&self, position: u64) {
         // SYNC(replicated): pairs with the Acquire in replicated_position.
-        self.inner.mem.counters().replicated.value.fetch_max(position, Ordering::Release);
+        assert!(self.inner.mem.vouch_writable(), "set_replicated_position on a ring whose daemon page this process maps read-only");
+        self.inner.mem.replicated().fetch_max(position, Ordering::Release);
     }
 
     /// The ring's futex word, for a tool that waits and wakes on a word
@@ -843,11 +853,13 @@ impl Ring {
         Self::init(fd, config, PageKind::Normal4K)
     }
 
-    /// Creates a ring file `name` in `ring_dir` whose subscriber slots and
-    /// wake words are separate page files in `page_dir` (which must not be
+    /// Creates a ring file `name` in `ring_dir` whose subscriber slots,
+    /// wake words and daemon page (the durable and replicated positions)
+    /// are separate page files in `page_dir` (which must not be
     /// hugetlbfs): the daemon's layout, in which each subscriber can be
-    /// given write access to its own position only. Removes what it made if
-    /// any step fails.
+    /// given write access to its own position only, and no client to the
+    /// positions the daemon vouches for. Removes what it made if any step
+    /// fails.
     pub fn create_with_page_files(
         ring_dir: &Path,
         page_dir: &Path,
@@ -875,11 +887,12 @@ impl Ring {
                 .map(|i| page(slot_page_path(page_dir, name, i)).map(Some))
                 .collect::<Result<Vec<_>, _>>()?;
             let wake = page(wake_page_path(page_dir, name))?;
-            Ok((slots, wake))
+            let daemon = page(daemon_page_path(page_dir, name))?;
+            Ok((slots, wake, daemon))
         })();
         match result {
-            Ok((slots, wake)) => {
-                Arc::get_mut(&mut ring.inner).expect("fresh ring").mem.use_page_files(slots, wake);
+            Ok((slots, wake, daemon)) => {
+                Arc::get_mut(&mut ring.inner).expect("fresh ring").mem.use_page_files(slots, wake, daemon);
                 Ok(ring)
             }
             Err(e) => {
@@ -892,8 +905,10 @@ impl Ring {
     }
 
     /// Opens a ring made by [`Ring::create_with_page_files`], mapping the
-    /// ring with `access` and every slot and the wake page read-write (the
-    /// daemon adopting its rings after a restart).
+    /// ring and the daemon page with `access` and every slot and the wake
+    /// page read-write (the daemon adopting its rings after a restart). A
+    /// ring from before daemon pages existed gets one (read-write only),
+    /// holding the positions from its counters.
     pub fn open_page_files(ring_dir: &Path, page_dir: &Path, name: &str, access: Access) -> Result<Ring, OpenError> {
         let open = |path: &Path, write: bool| -> Result<OwnedFd, OpenError> {
             std::fs::OpenOptions::new()
@@ -913,18 +928,48 @@ impl Ring {
             slots.push(Some((open(&path, true)?, Access::ReadWrite)));
         }
         let wake = (open(&wake_page_path(page_dir, name), true)?, Access::ReadWrite);
-        Self::from_fds(ring, access, slots, wake)
+        let daemon_path = daemon_page_path(page_dir, name);
+        if !daemon_path.exists() && access == Access::ReadWrite {
+            // A ring made before daemon pages existed: its positions move
+            // from the ring's counters (trusted this once, at the upgrade).
+            return Self::upgrade_to_daemon_page(ring, slots, wake, &daemon_path);
+        }
+        let daemon = (open(&daemon_path, access == Access::ReadWrite)?, access);
+        Self::from_fds(ring, access, slots, wake, daemon)
+    }
+
+    /// [`Ring::open_page_files`] of a ring without a daemon page: creates
+    /// one holding the durable and replicated positions from the ring's
+    /// counters.
+    fn upgrade_to_daemon_page(ring: OwnedFd, slots: Vec<Option<(OwnedFd, Access)>>, wake: (OwnedFd, Access), path: &Path) -> Result<Ring, OpenError> {
+        let io = |op: String| move |source| OpenError::Io { op, source };
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(io(format!("create {}", path.display())))?;
+        mapping::set_len(file.as_fd(), PAGE_FILE_LEN).map_err(io(format!("ftruncate {}", path.display())))?;
+        let daemon = OwnedFd::from(file);
+        let ring = Self::from_fds(ring, Access::ReadWrite, slots, wake, (daemon, Access::ReadWrite))?;
+        let c = ring.inner.mem.counters();
+        ring.inner.mem.durable().position.store(c.durable.value.position.load(Ordering::Acquire), Ordering::Release);
+        ring.inner.mem.replicated().store(c.replicated.value.load(Ordering::Acquire), Ordering::Release);
+        tracing::info!(path = %path.display(), durable = ring.durable_position(), "made the daemon page of a ring from an older rilld");
+        Ok(ring)
     }
 
     /// Maps a page-file ring from fds (received over a Unix socket): the
     /// ring with `access`, `slots[i]` for each slot this process maps (one
-    /// entry per slot of the ring, `None` for slots it does not map), and
-    /// the wake page.
+    /// entry per slot of the ring, `None` for slots it does not map), the
+    /// wake page, and the daemon page (read-only for every client).
     pub fn from_fds(
         ring: OwnedFd,
         access: Access,
         slots: Vec<Option<(OwnedFd, Access)>>,
         wake: (OwnedFd, Access),
+        daemon: (OwnedFd, Access),
     ) -> Result<Ring, OpenError> {
         let io = |op: &'static str| move |source| OpenError::Io { op: op.into(), source };
         let len = mapping::file_len(ring.as_fd()).map_err(io("fstat"))?;
@@ -950,7 +995,8 @@ impl Ring {
         };
         let slots = slots.into_iter().map(|s| s.map(map_page).transpose()).collect::<Result<Vec<_>, _>>()?;
         let wake = map_page(wake)?;
-        Arc::get_mut(&mut view.inner).expect("fresh ring").mem.use_page_files(slots, wake);
+        let daemon = map_page(daemon)?;
+        Arc::get_mut(&mut view.inner).expect("fresh ring").mem.use_page_files(slots, wake, daemon);
         Ok(view)
     }
 

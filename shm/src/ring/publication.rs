@@ -210,7 +210,7 @@ impl<M: ClaimMode> Publication<M> {
             // SAFETY: [off + HEADER_LEN, off + HEADER_LEN + len) lies inside
             // the span we just reserved; nobody reads it before our commit.
             unsafe { self.ring.inner.mem.write_bytes(off + HEADER_LEN, payload) };
-            match self.commit_claim(p, p + span as u64, self.now()) {
+            match self.commit_claim(p, p + span as u64, self.now(), true) {
                 // Padded over while we stalled: nobody saw it; offer again.
                 Err(ClaimError::Reclaimed { .. }) => continue,
                 other => return other.map(|()| p),
@@ -340,8 +340,11 @@ impl<M: ClaimMode> Publication<M> {
     /// the module docs. If the reclaimer padded over any of it, the whole
     /// claim becomes padding and the result is [`ClaimError::Reclaimed`].
     #[inline]
-    fn commit_claim(&self, start: u64, end: u64, timestamp_ns: u64) -> Result<(), ClaimError> {
+    fn commit_claim(&self, start: u64, end: u64, timestamp_ns: u64, one_frame: bool) -> Result<(), ClaimError> {
         let mem = &self.ring.inner.mem;
+        // The next frame's position: a single frame's end is known; a
+        // batch's frames say their lengths.
+        let next = |p: u64, off: usize| if one_frame { end } else { p + self.span_at(off) };
         #[cfg(loom)]
         if !self.ring.inner.reclaimable {
             // A model without a reclaimer (`Ring::loom_reclaimable`).
@@ -350,7 +353,7 @@ impl<M: ClaimMode> Publication<M> {
                 let off = self.off(p);
                 mem.word(off + WORD_TIMESTAMP).store(timestamp_ns, Ordering::Relaxed);
                 commit(mem, self.salt, off, p, self.id);
-                p += self.span_at(off);
+                p = next(p, off);
             }
             self.wake_if_waiting();
             return Ok(());
@@ -362,7 +365,7 @@ impl<M: ClaimMode> Publication<M> {
             // SYNC(commit-position): Release, as in `commit`: a reclaimer
             // that sees COMMITTING sees the length (and the payload).
             mem.word(off + WORD_POSITION).store(committing(p), Ordering::Release);
-            p += self.span_at(off);
+            p = next(p, off);
         }
         let result = if self.reclaimed(start, end) {
             self.pad_claim(start, end);
@@ -372,7 +375,7 @@ impl<M: ClaimMode> Publication<M> {
             while p < end {
                 let off = self.off(p);
                 commit(mem, self.salt, off, p, self.id);
-                p += self.span_at(off);
+                p = next(p, off);
             }
             Ok(())
         };
@@ -604,7 +607,7 @@ impl<M: ClaimMode> Claim<'_, M> {
         self.done = true;
         let ts = self.publication.now();
         let end = self.position + frame_span(self.len + HEADER_LEN) as u64;
-        self.publication.commit_claim(self.position, end, ts)
+        self.publication.commit_claim(self.position, end, ts, true)
     }
 
     /// Turns the claim into padding (what dropping it does).
@@ -702,7 +705,7 @@ impl<M: ClaimMode> Batch<'_, M> {
             let w = pack_len_kind((self.end - self.start) as u32, FrameKind::Padding, 0);
             pubn.mark_claimed(self.start, w);
         }
-        pubn.commit_claim(self.start, self.end, pubn.now())
+        pubn.commit_claim(self.start, self.end, pubn.now(), false)
     }
 }
 

@@ -59,10 +59,10 @@ pub(super) fn subscriber(
         other => return Err(Reply { response: other, fds }.unexpected("OpenSubscriber")),
     };
     let mut fds = fds;
-    let log_fds = if fds.len() > 3 { fds.split_off(3) } else { Vec::new() };
+    let log_fds = if fds.len() > SUBSCRIBER_FDS { fds.split_off(SUBSCRIBER_FDS) } else { Vec::new() };
     let segments = replay.as_ref().map_or(0, |r| r.segments.len());
     if log_fds.len() != segments {
-        let e = ClientError::FdCount { expected: 3 + segments, got: 3 + log_fds.len() };
+        let e = ClientError::FdCount { expected: SUBSCRIBER_FDS + segments, got: fds.len() + log_fds.len() };
         return Err(undo(shared, &mut st, handle, e));
     }
     let (replay, skip_before) = match replay {
@@ -108,28 +108,36 @@ fn undo(shared: &Shared, st: &mut State, handle: u64, e: ClientError) -> ClientE
     e
 }
 
-/// Maps a publisher's ring from fds `[ring rw, wake, slot 0 .. slot n-1]`
-/// (slots read-only: a publisher reads positions, never writes them).
+/// Maps a publisher's ring from fds `[ring rw, wake, slot 0 .. slot n-1,
+/// daemon page]` (slots read-only: a publisher reads positions, never
+/// writes them; the daemon page read-only: only rilld vouches for
+/// durability).
 fn map_publisher(fds: Vec<OwnedFd>, info: &StreamInfo) -> Result<Ring, ClientError> {
     let slot_count = checked_slot_count(info)?;
-    let expected = 2 + slot_count;
+    let expected = 3 + slot_count;
     if fds.len() != expected {
         return Err(ClientError::FdCount { expected, got: fds.len() });
     }
+    let mut fds = fds;
+    let daemon_fd = fds.pop().expect("count checked");
     let mut fds = fds.into_iter();
     let ring_fd = fds.next().expect("count checked");
     let wake_fd = fds.next().expect("count checked");
     let slots = fds.map(|fd| Some((fd, Access::ReadOnly))).collect();
-    let ring = Ring::from_fds(ring_fd, Access::ReadWrite, slots, (wake_fd, Access::ReadWrite))?;
+    let ring = Ring::from_fds(ring_fd, Access::ReadWrite, slots, (wake_fd, Access::ReadWrite), (daemon_fd, Access::ReadOnly))?;
     check_matches(&ring, info)?;
     Ok(ring)
 }
 
-/// Maps a subscriber's ring from fds `[ring ro, wake, own slot rw]`.
+/// Fds of a subscriber's ring, before those of its replay's segments.
+const SUBSCRIBER_FDS: usize = 4;
+
+/// Maps a subscriber's ring from fds `[ring ro, wake, own slot rw, daemon
+/// page ro]`.
 fn map_subscriber(fds: Vec<OwnedFd>, info: &StreamInfo, slot: u32) -> Result<Ring, ClientError> {
     let slot_count = checked_slot_count(info)?;
-    if fds.len() != 3 {
-        return Err(ClientError::FdCount { expected: 3, got: fds.len() });
+    if fds.len() != SUBSCRIBER_FDS {
+        return Err(ClientError::FdCount { expected: SUBSCRIBER_FDS, got: fds.len() });
     }
     if slot as usize >= slot_count {
         let msg = format!("rilld gave slot {slot} of a ring with {slot_count} slots");
@@ -139,9 +147,10 @@ fn map_subscriber(fds: Vec<OwnedFd>, info: &StreamInfo, slot: u32) -> Result<Rin
     let ring_fd = fds.next().expect("count checked");
     let wake_fd = fds.next().expect("count checked");
     let slot_fd = fds.next().expect("count checked");
+    let daemon_fd = fds.next().expect("count checked");
     let mut slots: Vec<Option<(OwnedFd, Access)>> = (0..slot_count).map(|_| None).collect();
     slots[slot as usize] = Some((slot_fd, Access::ReadWrite));
-    let ring = Ring::from_fds(ring_fd, Access::ReadOnly, slots, (wake_fd, Access::ReadWrite))?;
+    let ring = Ring::from_fds(ring_fd, Access::ReadOnly, slots, (wake_fd, Access::ReadWrite), (daemon_fd, Access::ReadOnly))?;
     check_matches(&ring, info)?;
     Ok(ring)
 }

@@ -7,7 +7,7 @@
 use super::*;
 use crate::protocol::{self, ErrorCode, Policy, SubscriberInfo};
 use crate::wire::{self, WireError};
-use rill_shm::ring::{slot_page_path, wake_page_path, Ring, RingConfig, Start};
+use rill_shm::ring::{daemon_page_path, slot_page_path, wake_page_path, Ring, RingConfig, Start};
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
@@ -125,6 +125,7 @@ impl FakeState {
                 let n = self.rings[&stream].info().slot_count;
                 let mut fds = vec![self.open(&self.dir.join(&stream), true), self.open(&wake_page_path(&self.dir, &stream), true)];
                 fds.extend((0..n).map(|i| self.open(&slot_page_path(&self.dir, &stream, i), false)));
+                fds.push(self.open(&daemon_page_path(&self.dir, &stream), false));
                 self.faulty(&mut fds);
                 (Response::Publisher { handle: self.handle_id(), info: self.info(&stream) }, fds)
             }
@@ -138,6 +139,7 @@ impl FakeState {
                     self.open(&self.dir.join(&stream), false),
                     self.open(&wake_page_path(&self.dir, &stream), true),
                     self.open(&slot_page_path(&self.dir, &stream, slot), true),
+                    self.open(&daemon_page_path(&self.dir, &stream), false),
                 ];
                 self.faulty(&mut fds);
                 (Response::Subscriber { handle: self.handle_id(), slot, position, info: self.info(&stream), replay: None }, fds)
@@ -303,9 +305,9 @@ fn wrong_fd_count_is_an_error_and_the_handle_is_closed() {
     let daemon = FakeDaemon::start(&sock, &dir.0, 7, Fault::ShortFds);
     let c = client(&sock);
     let e = c.publisher_with("s", small()).unwrap_err();
-    assert!(matches!(e, ClientError::FdCount { expected: 6, got: 5 }), "{e}");
+    assert!(matches!(e, ClientError::FdCount { expected: 7, got: 6 }), "{e}");
     let e = c.subscriber_with("s", StartAt::Latest, small()).unwrap_err();
-    assert!(matches!(e, ClientError::FdCount { expected: 3, got: 2 }), "{e}");
+    assert!(matches!(e, ClientError::FdCount { expected: 4, got: 3 }), "{e}");
     let reqs = daemon.requests();
     assert!(reqs.contains(&Request::Close { handle: 7 }) && reqs.contains(&Request::Close { handle: 8 }), "{reqs:?}");
     assert!(c.is_connected());

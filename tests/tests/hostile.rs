@@ -1,0 +1,113 @@
+//! A client may hurt only its own data (issue #11): attacks by a client
+//! process (`hostile-client`, src/bin/hostile-client.rs, speaking the
+//! protocol by hand as uid 65534) against a real `rilld`, with honest
+//! clients beside it whose promises must hold.
+//!
+//! Every wait has a watchdog that turns a hang into a failure; no test
+//! asserts how long anything took. Needs root (the attacker runs as
+//! another uid); elsewhere it fails unless `RILL_SKIP_ROOT_TESTS=1`.
+//!
+//! `cargo test --release -p rill-tests --test hostile`.
+
+#![forbid(unsafe_code)]
+
+use anyhow::{bail, ensure, Context, Result};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use rill::{DurableError, Durability, Start, StreamOptions};
+use rill_tests::daemon::{rilld_bin, Rilld};
+use rill_tests::harness::{root_or_skip, TempRingDir, Worker};
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const HOSTILE: &str = env!("CARGO_BIN_EXE_hostile-client");
+const ATTACKER_UID: u32 = 65534;
+
+fn deadline() -> Instant {
+    Instant::now() + Duration::from_secs(if cfg!(debug_assertions) { 900 } else { 300 })
+}
+
+fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    line.split_whitespace().find_map(|f| f.strip_prefix(key)?.strip_prefix('='))
+}
+
+fn signal(pid: u32, sig: Signal) -> Result<()> {
+    kill(Pid::from_raw(i32::try_from(pid)?), sig).with_context(|| format!("{sig} to {pid}"))
+}
+
+/// A publisher of uid 65534 on a persisted (`always`) stream writes
+/// `u64::MAX` over the durable position in the ring file's header (it may
+/// write the ring: it publishes), and tries to write the daemon page,
+/// where rilld keeps the positions it vouches for: through the read-only
+/// fd it was given, and by reopening that fd for writing. Both fail. Then
+/// rilld is stopped (SIGSTOP): nothing can become durable, and an honest
+/// publisher's `wait_durable` on a new message must not return (before
+/// the fix it returned at once, with the forged position). Once rilld
+/// goes on, it does; after `kill -9` and a reboot the log replays every
+/// acknowledged message.
+#[test]
+fn a_publisher_cannot_forge_durability() -> Result<()> {
+    let name = "hostile_forge_durable";
+    if !root_or_skip(name, "needs root: the attacker runs as uid 65534")? {
+        return Ok(());
+    }
+    rilld_bin()?;
+    let deadline = deadline();
+    // Kept until the end: the restarted rilld reads it again.
+    let etc = TempRingDir::new_in(&std::env::temp_dir(), name)?;
+    let config = etc.join("rilld.toml");
+    std::fs::write(&config, format!("[[allow]]\nuids = [{ATTACKER_UID}]\npublish = [\"shared.\"]\nsubscribe = [\"shared.\"]\n"))?;
+    let mut d = Rilld::start(name, &["--config".into(), config.display().to_string()], deadline)?;
+    let stream = "shared.durable";
+    let client = d.client()?;
+    let options = StreamOptions::new().with_capacity(64 << 10).with_max_message_len(1024).with_persist(Some(Durability::Always));
+    let mut publ = client.publisher_with(stream, options)?;
+    let first = publ.offer(b"before the attack")?;
+    publ.wait_durable(first, Duration::from_secs(60))?;
+
+    let mut cmd = Command::new(HOSTILE);
+    cmd.arg("forge-durable").arg("--socket").arg(&d.socket).args(["--stream", stream]);
+    cmd.uid(ATTACKER_UID).gid(ATTACKER_UID).env("NO_COLOR", "1");
+    let (mut attacker, attacker_stdin) = Worker::spawn_with_stdin(cmd, "hostile-client")?;
+    let forged = attacker.wait_line("FORGED", deadline)?;
+    attacker.wait_line("DONE", deadline)?;
+    ensure!(field(&forged, "header") == Some("ok"), "the attacker could not even write its own ring's header: {forged}");
+    for what in ["daemon_write", "daemon_reopen"] {
+        ensure!(field(&forged, what).is_some_and(|v| v.starts_with("refused:")), "the attacker wrote the daemon page ({what}): {forged}");
+    }
+
+    signal(d.pid(), Signal::SIGSTOP)?;
+    let second = publ.offer(b"while rilld is stopped")?;
+    let early = publ.wait_durable(second, Duration::from_secs(2));
+    signal(d.pid(), Signal::SIGCONT)?;
+    match early {
+        Err(DurableError::TimedOut { .. }) => {}
+        other => bail!("wait_durable returned {other:?} while rilld (and so its archiver) was stopped: the forged durable position was believed"),
+    }
+    let durable = publ.wait_durable(second, Duration::from_secs(60))?;
+    ensure!(durable > second && durable < u64::MAX / 2, "durable position {durable} after rilld went on");
+    let info = client.stream_info(stream)?;
+    ensure!(info.durable_position == durable, "rilld reports durable position {}; the publisher saw {durable}", info.durable_position);
+
+    drop(attacker_stdin);
+    attacker.wait_exit(deadline)?;
+    drop((publ, client));
+    d.kill9();
+    for dir in [d.ring_dir(), d.dir.join("pages")] {
+        std::fs::remove_dir_all(&dir).with_context(|| format!("wiping {}", dir.display()))?;
+    }
+    d.spawn(deadline)?;
+    let client = d.client()?;
+    let mut sub = client.subscriber(stream, Start::Earliest)?;
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        ensure!(Instant::now() < deadline, "watchdog: the log replayed {got:?}");
+        sub.poll_blocking(2, Duration::from_millis(100), |m| got.push((m.position, String::from_utf8_lossy(m.payload).into_owned())))?;
+    }
+    ensure!(
+        got == [(first, "before the attack".to_owned()), (second, "while rilld is stopped".to_owned())],
+        "after kill -9 and a reboot the log replays {got:?}"
+    );
+    d.ensure_alive()
+}
