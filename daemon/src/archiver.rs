@@ -50,7 +50,7 @@
 //! filesystem metadata and is a mere device flush, about half the cost of
 //! syncing an append here.
 //!
-//! # Durability (per stream, `rill::Durability`)
+//! # Durability (per stream, `rill_protocol::Durability`)
 //! * `always`: group commit, one `fdatasync` at a time per stream. (Two
 //!   syncs of one file at once gain nothing: the filesystem runs its
 //!   journal commits one after the other, and many small queued syncs only
@@ -110,7 +110,7 @@
 //! how many messages to wait for before the next `always` sync.
 
 use io_uring::{opcode, squeue, types, IoUring};
-use rill::protocol::Durability;
+use rill_protocol::Durability;
 use rill_shm::frame::message_span;
 use rill_shm::ring::Subscriber;
 use rill_store::{segment_file_name, BatchHeader, BATCH_HEADER_LEN};

@@ -46,7 +46,7 @@ use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
 /// The default socket path: the client library's, so both always agree.
-pub use rill::DEFAULT_SOCKET;
+pub use rill_protocol::DEFAULT_SOCKET;
 
 /// One access rule.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
@@ -279,10 +279,10 @@ impl Config {
     /// Checks values that would make the daemon misbehave.
     pub fn validate(&self) -> anyhow::Result<()> {
         anyhow::ensure!(
-            (1..=rill::protocol::MAX_SLOTS_PER_STREAM).contains(&self.slot_count),
+            (1..=rill_protocol::MAX_SLOTS_PER_STREAM).contains(&self.slot_count),
             "slot_count {} must be in 1..={}",
             self.slot_count,
-            rill::protocol::MAX_SLOTS_PER_STREAM
+            rill_protocol::MAX_SLOTS_PER_STREAM
         );
         anyhow::ensure!(self.heartbeat_ms > 0, "heartbeat_ms must be positive");
         anyhow::ensure!(

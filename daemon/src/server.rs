@@ -14,8 +14,8 @@
 
 use crate::config::{Action, Config};
 use crate::streams::{ExclusiveHolder, Refusal, SlotOwner, Streams};
-use rill::protocol::{self, ErrorCode, HandleKind, Request, Response, StartAt};
-use rill::wire::{self, WireError};
+use rill_protocol::{self as protocol, ErrorCode, HandleKind, Request, Response, StartAt};
+use rill_protocol::wire::{self, WireError};
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
@@ -420,7 +420,7 @@ impl Server {
         create: Option<protocol::StreamOptions>,
         exclusive: bool,
     ) -> Result<(Response, Vec<OwnedFd>), Refusal> {
-        rill::protocol::check_stream_name(stream).map_err(|m| Refusal::new(ErrorCode::Invalid, m))?;
+        rill_protocol::check_stream_name(stream).map_err(|m| Refusal::new(ErrorCode::Invalid, m))?;
         self.check(i, Action::Publish, stream)?;
         self.get_or_create(i, stream, create)?;
         self.streams.require(stream)?.admit_publisher(exclusive, Instant::now())?;
@@ -442,7 +442,7 @@ impl Server {
         start: StartAt,
         create: Option<protocol::StreamOptions>,
     ) -> Result<(Response, Vec<OwnedFd>), Refusal> {
-        rill::protocol::check_stream_name(stream).map_err(|m| Refusal::new(ErrorCode::Invalid, m))?;
+        rill_protocol::check_stream_name(stream).map_err(|m| Refusal::new(ErrorCode::Invalid, m))?;
         self.check(i, Action::Subscribe, stream)?;
         self.get_or_create(i, stream, create)?;
         let ring_start = match start {

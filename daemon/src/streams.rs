@@ -11,7 +11,7 @@
 use crate::archiver::{Archiver, ArchiveStatus, Job, Retention};
 use crate::config::Config;
 use crate::indexer::{Indexer, LogIndex};
-use rill::protocol::{
+use rill_protocol::{
     Durability, ErrorCode, LogSegments, Policy, Replay, StartAt, StreamInfo, StreamOptions, SubscriberInfo, MAX_LOG_SEGMENTS,
     MAX_REPLAY_SEGMENTS,
 };
@@ -596,7 +596,7 @@ impl Streams {
         for e in entries.flatten() {
             let Some(name) = e.file_name().to_str().map(str::to_owned) else { continue };
             let meta_path = e.path().join(META_FILE);
-            if rill::protocol::check_stream_name(&name).is_err() || !meta_path.exists() {
+            if rill_protocol::check_stream_name(&name).is_err() || !meta_path.exists() {
                 continue;
             }
             match self.recover_one(&name, &meta_path) {
@@ -882,7 +882,7 @@ impl Streams {
             let Ok(entries) = std::fs::read_dir(dir) else { continue };
             for e in entries.flatten() {
                 let Some(name) = e.file_name().to_str().map(str::to_owned) else { continue };
-                if rill::protocol::check_stream_name(&name).is_err()
+                if rill_protocol::check_stream_name(&name).is_err()
                     || self.streams.contains_key(&name)
                     || !wake_page_path(&self.page_dir, &name).exists()
                 {
@@ -972,7 +972,7 @@ impl Streams {
             for e in entries.flatten() {
                 let Some(file) = e.file_name().to_str().map(str::to_owned) else { continue };
                 let name = if dir == &self.page_dir { file.rsplit_once('.').map_or(file.as_str(), |(n, _)| n).to_owned() } else { file };
-                if rill::protocol::check_stream_name(&name).is_ok() && !self.streams.contains_key(&name) {
+                if rill_protocol::check_stream_name(&name).is_ok() && !self.streams.contains_key(&name) {
                     names.insert(name);
                 }
             }
@@ -1038,7 +1038,7 @@ impl Streams {
     /// Creates `name` with `options` for uid `creator`, within the
     /// limits, or returns it if it exists with the same shape.
     pub fn create(&mut self, name: &str, options: &StreamOptions, creator: u32) -> Result<&mut Stream, Refusal> {
-        rill::protocol::check_stream_name(name).map_err(|m| Refusal::new(ErrorCode::Invalid, m))?;
+        rill_protocol::check_stream_name(name).map_err(|m| Refusal::new(ErrorCode::Invalid, m))?;
         if !self.streams.contains_key(name) {
             self.check_limits(name, options, creator)?;
         }

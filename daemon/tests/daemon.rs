@@ -2,8 +2,8 @@
 //! fd passing, read-only subscribers, refusals, malformed requests, the
 //! log of a persisted overwrite stream.
 
-use rill::protocol::{self, Durability, ErrorCode, Policy, Request, Response, StartAt, StreamOptions};
-use rill::wire;
+use rill_protocol::{self as protocol, Durability, ErrorCode, Policy, Request, Response, StartAt, StreamOptions};
+use rill_protocol::wire;
 use rill_shm::ring::Ring;
 use rill_shm::Access;
 use std::os::fd::{AsFd, OwnedFd};

@@ -58,8 +58,7 @@ use std::time::Duration;
 
 mod open;
 
-/// Where `rilld` listens unless `RILL_SOCKET` says otherwise.
-pub const DEFAULT_SOCKET: &str = "/run/rill/rilld.sock";
+pub use rill_protocol::DEFAULT_SOCKET;
 /// The environment variable naming the daemon's socket.
 pub const SOCKET_ENV: &str = "RILL_SOCKET";
 /// How long a control request waits for its reply by default.

@@ -29,16 +29,13 @@
 pub mod client;
 mod connection;
 pub mod error;
-pub mod options;
-// rkyv's derives generate `Archived*` twins whose variant fields cannot
-// carry docs; the real types are documented.
-#[allow(missing_docs)]
-pub mod protocol;
+pub use rill_protocol::options;
+pub use rill_protocol as protocol;
 pub mod publisher;
 mod replay;
 pub mod subscriber;
 pub mod typed;
-pub mod wire;
+pub use rill_protocol::wire;
 
 pub use client::{default_socket_path, Client, ClientBuilder, Health, DEFAULT_SOCKET, SOCKET_ENV};
 pub use error::ClientError;

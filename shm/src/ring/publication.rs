@@ -347,12 +347,23 @@ impl<M: ClaimMode> Publication<M> {
         let next = |p: u64, off: usize| if one_frame { end } else { p + self.span_at(off) };
         #[cfg(loom)]
         if !self.ring.inner.reclaimable {
-            // A model without a reclaimer (`Ring::loom_reclaimable`).
+            // A model without a reclaimer (`Ring::loom_reclaimable`): no
+            // handshake, and the position word before the tag. A reader
+            // takes a frame as committed only once both say `p`, and
+            // acquires the tag, stored last with release either way, so
+            // it sees the same two states (not yet, committed) in either
+            // order; the order `commit` uses (tag first) only matters to
+            // the reclaimer, and doubles what loom explores at every read
+            // of a fresh frame (the relaxed position load may see either
+            // value), so the models without a reclaimer use this one.
+            use crate::frame::WORD_PUBLISHER;
             let mut p = start;
             while p < end {
                 let off = self.off(p);
                 mem.word(off + WORD_TIMESTAMP).store(timestamp_ns, Ordering::Relaxed);
-                commit(mem, self.salt, off, p, self.id);
+                mem.word(off + WORD_POSITION).store(p, Ordering::Relaxed);
+                let tag = u64::from(self.id) | (u64::from(super::commit_tag(self.salt, p)) << 32);
+                mem.word(off + WORD_PUBLISHER).store(tag, Ordering::Release);
                 p = next(p, off);
             }
             self.wake_if_waiting();

@@ -1,4 +1,10 @@
-//! The control protocol between the client library and `rilld`.
+//! `rill-protocol`: the control protocol between the client library
+//! (crate `rill`) and `rilld`, and the trust boundary between them: the
+//! messages, the enums both sides share (stream policy, start position,
+//! durability), the limits every decoder enforces, and the wire framing
+//! ([`wire`]). rilld depends on this crate and on nothing of the client
+//! library; the client library re-exports it as `rill::protocol` and
+//! `rill::wire`.
 //!
 //! One request, one reply, over a `SOCK_SEQPACKET` Unix socket (message
 //! boundaries are kept by the kernel, and fds passed with SCM_RIGHTS arrive
@@ -19,9 +25,11 @@
 //!
 //! Replies that hand over a ring carry fds, in this order:
 //! * publisher: ring (read-write), wake page, then every slot page
-//!   (read-only), one per slot of the ring;
+//!   (read-only), one per slot of the ring, then the daemon page
+//!   (read-only);
 //! * subscriber: ring (read-only), wake page, own slot page (read-write),
-//!   then one read-only fd per log segment to replay (see [`Replay`]);
+//!   the daemon page (read-only), then one read-only fd per log segment
+//!   to replay (see [`Replay`]);
 //! * log segments ([`Request::LogSegments`]): one read-only fd per segment
 //!   (see [`LogSegments`]).
 //!
@@ -31,8 +39,19 @@
 //! slot (`rill_shm::layout::SLOT_HOLDING`) that clients of version 2 would
 //! not heed.
 
+// rkyv's derives generate `Archived*` twins whose variant fields cannot
+// carry docs (the real types are documented), so the lint is off here.
+#![allow(missing_docs)]
+
 use rkyv::{Archive, Deserialize, Serialize};
 use thiserror::Error;
+
+pub mod options;
+pub mod wire;
+
+/// Where rilld listens unless told otherwise, and where clients look
+/// unless `$RILL_SOCKET` says otherwise.
+pub const DEFAULT_SOCKET: &str = "/run/rill/rilld.sock";
 
 /// `b"RL"` little-endian.
 pub const MAGIC: u16 = u16::from_le_bytes(*b"RL");

@@ -6,7 +6,7 @@
 //! message longer than [`MAX_MESSAGE_LEN`] or carrying more than
 //! [`MAX_FDS`] fds is an error (the kernel truncates it; we say so).
 
-use crate::protocol::{MAX_FDS, MAX_MESSAGE_LEN};
+use crate::{MAX_FDS, MAX_MESSAGE_LEN};
 use nix::sys::socket::{self, sockopt, AddressFamily, Backlog, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, UnixAddr};
 use std::io::{IoSlice, IoSliceMut};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};

@@ -2,10 +2,11 @@
 //! created with when a publisher or subscriber opens one that does not
 //! exist yet.
 //!
-//! The type itself is part of the control protocol ([`crate::protocol`]);
-//! this module only adds conveniences on the client side.
+//! The type is part of the control protocol; these are conveniences for
+//! the side that creates streams (the client library re-exports them as
+//! `rill::options`).
 
-use crate::protocol::{Policy, StreamOptions};
+use crate::{Policy, StreamOptions};
 
 /// Default ring capacity of a stream the client creates: 4 MiB.
 pub const DEFAULT_CAPACITY: u64 = 4 << 20;
@@ -16,7 +17,7 @@ impl Default for StreamOptions {
     /// 4 MiB ring, 64 KiB messages, back-pressure, removed when unused.
     ///
     /// ```
-    /// use rill::{Policy, StreamOptions};
+    /// use rill_protocol::{Policy, StreamOptions};
     ///
     /// let o = StreamOptions::default();
     /// assert_eq!((o.capacity, o.max_message_len, o.policy, o.keep), (4 << 20, 64 << 10, Policy::BackPressure, false));
@@ -66,9 +67,9 @@ impl StreamOptions {
     }
 
     /// Persisted by the daemon's archiver with `durability` (see
-    /// [`Durability`](crate::protocol::Durability)); `None` for a stream in
+    /// [`Durability`](crate::Durability)); `None` for a stream in
     /// memory only (the default).
-    pub fn with_persist(mut self, durability: Option<crate::protocol::Durability>) -> Self {
+    pub fn with_persist(mut self, durability: Option<crate::Durability>) -> Self {
         self.persist = durability;
         self
     }
