@@ -26,8 +26,8 @@
 //! stream_bytes = 1073741824          # the largest ring a client may create (1 GiB)
 //! ring_bytes = 12884901888           # ring memory in total (default: half the machine's memory)
 //! ring_bytes_per_uid = 6442450944    # ... created by one uid (default: a quarter of it)
-//! persisted_streams = 64             # persisted streams (a thread, an io_uring, a segment each)
-//! persisted_streams_per_uid = 16     # ... created by one uid
+//! persisted_streams = 256            # persisted streams (a thread, an io_uring, a segment each)
+//! persisted_streams_per_uid = 64     # ... created by one uid
 //!
 //! [[allow]]                          # uid 1000 may publish to orders.*, read all
 //! uids = [1000]
@@ -175,8 +175,8 @@ impl Default for Limits {
             stream_bytes: 1 << 30,
             ring_bytes: memory / 2,
             ring_bytes_per_uid: memory / 4,
-            persisted_streams: 64,
-            persisted_streams_per_uid: 16,
+            persisted_streams: 256,
+            persisted_streams_per_uid: 64,
         }
     }
 }
