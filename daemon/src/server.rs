@@ -274,6 +274,12 @@ impl Server {
             if !self.reply(i, &resp, fds) {
                 return false;
             }
+            // The client waited for this reply: however long we took (a
+            // replay's index built on a slow disk), that was not its
+            // silence. (Without this, a request that took longer than the
+            // client timeout got its client dropped as hung right after:
+            // CI saw a replaying subscriber lose its slot so.)
+            self.conns[i].last_seen = Instant::now();
         }
         true
     }
