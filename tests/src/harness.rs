@@ -313,6 +313,11 @@ impl Summary {
     }
 }
 
+/// The value of `key=value` among a worker line's words, if there.
+pub fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    line.split_whitespace().find_map(|f| f.strip_prefix(key)?.strip_prefix('='))
+}
+
 // Shared with `rill-powerfs`, hence defined in `rill-test-support`.
 pub use rill_test_support::wait_until;
 

@@ -24,3 +24,13 @@ pub mod opts;
 pub mod payload;
 
 pub use rill_test_support::workspace_bin;
+
+/// Logs of a worker binary to stderr, at `$RILL_LOG` (default `warn`).
+pub fn log_to_stderr() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("RILL_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+}

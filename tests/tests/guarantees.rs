@@ -33,7 +33,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use rill::{Client, Durability, Start, StreamOptions, Subscriber};
 use rill_tests::daemon::{rilld_bin, Rilld, DAEMON_FLAGS};
-use rill_tests::harness::{wait_until, HugePages, TempRingDir, Worker};
+use rill_tests::harness::{field, wait_until, HugePages, TempRingDir, Worker};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
@@ -473,10 +473,6 @@ fn a_second_rilld_on_the_same_directories_is_refused() -> Result<()> {
 
 // ---------------------------------------------------------------------------
 // 3. A publisher stalled past the unblock timeout
-
-fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
-    line.split_whitespace().find_map(|f| f.strip_prefix(key)?.strip_prefix('='))
-}
 
 /// `stalled-publisher` claims room on a stream persisted `always`, writes
 /// its message and is stopped (SIGSTOP). The test's own publisher sends

@@ -16,7 +16,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use rill::{DurableError, Durability, Start, StreamOptions};
 use rill_tests::daemon::{rilld_bin, Rilld};
-use rill_tests::harness::{root_or_skip, TempRingDir, Worker};
+use rill_tests::harness::{field, root_or_skip, TempRingDir, Worker};
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -26,10 +26,6 @@ const ATTACKER_UID: u32 = 65534;
 
 fn deadline() -> Instant {
     Instant::now() + Duration::from_secs(if cfg!(debug_assertions) { 900 } else { 300 })
-}
-
-fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
-    line.split_whitespace().find_map(|f| f.strip_prefix(key)?.strip_prefix('='))
 }
 
 fn signal(pid: u32, sig: Signal) -> Result<()> {

@@ -88,12 +88,7 @@ use std::time::{Duration, Instant};
 const FLAGS: [&str; 3] = ["ro-checks", "exclusive", "print-sent"];
 
 fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("RILL_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    rill_tests::log_to_stderr();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("publish") => Opts::parse(&args[1..], &FLAGS).and_then(|o| publish(&o)),

@@ -33,12 +33,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("RILL_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    rill_tests::log_to_stderr();
     let args: Vec<String> = std::env::args().skip(1).collect();
     if let Err(e) = Opts::parse(&args, &[]).and_then(|o| run(&o)) {
         eprintln!("stalled-publisher: {e:#}");
