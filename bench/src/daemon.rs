@@ -1,6 +1,6 @@
 //! The `rilld` behind the `rill` transport: one started for the run (the
 //! `rilld` binary next to this executable, with a fresh socket and page
-//! directory under /dev/shm and a fresh ring directory chosen like the
+//! and data directory under /dev/shm and a fresh ring directory chosen like the
 //! `ring` transport's, and for `persist` the data directory it is given),
 //! or a running one named by `--socket`.
 //!
@@ -9,7 +9,6 @@
 
 use crate::rings::{default_parent, fresh_dir};
 use anyhow::{bail, Context, Result};
-use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -34,9 +33,11 @@ impl Daemon {
     }
 
     /// [`Daemon::for_run`], and a daemon started here keeps persisted
-    /// streams' segment files in `data_dir` (`--data-dir`; default: the
-    /// daemon's own default). The caller owns `data_dir`: it is left in
-    /// place when the daemon drops. Refused with `socket`, whose daemon
+    /// streams' segment files in `data_dir` (`--data-dir`; default: a
+    /// fresh directory of the run's own, removed with it, so that runs side
+    /// by side never contend for one data directory's lock). The caller
+    /// owns a `data_dir` it gives: it is left in place when the daemon
+    /// drops. Refused with `socket`, whose daemon
     /// has a data directory of its own.
     pub(crate) fn for_run_in(socket: Option<&Path>, ring_parent: Option<&Path>, data_dir: Option<&Path>, extra: &[&str]) -> Result<Daemon> {
         if let Some(s) = socket {
@@ -78,7 +79,8 @@ impl Daemon {
             .arg(&rings)
             .arg("--page-dir")
             .arg(base.join("pages"))
-            .args(data_dir.map(|d| [OsStr::new("--data-dir"), d.as_os_str()]).into_iter().flatten())
+            .arg("--data-dir")
+            .arg(data_dir.map_or_else(|| base.join("data"), Path::to_path_buf))
             .args(extra)
             .env("RILL_LOG", "warn")
             .stdin(Stdio::null())
