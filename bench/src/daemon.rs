@@ -1,8 +1,8 @@
 //! The `rilld` behind the `rill` transport: one started for the run (the
-//! `rilld` binary next to this executable, with a fresh socket and page
-//! and data directory under /dev/shm and a fresh ring directory chosen like the
-//! `ring` transport's, and for `persist` the data directory it is given),
-//! or a running one named by `--socket`.
+//! `rilld` binary next to this executable, with a fresh socket, state and
+//! data directory under /dev/shm, rings on huge pages where the `ring`
+//! transport's directory would give it huge pages, and for `persist` the
+//! data directory it is given), or a running one named by `--socket`.
 //!
 //! A daemon started here is killed (by its own pid) and its directories
 //! removed when the [`Daemon`] drops.
@@ -26,8 +26,8 @@ pub(crate) struct Daemon {
 
 impl Daemon {
     /// The daemon at `socket` if given (it must be running), else a new one
-    /// whose rings go in a fresh directory under `ring_parent` (default:
-    /// /dev/hugepages with free huge pages, else /dev/shm).
+    /// whose rings are on huge pages if `ring_parent` (default:
+    /// /dev/hugepages with free huge pages, else /dev/shm) is hugetlbfs.
     pub(crate) fn for_run(socket: Option<&Path>, ring_parent: Option<&Path>) -> Result<Daemon> {
         Daemon::for_run_in(socket, ring_parent, None, &[])
     }
@@ -69,16 +69,16 @@ impl Daemon {
         };
         let base = fresh_dir(Path::new("/dev/shm"))?;
         d.dirs.push(base.clone());
-        let rings = fresh_dir(&ring_parent.map_or_else(default_parent, Path::to_path_buf))?;
-        d.dirs.push(rings.clone());
+        // Rings on the pages the ring transport would get from the same
+        // directory: huge pages only where it would have them.
+        let huge = rill_shm::os::mapping::dir_is_hugetlbfs(&ring_parent.map_or_else(default_parent, Path::to_path_buf));
         d.socket = base.join("rilld.sock");
         let child = Command::new(&rilld)
             .arg("--socket")
             .arg(&d.socket)
-            .arg("--ring-dir")
-            .arg(&rings)
-            .arg("--page-dir")
-            .arg(base.join("pages"))
+            .arg("--state-dir")
+            .arg(base.join("state"))
+            .args((!huge).then_some("--no-huge-pages"))
             .arg("--data-dir")
             .arg(data_dir.map_or_else(|| base.join("data"), Path::to_path_buf))
             .args(extra)

@@ -2,8 +2,8 @@
 //!
 //! ```toml
 //! socket = "/run/rill/rilld.sock"
-//! ring_dir = "/dev/hugepages/rill"   # hugetlbfs if mounted, else /dev/shm/rill
-//! # page_dir = "/dev/shm/x"         # slot and wake page files (tmpfs); default derived from ring_dir
+//! state_dir = "/run/rilld"           # rilld's private state (the ring keeper's socket); never mount it in a container
+//! huge_pages = true                  # rings on 2 MiB pages where reserved (else 4 KiB pages, logged)
 //! linger_ms = 5000                   # unused streams removed after this
 //! heartbeat_ms = 1000                # clients say they live this often
 //! client_timeout_ms = 5000           # silent this long = hung: released
@@ -90,12 +90,15 @@ impl std::fmt::Display for Action {
 pub struct Config {
     /// Listening socket.
     pub socket: PathBuf,
-    /// Where ring files live (hugetlbfs when available).
-    pub ring_dir: PathBuf,
-    /// Where slot and wake page files live (must not be hugetlbfs). `None`:
-    /// derived from `ring_dir` (see [`Config::page_dir`]), so daemons with
-    /// different ring directories never share page files.
-    pub page_dir: Option<PathBuf>,
+    /// rilld's private state: the socket of the ring keeper, which holds
+    /// every ring's memory across a restart of rilld (see
+    /// [`crate::keeper`]). Created mode 0700; refused if another uid owns
+    /// it or others may write it. Never mount it into a container.
+    pub state_dir: PathBuf,
+    /// Put rings on 2 MiB huge pages where the kernel has some reserved
+    /// (`/proc/sys/vm/nr_hugepages`), else on 4 KiB pages (logged);
+    /// `false`: always 4 KiB pages.
+    pub huge_pages: bool,
     /// Unused, not-kept streams are removed after this long.
     pub linger_ms: u64,
     /// Heartbeat interval asked of clients.
@@ -192,8 +195,8 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             socket: PathBuf::from(DEFAULT_SOCKET),
-            ring_dir: default_ring_dir(),
-            page_dir: None,
+            state_dir: PathBuf::from(DEFAULT_STATE_DIR),
+            huge_pages: true,
             linger_ms: 5000,
             heartbeat_ms: 1000,
             client_timeout_ms: 5000,
@@ -218,56 +221,10 @@ pub const DEFAULT_DATA_DIR: &str = "/var/lib/rill";
 /// Default segment file size: 64 MiB.
 pub const DEFAULT_SEGMENT_BYTES: u64 = 64 << 20;
 
-/// `/dev/hugepages/rill` if /dev/hugepages is a hugetlbfs mount with pages
-/// reserved, else `/dev/shm/rill`.
-pub fn default_ring_dir() -> PathBuf {
-    let huge = Path::new("/dev/hugepages");
-    if rill_shm::os::mapping::dir_is_hugetlbfs(huge) && hugepages_reserved() > 0 {
-        huge.join("rill")
-    } else {
-        PathBuf::from("/dev/shm/rill")
-    }
-}
-
-fn hugepages_reserved() -> u64 {
-    std::fs::read_to_string("/proc/sys/vm/nr_hugepages").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0)
-}
-
-/// Where a daemon whose rings are on hugetlbfs in `ring_dir` keeps the
-/// memory state that cannot live there (slot and wake pages, rings that
-/// fall back to 4 KiB pages): `/dev/shm/rill-<ring_dir>`, its path with
-/// `-` doubled and `/` turned into `-` (one name per ring directory, so two
-/// daemons never collide).
-pub fn shm_state_dir(ring_dir: &Path) -> PathBuf {
-    let path = ring_dir.to_string_lossy();
-    let escaped: String = path.trim_start_matches('/').replace('-', "--").replace('/', "-");
-    PathBuf::from(format!("/dev/shm/rill-{escaped}"))
-}
+/// Default private state directory.
+pub const DEFAULT_STATE_DIR: &str = "/run/rilld";
 
 impl Config {
-    /// The slot and wake page directory: `page_dir` if set; else, for rings
-    /// on hugetlbfs, `pages` in [`shm_state_dir`]; else `.pages` inside
-    /// the ring directory (tmpfs, like the rings; `.` starts no stream
-    /// name). Call once `ring_dir` exists (hugetlbfs is probed).
-    pub fn page_dir(&self) -> PathBuf {
-        match &self.page_dir {
-            Some(dir) => dir.clone(),
-            None if rill_shm::os::mapping::dir_is_hugetlbfs(&self.ring_dir) => shm_state_dir(&self.ring_dir).join("pages"),
-            None => self.ring_dir.join(".pages"),
-        }
-    }
-
-    /// Where rings go when huge pages run out: for rings on hugetlbfs,
-    /// `rings` in [`shm_state_dir`]; else the ring directory itself (its
-    /// rings have 4 KiB pages already).
-    pub fn fallback_ring_dir(&self) -> PathBuf {
-        if rill_shm::os::mapping::dir_is_hugetlbfs(&self.ring_dir) {
-            shm_state_dir(&self.ring_dir).join("rings")
-        } else {
-            self.ring_dir.clone()
-        }
-    }
-
     /// Reads a TOML file over the defaults.
     pub fn from_file(path: &Path) -> anyhow::Result<Config> {
         let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
@@ -369,16 +326,9 @@ mod tests {
     }
 
     #[test]
-    fn derived_page_dirs_differ_per_ring_dir() {
-        let a = shm_state_dir(Path::new("/dev/hugepages/a-b"));
-        let b = shm_state_dir(Path::new("/dev/hugepages/a/b"));
-        assert_eq!(a, PathBuf::from("/dev/shm/rill-dev-hugepages-a--b"));
-        assert_ne!(a, b);
-        let c = Config { ring_dir: PathBuf::from("/tmp/somewhere/rings"), ..Config::default() };
-        assert_eq!(c.page_dir(), PathBuf::from("/tmp/somewhere/rings/.pages"));
-        assert_eq!(c.fallback_ring_dir(), c.ring_dir);
-        let d = Config { page_dir: Some(PathBuf::from("/x")), ..c };
-        assert_eq!(d.page_dir(), PathBuf::from("/x"));
+    fn old_ring_directories_are_refused_by_name() {
+        let e = toml::from_str::<Config>("ring_dir = \"/dev/shm/rill\"").unwrap_err().to_string();
+        assert!(e.contains("ring_dir"), "{e}");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! `rilld`: the Rill daemon. `rilld` with no arguments listens on
-//! /run/rill/rilld.sock and keeps rings in /dev/hugepages/rill (hugetlbfs,
-//! when mounted with pages reserved) or /dev/shm/rill.
+//! /run/rill/rilld.sock, keeps its private state in /run/rilld and rings
+//! in sealed memfds (on huge pages where the kernel has some reserved),
+//! held across its restarts by the ring keeper it starts.
 
 use clap::Parser;
 use rill_daemon::config::Config;
@@ -13,13 +14,16 @@ struct Args {
     /// Listening socket (default /run/rill/rilld.sock).
     #[arg(long)]
     socket: Option<PathBuf>,
-    /// Directory for ring files (default: /dev/hugepages/rill if usable, else /dev/shm/rill).
+    /// rilld's private state directory, where the ring keeper that holds
+    /// every ring across a restart listens (default /run/rilld).
     #[arg(long)]
-    ring_dir: Option<PathBuf>,
-    /// Directory for slot and wake page files (default: `.pages` in the ring
-    /// directory; for rings on hugetlbfs, /dev/shm/rill-<ring dir>/pages).
+    state_dir: Option<PathBuf>,
+    /// Rings on 4 KiB pages only, never on huge pages.
     #[arg(long)]
-    page_dir: Option<PathBuf>,
+    no_huge_pages: bool,
+    /// Run as the ring keeper on this socket (started by rilld itself).
+    #[arg(long, hide = true)]
+    keeper: Option<PathBuf>,
     /// TOML configuration file (flags override it).
     #[arg(long)]
     config: Option<PathBuf>,
@@ -73,6 +77,9 @@ fn main() {
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
+    if let Some(socket) = &args.keeper {
+        return rill_daemon::keeper::run(socket);
+    }
     let mut config = match &args.config {
         Some(path) => Config::from_file(path)?,
         None => Config::default(),
@@ -80,11 +87,11 @@ fn run(args: Args) -> anyhow::Result<()> {
     if let Some(v) = args.socket {
         config.socket = v;
     }
-    if let Some(v) = args.ring_dir {
-        config.ring_dir = v;
+    if let Some(v) = args.state_dir {
+        config.state_dir = v;
     }
-    if let Some(v) = args.page_dir {
-        config.page_dir = Some(v);
+    if args.no_huge_pages {
+        config.huge_pages = false;
     }
     if let Some(v) = args.unblock_timeout_ms {
         config.unblock_timeout_ms = v;

@@ -2,11 +2,12 @@
 //! and the janitor work on it (abandoned claims, dead or departed
 //! subscribers, unused streams).
 //!
-//! Each stream is a ring file `<ring_dir>/<name>` (on hugetlbfs when
-//! possible) plus page files `<page_dir>/<name>.slot<i>` and
-//! `<page_dir>/<name>.wake` (see `rill_shm::layout::SlotPage`), and
-//! `<page_dir>/<name>.keep` if it outlives its users. All of it is files, so
-//! a restarted daemon adopts every live ring with its positions.
+//! Each stream is a ring and its pages (one per subscriber slot, the wake
+//! page, the daemon page: see `rill_shm::layout::SlotPage`), each a memfd
+//! sealed against resizing (`Ring::create_sealed`), on huge pages when
+//! possible. The ring keeper ([`crate::keeper`]) holds a copy of every fd,
+//! with whether the stream outlives its users, so a restarted daemon
+//! adopts every live ring with its positions.
 
 use crate::archiver::{Archiver, ArchiveStatus, Job, Retention};
 use crate::config::Config;
@@ -15,8 +16,8 @@ use rill_protocol::{
     Durability, ErrorCode, LogSegments, Policy, Replay, StartAt, StreamInfo, StreamOptions, SubscriberInfo, MAX_LOG_SEGMENTS,
     MAX_REPLAY_SEGMENTS,
 };
-use rill_shm::ring::{daemon_page_path, slot_page_path, wake_page_path, CreateError, PagePreference, Reclaimer, Ring, RingConfig, Start};
-use rill_shm::Access;
+use crate::keeper::{Kept, Keeper};
+use rill_shm::ring::{PagePreference, Reclaimer, Ring, RingConfig, RingFiles, Start};
 use std::collections::BTreeMap;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
@@ -99,8 +100,8 @@ pub struct Stream {
     pub name: String,
     /// The daemon's mapping (ring read-write, every page read-write).
     pub ring: Ring,
-    /// Directory holding the ring file.
-    pub ring_dir: PathBuf,
+    /// Its memfds (the keeper holds them too), handed to clients.
+    pub files: RingFiles,
     /// Kept when unused.
     pub keep: bool,
     /// Open publishers.
@@ -300,13 +301,17 @@ impl Stream {
 /// Every stream of this daemon.
 #[derive(Debug)]
 pub struct Streams {
-    /// Exclusive flocks on the ring, page and data directories, held for
-    /// the daemon's life: a second daemon on any of them fails to start.
+    /// Exclusive flocks on the state and data directories, held for the
+    /// daemon's life: a second daemon on either of them fails to start.
     _locks: Vec<nix::fcntl::Flock<std::fs::File>>,
     streams: BTreeMap<String, Stream>,
-    ring_dir: PathBuf,
-    fallback_dir: PathBuf,
-    page_dir: PathBuf,
+    /// Holds every ring's memfds across a restart of rilld.
+    keeper: Keeper,
+    /// What the keeper held for the previous rilld, until adopted.
+    kept: Vec<Kept>,
+    /// When to look at the keeper next after it was found gone.
+    keeper_retry_at: Option<Instant>,
+    huge_pages: bool,
     slot_count: u32,
     unblock_timeout_ns: u64,
     stall_limit: Duration,
@@ -509,6 +514,30 @@ fn create_dir(dir: &Path) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("restricting {}: {e}", dir.display()))
 }
 
+/// Makes `dir` rilld's private directory: created mode 0700 if missing;
+/// refused, with the reason, if it is a symbolic link or not a directory,
+/// or if another uid owns it (whoever owns it could plant files or links
+/// in it, or change its mode back); then set to mode 0700.
+fn private_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    create_dir_unchecked(dir)?;
+    let m = std::fs::symlink_metadata(dir).map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
+    anyhow::ensure!(m.is_dir(), "{} is not a directory (a symbolic link?); rilld's state directory must be a directory of its own", dir.display());
+    let me = nix::unistd::geteuid().as_raw();
+    anyhow::ensure!(
+        m.uid() == me,
+        "{} belongs to uid {}, not to rilld's uid {me}: remove it, or give rilld a state directory of its own (--state-dir)",
+        dir.display(),
+        m.uid()
+    );
+    create_dir(dir)
+}
+
+fn create_dir_unchecked(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(|e| anyhow::anyhow!("creating {}: {e}", dir.display()))
+}
+
 /// Takes an exclusive flock on directory `dir` (held while the returned
 /// file is open); fails, naming the directory, if another process holds it.
 fn lock_dir(dir: &Path) -> anyhow::Result<nix::fcntl::Flock<std::fs::File>> {
@@ -523,19 +552,8 @@ impl Streams {
     /// An empty registry over the configured directories (created if
     /// missing).
     pub fn new(config: &Config) -> anyhow::Result<Self> {
-        create_dir(&config.ring_dir)?;
-        let page_dir = config.page_dir();
-        let fallback_dir = config.fallback_ring_dir();
-        create_dir(&page_dir)?;
-        anyhow::ensure!(
-            !rill_shm::os::mapping::dir_is_hugetlbfs(&page_dir),
-            "page_dir {} is on hugetlbfs; it must be tmpfs (one 4 KiB page per slot)",
-            page_dir.display()
-        );
-        let mut locks = vec![lock_dir(&config.ring_dir)?];
-        if page_dir != config.ring_dir {
-            locks.push(lock_dir(&page_dir)?);
-        }
+        private_dir(&config.state_dir)?;
+        let mut locks = vec![lock_dir(&config.state_dir)?];
         let data_dir_existed = config.data_dir.is_dir();
         match create_dir(&config.data_dir) {
             Ok(()) => {
@@ -549,19 +567,15 @@ impl Streams {
             }
             Err(e) => tracing::warn!(error = %e, "no data directory: persisted streams cannot be created"),
         }
-        let huge = rill_shm::os::mapping::dir_is_hugetlbfs(&config.ring_dir);
-        tracing::info!(
-            ring_dir = %config.ring_dir.display(),
-            page_dir = %page_dir.display(),
-            pages = if huge { "2MiB huge pages (hugetlbfs)" } else { "4KiB pages" },
-            "ring storage"
-        );
+        let (keeper, kept) = Keeper::start(&config.state_dir)?;
+        tracing::info!(state_dir = %config.state_dir.display(), kept = kept.len(), huge_pages = config.huge_pages, "ring storage: sealed memfds, held by the ring keeper");
         Ok(Streams {
             _locks: locks,
             streams: BTreeMap::new(),
-            ring_dir: config.ring_dir.clone(),
-            fallback_dir,
-            page_dir,
+            keeper,
+            kept,
+            keeper_retry_at: None,
+            huge_pages: config.huge_pages,
             slot_count: config.slot_count,
             unblock_timeout_ns: config.unblock_timeout_ms * 1_000_000,
             stall_limit: Duration::from_millis(config.stall_limit_ms),
@@ -873,114 +887,54 @@ impl Streams {
         }
     }
 
-    /// Adopts the rings left by a previous daemon. Their active subscriber
-    /// slots wait `grace` for their owners to resume.
+    /// Adopts the rings that the keeper held for the previous daemon.
+    /// Their active subscriber slots wait `grace` for their owners to
+    /// resume.
     pub fn adopt_existing(&mut self, grace: Duration) -> usize {
         let deadline = Instant::now() + grace;
-        let dirs = [self.ring_dir.clone(), self.fallback_dir.clone()];
-        for dir in dirs.iter().filter(|d| d.is_dir()) {
-            let Ok(entries) = std::fs::read_dir(dir) else { continue };
-            for e in entries.flatten() {
-                let Some(name) = e.file_name().to_str().map(str::to_owned) else { continue };
-                if rill_protocol::check_stream_name(&name).is_err()
-                    || self.streams.contains_key(&name)
-                    || !wake_page_path(&self.page_dir, &name).exists()
-                {
-                    continue;
-                }
-                match Ring::open_page_files(dir, &self.page_dir, &name, Access::ReadWrite) {
-                    Ok(ring) => {
-                        let owners = (0..ring.info().slot_count)
-                            .map(|i| {
-                                if ring.subscribers().iter().any(|s| s.index == i) {
-                                    SlotOwner::Adopted { deadline }
-                                } else {
-                                    SlotOwner::Free
-                                }
-                            })
-                            .collect();
-                        let keep = self.page_dir.join(format!("{name}.keep")).exists();
-                        let holder = match ring.exclusive_holder() {
-                            0 => None,
-                            pid if rill_shm::os::pid_alive(pid) => Some(ExclusiveHolder::Detached { pid }),
-                            pid => {
-                                tracing::info!(stream = %name, pid, "exclusive publisher of the adopted ring is gone");
-                                None
+        for Kept { name, keep, files } in std::mem::take(&mut self.kept) {
+            if rill_protocol::check_stream_name(&name).is_err() || self.streams.contains_key(&name) {
+                tracing::error!(stream = %name, "the ring keeper held a ring under a name that is invalid or taken; letting it go");
+                let _ = self.keeper.forget(&name);
+                continue;
+            }
+            match Ring::adopt_sealed(&files) {
+                Ok(ring) => {
+                    let owners = (0..ring.info().slot_count)
+                        .map(|i| {
+                            if ring.subscribers().iter().any(|s| s.index == i) {
+                                SlotOwner::Adopted { deadline }
+                            } else {
+                                SlotOwner::Free
                             }
-                        };
-                        tracing::info!(stream = %name, tail = ring.tail(), pages = %ring.pages(), exclusive_pid = holder.map(|h| h.pid()), "adopted ring");
-                        self.insert(name.clone(), ring, dir.clone(), keep, owners);
-                        if let Some(s) = self.streams.get_mut(&name) {
-                            s.resume_until = Some(deadline);
-                            s.shared_may_resume_until = holder.is_none().then_some(deadline);
-                            s.set_exclusive(holder);
+                        })
+                        .collect();
+                    let holder = match ring.exclusive_holder() {
+                        0 => None,
+                        pid if rill_shm::os::pid_alive(pid) => Some(ExclusiveHolder::Detached { pid }),
+                        pid => {
+                            tracing::info!(stream = %name, pid, "exclusive publisher of the adopted ring is gone");
+                            None
                         }
+                    };
+                    tracing::info!(stream = %name, tail = ring.tail(), pages = %ring.pages(), exclusive_pid = holder.map(|h| h.pid()), "adopted ring");
+                    self.insert(name.clone(), ring, files, keep, owners);
+                    if let Some(s) = self.streams.get_mut(&name) {
+                        s.resume_until = Some(deadline);
+                        s.shared_may_resume_until = holder.is_none().then_some(deadline);
+                        s.set_exclusive(holder);
                     }
-                    Err(e) => tracing::error!(stream = %name, dir = %dir.display(), error = %e, "cannot adopt ring; its files are removed as stale"),
+                }
+                Err(e) => {
+                    tracing::error!(stream = %name, error = %e, "cannot adopt the ring the keeper held; letting it go");
+                    let _ = self.keeper.forget(&name);
                 }
             }
         }
-        self.sweep_stale();
         self.streams.len()
     }
 
-    /// The files in the ring and page directories that belong to stream
-    /// `name`: its ring file (in either ring directory) and its slot, wake
-    /// and keep page files.
-    fn files_of(&self, name: &str) -> Vec<PathBuf> {
-        let mut paths: Vec<PathBuf> = [&self.ring_dir, &self.fallback_dir].iter().map(|d| d.join(name)).collect();
-        paths.dedup();
-        let slot_prefix = format!("{name}.slot");
-        if let Ok(entries) = std::fs::read_dir(&self.page_dir) {
-            for e in entries.flatten() {
-                let file = e.file_name();
-                let Some(file) = file.to_str() else { continue };
-                let slot = file.strip_prefix(&slot_prefix).is_some_and(|i| !i.is_empty() && i.bytes().all(|b| b.is_ascii_digit()));
-                if slot || file == format!("{name}.wake") || file == format!("{name}.daemon") || file == format!("{name}.keep") {
-                    paths.push(e.path());
-                }
-            }
-        }
-        paths.retain(|p| p.symlink_metadata().is_ok_and(|m| m.is_file()));
-        paths
-    }
-
-    /// Removes what a stream that is not registered left behind (a ring
-    /// whose pages are gone, pages whose ring is gone): garbage, never a
-    /// reason to refuse the stream. Returns how many files.
-    fn clear_stale(&self, name: &str) -> usize {
-        debug_assert!(!self.streams.contains_key(name));
-        let stale = self.files_of(name);
-        for p in &stale {
-            if let Err(e) = std::fs::remove_file(p) {
-                tracing::warn!(stream = name, file = %p.display(), error = %e, "cannot remove a stale file");
-            }
-        }
-        if !stale.is_empty() {
-            let files: Vec<_> = stale.iter().filter_map(|p| p.file_name()).map(|f| f.to_string_lossy()).collect();
-            tracing::warn!(stream = name, files = %files.join(" "), "removed the stale files of a stream with no live ring");
-        }
-        stale.len()
-    }
-
-    /// After adoption: removes the files of every stream that was not
-    /// adopted (a ring without its pages, pages without their ring).
-    fn sweep_stale(&self) -> usize {
-        let mut names = std::collections::BTreeSet::new();
-        for dir in [&self.ring_dir, &self.fallback_dir, &self.page_dir] {
-            let Ok(entries) = std::fs::read_dir(dir) else { continue };
-            for e in entries.flatten() {
-                let Some(file) = e.file_name().to_str().map(str::to_owned) else { continue };
-                let name = if dir == &self.page_dir { file.rsplit_once('.').map_or(file.as_str(), |(n, _)| n).to_owned() } else { file };
-                if rill_protocol::check_stream_name(&name).is_ok() && !self.streams.contains_key(&name) {
-                    names.insert(name);
-                }
-            }
-        }
-        names.iter().map(|n| self.clear_stale(n)).sum()
-    }
-
-    fn insert(&mut self, name: String, ring: Ring, ring_dir: PathBuf, keep: bool, owners: Vec<SlotOwner>) {
+    fn insert(&mut self, name: String, ring: Ring, files: RingFiles, keep: bool, owners: Vec<SlotOwner>) {
         let keep = keep || self.keep_prefixes.iter().any(|p| name.starts_with(p.as_str()));
         let reclaimer = ring.reclaimer(self.unblock_timeout_ns);
         let stalled = vec![None; owners.len()];
@@ -989,7 +943,7 @@ impl Streams {
             creator: None,
             name: name.clone(),
             ring,
-            ring_dir,
+            files,
             keep,
             publishers: 0,
             exclusive: None,
@@ -1142,55 +1096,30 @@ impl Streams {
             max_message_len: options.max_message_len,
             policy: options.policy.into(),
             slot_count: self.slot_count,
-            pages: PagePreference::Auto,
+            pages: if self.huge_pages { PagePreference::Auto } else { PagePreference::NormalOnly },
         };
         config.validate().map_err(|e| Refusal::new(ErrorCode::Invalid, e.to_string()))?;
-        self.clear_stale(name);
-        let (ring, dir) = match Ring::create_with_page_files(&self.ring_dir, &self.page_dir, name, &config) {
-            Ok(r) => (r, self.ring_dir.clone()),
-            Err(CreateError::HugePagesUnavailable(e)) if self.fallback_dir != self.ring_dir => {
-                tracing::warn!(stream = name, error = %e, "no huge pages for this ring; using 4KiB pages in {}", self.fallback_dir.display());
-                create_dir(&self.fallback_dir).map_err(|e| Refusal::new(ErrorCode::Internal, e.to_string()))?;
-                let r = Ring::create_with_page_files(&self.fallback_dir, &self.page_dir, name, &config)
-                    .map_err(|e| Refusal::new(ErrorCode::Internal, format!("creating stream {name:?}: {e}")))?;
-                (r, self.fallback_dir.clone())
-            }
-            Err(e) => return Err(Refusal::new(ErrorCode::Internal, format!("creating stream {name:?}: {e}"))),
-        };
-        if options.keep {
-            let _ = std::fs::write(self.page_dir.join(format!("{name}.keep")), b"");
+        let (ring, files) = Ring::create_sealed(name, &config).map_err(|e| Refusal::new(ErrorCode::Internal, format!("creating stream {name:?}: {e}")))?;
+        let keep = options.keep || options.persist.is_some();
+        if let Err(e) = self.keeper.keep(name, keep, &files) {
+            tracing::error!(stream = name, error = %e, "the ring keeper did not take the ring; it is lost if rilld dies before the keeper is restarted");
         }
         tracing::info!(stream = name, capacity = options.capacity, policy = ?options.policy, pages = %ring.pages(), "stream created");
         let owners = vec![SlotOwner::Free; self.slot_count as usize];
-        self.insert(name.to_owned(), ring, dir, options.keep || options.persist.is_some(), owners);
+        self.insert(name.to_owned(), ring, files, keep, owners);
         Ok(())
     }
 
     /// Fds for a publisher: ring (rw), wake page, every slot page (ro),
     /// the daemon page (ro).
     pub fn publisher_fds(&self, name: &str) -> std::io::Result<Vec<OwnedFd>> {
-        let s = &self.streams[name];
-        let mut fds = vec![
-            open_fd(&s.ring_dir.join(name), true)?,
-            open_fd(&wake_page_path(&self.page_dir, name), true)?,
-        ];
-        for i in 0..s.ring.info().slot_count {
-            fds.push(open_fd(&slot_page_path(&self.page_dir, name, i), false)?);
-        }
-        fds.push(open_fd(&daemon_page_path(&self.page_dir, name), false)?);
-        Ok(fds)
+        self.streams[name].files.for_publisher()
     }
 
     /// Fds for a subscriber: ring (ro), wake page, its own slot page (rw),
     /// the daemon page (ro).
     pub fn subscriber_fds(&self, name: &str, slot: u32) -> std::io::Result<Vec<OwnedFd>> {
-        let s = &self.streams[name];
-        Ok(vec![
-            open_fd(&s.ring_dir.join(name), false)?,
-            open_fd(&wake_page_path(&self.page_dir, name), true)?,
-            open_fd(&slot_page_path(&self.page_dir, name, slot), true)?,
-            open_fd(&daemon_page_path(&self.page_dir, name), false)?,
-        ])
+        self.streams[name].files.for_subscriber(slot)
     }
 
     /// Attaches a subscriber for process `pid`; returns (slot, position).
@@ -1204,6 +1133,15 @@ impl Streams {
     /// the linger time. Returns how many things it did.
     pub fn tick(&mut self, now: Instant, now_ns: u64) -> usize {
         let mut work = 0;
+        if self.keeper_retry_at.is_none_or(|t| now >= t) && !self.keeper.alive() {
+            self.keeper_retry_at = Some(now + Duration::from_secs(1));
+            tracing::error!("the ring keeper is gone (killed?); starting a new one and handing it every ring");
+            let rings = self.streams.values().map(|s| (s.name.as_str(), s.keep, &s.files));
+            if let Err(e) = self.keeper.restart(rings) {
+                tracing::error!(error = %e, "cannot restart the ring keeper; rings are lost if rilld dies");
+            }
+            work += 1;
+        }
         let mut remove = Vec::new();
         for s in self.streams.values_mut() {
             if s.reclaimer.do_work(now_ns) > 0 {
@@ -1257,16 +1195,14 @@ impl Streams {
         work
     }
 
-    /// Removes a stream and its ring files (never its log).
+    /// Removes a stream and lets its ring go (never its log).
     pub fn remove(&mut self, name: &str) {
         let Some(s) = self.streams.remove(name) else { return };
         if s.persist.is_some() {
             self.archiver.remove(name);
         }
-        let mut paths = vec![s.ring_dir.join(name), wake_page_path(&self.page_dir, name), daemon_page_path(&self.page_dir, name), self.page_dir.join(format!("{name}.keep"))];
-        paths.extend((0..s.ring.info().slot_count).map(|i| slot_page_path(&self.page_dir, name, i)));
-        for p in paths {
-            let _ = std::fs::remove_file(p);
+        if let Err(e) = self.keeper.forget(name) {
+            tracing::warn!(stream = name, error = %e, "could not tell the ring keeper to let the ring go");
         }
         tracing::info!(stream = name, "removed unused stream");
     }

@@ -1,7 +1,8 @@
 //! Creating and opening ring files: page kinds, and typed errors for every
 //! kind of bad header.
 
-use rill_shm::ring::{OpenError, PagePreference, Policy, Ring, RingConfig, Start};
+use rill_shm::ring::{OpenError, PagePreference, Policy, Ring, RingConfig, RingFiles, Start};
+use std::os::fd::{AsFd, OwnedFd};
 use rill_shm::{Access, PageKind};
 use std::io::{Seek, SeekFrom, Write};
 use std::path::PathBuf;
@@ -128,39 +129,48 @@ fn memfd_rings_fall_back_and_report_pages() {
     assert_eq!(sub.poll(4, |m| assert_eq!(m.payload, b"via fd")).unwrap(), 1);
 }
 
-fn open_fd(path: &std::path::Path, write: bool) -> std::os::fd::OwnedFd {
-    std::fs::OpenOptions::new().read(true).write(write).open(path).unwrap().into()
+/// Splits the fds of `RingFiles::for_publisher` / `for_subscriber` into
+/// what `Ring::from_fds` takes: the ring, `slots` (the subscriber's own
+/// slot at `own`, or every slot read-only for a publisher), wake, daemon.
+type Fds = (OwnedFd, Vec<Option<(OwnedFd, Access)>>, (OwnedFd, Access), (OwnedFd, Access));
+
+fn publisher_fds(files: &RingFiles) -> Fds {
+    let mut fds = files.for_publisher().unwrap();
+    let daemon = fds.pop().unwrap();
+    let mut it = fds.into_iter();
+    let (ring, wake) = (it.next().unwrap(), it.next().unwrap());
+    (ring, it.map(|f| Some((f, Access::ReadOnly))).collect(), (wake, Access::ReadWrite), (daemon, Access::ReadOnly))
+}
+
+fn subscriber_fds(files: &RingFiles, slot: u32) -> Fds {
+    let mut it = files.for_subscriber(slot).unwrap().into_iter();
+    let (ring, wake, own, daemon) = (it.next().unwrap(), it.next().unwrap(), it.next().unwrap(), it.next().unwrap());
+    let mut own = Some(own);
+    let slots = (0..files.slots.len() as u32).map(|i| if i == slot { own.take().map(|f| (f, Access::ReadWrite)) } else { None }).collect();
+    (ring, slots, (wake, Access::ReadWrite), (daemon, Access::ReadOnly))
 }
 
 #[test]
-fn page_file_rings_give_subscribers_only_their_own_slot() {
-    use rill_shm::ring::{daemon_page_path, slot_page_path, wake_page_path, ClaimError};
-    let dir = TempDir::new("pages");
-    let (rings, pages) = (dir.0.join("rings"), dir.0.join("pages"));
-    std::fs::create_dir_all(&rings).unwrap();
-    std::fs::create_dir_all(&pages).unwrap();
+fn sealed_rings_give_subscribers_only_their_own_slot() {
+    use rill_shm::ring::ClaimError;
     let cfg = RingConfig { capacity: 4096, max_message_len: 256, slot_count: 3, ..config() };
-    let daemon = Ring::create_with_page_files(&rings, &pages, "p", &cfg).unwrap();
-    assert!(matches!(Ring::open(&rings.join("p"), Access::ReadOnly), Err(OpenError::NeedsPageFiles)));
+    let (daemon, files) = Ring::create_sealed("p", &cfg).unwrap();
+    let ring_only = files.ring.try_clone().unwrap();
+    assert!(matches!(Ring::from_fd(ring_only, Access::ReadOnly), Err(OpenError::NeedsPageFiles)));
 
     // The daemon attaches a subscriber; the subscriber maps the ring
     // read-only and only its own slot page read-write.
     let (slot, position) = daemon.attach_subscriber(Start::Latest, 4242).unwrap();
-    let sub_slots = (0..3)
-        .map(|i| (i == slot).then(|| (open_fd(&slot_page_path(&pages, "p", i), true), Access::ReadWrite)))
-        .collect();
-    let wake = (open_fd(&wake_page_path(&pages, "p"), true), Access::ReadWrite);
-    let vouch = || (open_fd(&daemon_page_path(&pages, "p"), false), Access::ReadOnly);
-    let sub_ring = Ring::from_fds(open_fd(&rings.join("p"), false), Access::ReadOnly, sub_slots, wake, vouch()).unwrap();
+    let (ring, slots, wake, vouch) = subscriber_fds(&files, slot);
+    let sub_ring = Ring::from_fds(ring, Access::ReadOnly, slots, wake, vouch).unwrap();
     assert!(sub_ring.is_read_only());
     assert!(sub_ring.subscribe(Start::Latest).is_err(), "cannot take other slots");
     assert!(sub_ring.subscriber_on_slot((slot + 1) % 3, 0).is_err(), "cannot use a slot it does not map");
     let mut sub = sub_ring.subscriber_on_slot(slot, position).unwrap();
 
     // A publisher maps the ring read-write and every slot read-only.
-    let pub_slots = (0..3).map(|i| Some((open_fd(&slot_page_path(&pages, "p", i), false), Access::ReadOnly))).collect();
-    let wake = (open_fd(&wake_page_path(&pages, "p"), true), Access::ReadWrite);
-    let pub_ring = Ring::from_fds(open_fd(&rings.join("p"), true), Access::ReadWrite, pub_slots, wake, vouch()).unwrap();
+    let (ring, slots, wake, vouch) = publisher_fds(&files);
+    let pub_ring = Ring::from_fds(ring, Access::ReadWrite, slots, wake, vouch).unwrap();
     assert!(pub_ring.subscribe(Start::Latest).is_err(), "publishers cannot take slots");
     let mut publ = pub_ring.exclusive_publication().unwrap();
     let mut sent = 0u32;
@@ -185,10 +195,10 @@ fn page_file_rings_give_subscribers_only_their_own_slot() {
 
     // Durability is vouched for on the daemon page, which only the daemon
     // writes: a publisher that writes the ring header's durable line (it
-    // may write the whole ring file) changes nothing.
+    // may write the whole ring) changes nothing.
     let end = daemon.tail();
     daemon.set_durable_position(end - 1);
-    forge_header_durable(&rings.join("p"), u64::MAX);
+    forge_header_durable(&files.ring, u64::MAX);
     assert_eq!(pub_ring.durable_position(), end - 1);
     assert_eq!(pub_ring.wait_durable(end, std::time::Duration::ZERO, std::time::Duration::from_millis(50)), Err(end - 1));
     assert_eq!(pub_ring.wait_durable(end - 2, std::time::Duration::ZERO, std::time::Duration::from_secs(5)), Ok(end - 1));
@@ -201,38 +211,52 @@ fn page_file_rings_give_subscribers_only_their_own_slot() {
     }
     assert_eq!(waiter.join().unwrap(), Ok(end + 1));
 
-    // The daemon re-opens everything after a restart.
-    let adopted = Ring::open_page_files(&rings, &pages, "p", Access::ReadWrite).unwrap();
+    // The daemon maps everything again after a restart.
+    let adopted = Ring::adopt_sealed(&files).unwrap();
     assert_eq!(adopted.tail(), daemon.tail());
     assert_eq!(adopted.durable_position(), end + 1);
 }
 
-/// Writes `value` over the durable position in the ring file's counters,
-/// as a publisher (which may write the ring file) could.
-fn forge_header_durable(ring: &std::path::Path, value: u64) {
-    use std::os::unix::fs::FileExt;
-    let f = std::fs::OpenOptions::new().write(true).open(ring).unwrap();
-    let at = (rill_shm::layout::COUNTERS_OFFSET + std::mem::offset_of!(rill_shm::layout::Counters, durable)) as u64;
-    f.write_all_at(&value.to_le_bytes(), at).unwrap();
+/// No fd a client is given can resize what others map: every one refuses
+/// ftruncate (shrinking would make every mapping of the cut pages fault
+/// with SIGBUS) and fallocate past the end (growing fills memory), and the
+/// read-only ones cannot be mapped writable. The daemon's mapping reads
+/// on, and a memfd that is not sealed is refused at adoption.
+#[test]
+fn handed_out_fds_cannot_resize_the_ring_or_its_pages() {
+    use std::os::fd::AsRawFd;
+    let cfg = RingConfig { capacity: 4096, max_message_len: 256, slot_count: 2, ..config() };
+    let (daemon, files) = Ring::create_sealed("sealed", &cfg).unwrap();
+    let (slot, _) = daemon.attach_subscriber(Start::Latest, 1).unwrap();
+    let mut handed = files.for_publisher().unwrap();
+    handed.extend(files.for_subscriber(slot).unwrap());
+    for fd in &handed {
+        let raw = fd.as_raw_fd();
+        let len = rill_shm::os::mapping::file_len(fd.as_fd()).unwrap();
+        // SAFETY: plain syscalls on an fd this test owns.
+        let (truncate, grow) = unsafe { (libc::ftruncate(raw, 0), libc::fallocate(raw, 0, 0, (len * 4) as libc::off_t)) };
+        assert!(truncate != 0 && grow != 0, "fd {raw} ({len} bytes) could be resized: ftruncate {truncate}, fallocate {grow}");
+        assert_eq!(rill_shm::os::mapping::file_len(fd.as_fd()).unwrap(), len);
+    }
+    let publ = daemon.shared_publication().unwrap();
+    let mut sub = daemon.subscriber_on_slot(slot, daemon.tail()).unwrap();
+    let mut publ = publ;
+    publ.offer(b"still here").unwrap();
+    assert_eq!(sub.poll(4, |m| assert_eq!(m.payload, b"still here")).unwrap(), 1);
+
+    let plain = rill_shm::os::mapping::memfd("plain", false).unwrap();
+    rill_shm::os::mapping::set_len(plain.as_fd(), 4096).unwrap();
+    let forged = RingFiles { wake: plain, ..files };
+    assert!(matches!(Ring::adopt_sealed(&forged), Err(OpenError::Corrupt(_))), "an unsealed page was adopted");
 }
 
-/// A ring made before daemon pages existed (its durable position in the
-/// ring file's counters) is upgraded when the daemon opens it: the page
-/// is made, holding that position.
-#[test]
-fn a_ring_without_a_daemon_page_gets_one_from_its_counters() {
-    use rill_shm::ring::daemon_page_path;
-    let dir = TempDir::new("upgrade");
-    let (rings, pages) = (dir.0.join("rings"), dir.0.join("pages"));
-    std::fs::create_dir_all(&rings).unwrap();
-    std::fs::create_dir_all(&pages).unwrap();
-    let cfg = RingConfig { capacity: 4096, max_message_len: 256, slot_count: 2, ..config() };
-    drop(Ring::create_with_page_files(&rings, &pages, "old", &cfg).unwrap());
-    std::fs::remove_file(daemon_page_path(&pages, "old")).unwrap();
-    forge_header_durable(&rings.join("old"), 4242);
-    let ring = Ring::open_page_files(&rings, &pages, "old", Access::ReadWrite).unwrap();
-    assert_eq!(ring.durable_position(), 4242);
-    assert!(daemon_page_path(&pages, "old").is_file());
+/// Writes `value` over the durable position in the ring's counters, as a
+/// publisher (which may write the ring) could.
+fn forge_header_durable(ring: &OwnedFd, value: u64) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::File::from(ring.try_clone().unwrap());
+    let at = (rill_shm::layout::COUNTERS_OFFSET + std::mem::offset_of!(rill_shm::layout::Counters, durable)) as u64;
+    f.write_all_at(&value.to_le_bytes(), at).unwrap();
 }
 
 #[test]

@@ -88,7 +88,7 @@ impl Rilld {
         }
         let mut cmd = Command::new(rilld_bin()?);
         cmd.arg("--socket").arg(&self.socket);
-        cmd.arg("--ring-dir").arg(self.ring_dir()).arg("--page-dir").arg(self.dir.join("pages"));
+        cmd.arg("--state-dir").arg(self.state_dir());
         cmd.arg("--data-dir").arg(&self.data_dir);
         cmd.args(DAEMON_FLAGS).args(&self.extra).env("NO_COLOR", "1");
         self.starts += 1;
@@ -104,9 +104,72 @@ impl Rilld {
         Ok(())
     }
 
-    /// Where rilld keeps ring files (`--ring-dir`).
-    pub fn ring_dir(&self) -> PathBuf {
-        self.dir.join("rings")
+    /// rilld's private state directory (`--state-dir`), where its ring
+    /// keeper listens.
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.join("state")
+    }
+
+    /// The pid of the ring keeper, which holds every ring's memory across
+    /// restarts of rilld.
+    pub fn keeper_pid(&self) -> Result<u32> {
+        let path = self.state_dir().join("keeper.pid");
+        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        text.trim().parse().with_context(|| format!("{}: {text:?}", path.display()))
+    }
+
+    /// How many memfds of stream `stream` (its ring and pages) the ring
+    /// keeper holds.
+    pub fn keeper_memfds(&self, stream: &str) -> Result<usize> {
+        let pid = self.keeper_pid()?;
+        let (ring, pages) = (format!("/memfd:{stream} (deleted)"), format!("/memfd:{stream}."));
+        let mut n = 0;
+        for e in std::fs::read_dir(format!("/proc/{pid}/fd"))? {
+            let link = std::fs::read_link(e?.path()).unwrap_or_default();
+            let link = link.to_string_lossy();
+            n += usize::from(link == ring || link.starts_with(&pages));
+        }
+        Ok(n)
+    }
+
+    /// Maps stream `stream`'s ring read-only from the memfds its ring
+    /// keeper holds (through /proc/PID/fd: root), every slot included:
+    /// how a test looks at a ring while rilld is dead.
+    pub fn keeper_ring(&self, stream: &str) -> Result<rill_shm::ring::Ring> {
+        use rill_shm::Access::ReadOnly;
+        let pid = self.keeper_pid()?;
+        let (mut ring, mut wake, mut daemon, mut slots) = (None, None, None, std::collections::BTreeMap::new());
+        for e in std::fs::read_dir(format!("/proc/{pid}/fd"))? {
+            let path = e?.path();
+            let link = std::fs::read_link(&path).unwrap_or_default().to_string_lossy().into_owned();
+            let Some(rest) = link.strip_prefix(&format!("/memfd:{stream}")).and_then(|r| r.strip_suffix(" (deleted)")) else { continue };
+            let fd = || -> Result<std::os::fd::OwnedFd> { Ok(std::fs::File::open(&path)?.into()) };
+            match rest {
+                "" => ring = Some(fd()?),
+                ".wake" => wake = Some(fd()?),
+                ".daemon" => daemon = Some(fd()?),
+                other => {
+                    let i: u32 = other.strip_prefix(".slot").context("a page of another name")?.parse()?;
+                    slots.insert(i, fd()?);
+                }
+            }
+        }
+        let slots = slots.into_values().map(|f| Some((f, ReadOnly))).collect();
+        let ring = ring.with_context(|| format!("the keeper holds no ring {stream}"))?;
+        let (wake, daemon) = (wake.context("no wake page")?, daemon.context("no daemon page")?);
+        Ok(rill_shm::ring::Ring::from_fds(ring, ReadOnly, slots, (wake, ReadOnly), (daemon, ReadOnly))?)
+    }
+
+    /// Kills the ring keeper (SIGKILL) and waits until it is gone: every
+    /// ring's memory is lost, as at a reboot. Call it while rilld is
+    /// stopped (a running rilld starts a new keeper and hands it its
+    /// rings).
+    pub fn lose_ring_memory(&self, deadline: Instant) -> Result<()> {
+        let gone = |pid: u32| !Path::new(&format!("/proc/{pid}")).exists() || proc_is_zombie(pid);
+        ensure!(self.process.as_ref().is_none_or(|p| gone(p.pid())), "rilld still runs: it would hand its rings to a new keeper");
+        let pid = self.keeper_pid()?;
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+        wait_until(deadline, "the ring keeper is gone", || Ok(gone(pid)))
     }
 
     /// The running process.
@@ -187,4 +250,9 @@ fn strip_ansi(s: &str) -> String {
         }
     }
     out
+}
+
+/// Whether process `pid` has exited and waits to be reaped.
+fn proc_is_zombie(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')))
 }

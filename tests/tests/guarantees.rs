@@ -4,12 +4,13 @@
 //!
 //! 1. `rill pub` on a persisted stream waits at exit until its last line
 //!    is durable: once it has exited, a `kill -9` of rilld and a reboot
-//!    (ring and page files gone) lose none of its lines.
-//! 2. Daemons with different ring directories and no `--page-dir` run side
-//!    by side without sharing anything (on tmpfs and on hugetlbfs, where
-//!    the page directory is derived elsewhere); a daemon started on
-//!    another one's ring, page or data directory (or socket) is refused,
-//!    naming the lock, and the first goes on working.
+//!    (every ring's memory gone with the ring keeper) lose none of its
+//!    lines.
+//! 2. Daemons with their own state and data directories run side by side
+//!    without sharing anything (rings on huge pages and on 4 KiB pages,
+//!    each held by its own ring keeper); a daemon started on another
+//!    one's state or data directory (or socket) is refused, naming the
+//!    lock, and the first goes on working.
 //! 3. A publisher stalled (SIGSTOP) between claim and commit for longer
 //!    than rilld's unblock timeout loses its claim: its commit says
 //!    `ClaimError::Reclaimed`, `wait_durable` says `DurableError::Lost`,
@@ -22,9 +23,8 @@
 //! wait has a watchdog that turns a hang into a failure; no test asserts
 //! how long anything took. The tests run one at a time.
 //!
-//! `cargo test --release -p rill-tests --test guarantees`. The hugetlbfs
-//! test needs 2 MiB huge pages and a hugetlbfs mount (see README); without
-//! them it fails, unless `RILL_NO_HUGEPAGES=1` says to skip it (loudly).
+//! `cargo test --release -p rill-tests --test guarantees`. The
+//! side-by-side test needs 2 MiB huge pages reserved (see README).
 
 #![forbid(unsafe_code)]
 
@@ -98,13 +98,10 @@ fn signal(pid: u32, sig: Signal) -> Result<()> {
     kill(Pid::from_raw(i32::try_from(pid)?), sig).with_context(|| format!("{sig} to {pid}"))
 }
 
-/// What a reboot does to memory: rilld's ring and page files are gone
-/// (its data directory is on disk and stays).
+/// What a reboot does to memory: every ring is gone with rilld's ring
+/// keeper (its data directory is on disk and stays).
 fn wipe_memory(d: &Rilld) -> Result<()> {
-    for dir in [d.ring_dir(), d.dir.join("pages")] {
-        std::fs::remove_dir_all(&dir).with_context(|| format!("wiping {}", dir.display()))?;
-    }
-    Ok(())
+    d.lose_ring_memory(Instant::now() + Duration::from_secs(10))
 }
 
 /// Reads from `sub` until it has handed `want` messages (position,
@@ -236,11 +233,11 @@ fn rill_pub_waits_at_exit_until_its_lines_are_durable() -> Result<()> {
 // ---------------------------------------------------------------------------
 // 2. Daemons side by side
 
-/// A rilld started by hand: socket, ring directory and data directory as
-/// given, `extra` after them, and no `--page-dir` unless `extra` has one.
-fn rilld_command(socket: &Path, ring_dir: &Path, data_dir: &Path, extra: &[&Path]) -> Result<Command> {
+/// A rilld started by hand: socket, state directory and data directory
+/// as given, `extra` after them.
+fn rilld_command(socket: &Path, state_dir: &Path, data_dir: &Path, extra: &[&str]) -> Result<Command> {
     let mut cmd = Command::new(rilld_bin()?);
-    cmd.arg("--socket").arg(socket).arg("--ring-dir").arg(ring_dir).arg("--data-dir").arg(data_dir);
+    cmd.arg("--socket").arg(socket).arg("--state-dir").arg(state_dir).arg("--data-dir").arg(data_dir);
     cmd.args(DAEMON_FLAGS).args(extra).env("NO_COLOR", "1");
     Ok(cmd)
 }
@@ -291,108 +288,57 @@ fn each_sees_only_its_own(daemons: &[(&str, &Path)], stream: &str, deadline: Ins
     Ok(())
 }
 
-/// Two rilld processes, each with its own ring and data directory under
-/// /dev/shm and the system's temporary directory and no `--page-dir`, run
-/// at once; each creates a stream of the same name, and each subscriber
-/// gets exactly its own daemon's messages. Each daemon's slot and wake
-/// pages are in `.pages` in its own ring directory.
+/// Two rilld processes, each with its own state and data directory, run
+/// at once, one with rings on huge pages (this machine has some reserved,
+/// as README's set-up does) and one with `--no-huge-pages`; each creates
+/// a stream of the same name, and each subscriber gets exactly its own
+/// daemon's messages. Each daemon has a ring keeper of its own, holding
+/// its own memfds of the stream, on the pages it was asked for.
 #[test]
-fn daemons_with_their_own_ring_dirs_share_nothing() -> Result<()> {
+fn daemons_with_their_own_state_dirs_share_nothing() -> Result<()> {
     let _serial = setup()?;
+    let hp = HugePages::probe()?;
+    ensure!(hp.available >= 4, "needs 4 free 2 MiB huge pages ({hp:?}); see README for how to reserve them");
     let deadline = deadline();
     let run = TempRingDir::in_dev_shm("side_by_side")?;
     let data = TempRingDir::new_in(&std::env::temp_dir(), "side_by_side")?;
     let mut daemons = Vec::new();
-    for label in ["a", "b"] {
+    for (label, extra) in [("a", &[][..]), ("b", &["--no-huge-pages"][..])] {
         let socket = run.join(&format!("{label}.sock"));
-        let cmd = rilld_command(&socket, &run.join(&format!("{label}-rings")), &data.join(label), &[])?;
+        let cmd = rilld_command(&socket, &run.join(&format!("{label}-state")), &data.join(label), extra)?;
         daemons.push((start_rilld(cmd, &socket, &format!("rilld-{label}"), deadline)?, socket));
     }
     let stream = "same.name";
     let sockets: Vec<(&str, &Path)> = vec![("a", &daemons[0].1), ("b", &daemons[1].1)];
     each_sees_only_its_own(&sockets, stream, deadline)?;
-    for (label, (w, _)) in ["a", "b"].iter().zip(&mut daemons) {
+    let mut keepers = Vec::new();
+    for ((label, huge), (w, _)) in [("a", true), ("b", false)].iter().zip(&mut daemons) {
         ensure!(w.try_exited()?.is_none(), "rilld-{label} died: {}", w.stderr());
-        let ring = run.join(&format!("{label}-rings"));
-        ensure!(ring.join(stream).is_file(), "no ring file {}", ring.join(stream).display());
-        let pages: Vec<String> = std::fs::read_dir(ring.join(".pages"))
-            .with_context(|| format!("rilld-{label}'s page directory {}", ring.join(".pages").display()))?
-            .filter_map(|e| e.ok()?.file_name().into_string().ok())
-            .collect();
-        ensure!(pages.iter().any(|p| p.starts_with(stream)), "no page files of {stream} in rilld-{label}'s .pages: {pages:?}");
+        let state = run.join(&format!("{label}-state"));
+        let (pid, fds) = keeper_memfds(&state, stream)?;
+        ensure!(fds.len() >= 4, "rilld-{label}'s ring keeper (pid {pid}) holds {fds:?} of {stream}");
+        let ring = fds.iter().find(|(link, _)| link.ends_with(&format!(":{stream} (deleted)"))).context("no ring memfd")?;
+        ensure!(ring.1 == *huge, "rilld-{label}'s ring of {stream} is on huge pages: {}, expected {huge}", ring.1);
+        keepers.push(pid);
     }
+    ensure!(keepers[0] != keepers[1], "both daemons use ring keeper {}", keepers[0]);
     Ok(())
 }
 
-/// Where rilld keeps the pages of rings on hugetlbfs in `ring_dir` (the
-/// README: `/dev/shm/rill-<ring dir>/pages`, the path with `-` doubled and
-/// `/` made `-`).
-fn derived_shm_dir(ring_dir: &Path) -> PathBuf {
-    let escaped = ring_dir.to_string_lossy().trim_start_matches('/').replace('-', "--").replace('/', "-");
-    PathBuf::from(format!("/dev/shm/rill-{escaped}"))
-}
-
-/// Removes directories on drop (what rilld made outside the test's own).
-struct RemoveOnDrop(Vec<PathBuf>);
-
-impl Drop for RemoveOnDrop {
-    fn drop(&mut self) {
-        for dir in &self.0 {
-            if let Err(e) = std::fs::remove_dir_all(dir) {
-                if e.kind() != std::io::ErrorKind::NotFound {
-                    eprintln!("warning: could not remove {}: {e}", dir.display());
-                }
-            }
+/// The memfds of `stream` that the ring keeper of state directory
+/// `state` holds: its pid, and (link, on hugetlbfs) of each.
+fn keeper_memfds(state: &Path, stream: &str) -> Result<(u32, Vec<(String, bool)>)> {
+    let pid: u32 = std::fs::read_to_string(state.join("keeper.pid"))?.trim().parse()?;
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(format!("/proc/{pid}/fd"))? {
+        let path = e?.path();
+        let link = std::fs::read_link(&path).unwrap_or_default().to_string_lossy().into_owned();
+        if link.starts_with(&format!("/memfd:{stream}")) {
+            let huge = nix::sys::statfs::statfs(&path)?.filesystem_type() == nix::sys::statfs::HUGETLBFS_MAGIC;
+            out.push((link, huge));
         }
     }
-}
-
-/// As [`daemons_with_their_own_ring_dirs_share_nothing`], with the ring
-/// directories on hugetlbfs: then each daemon's pages are in a directory
-/// derived from its ring directory under /dev/shm, one per daemon.
-#[test]
-fn daemons_with_their_own_ring_dirs_on_hugetlbfs_share_nothing() -> Result<()> {
-    let name = "side_by_side_huge";
-    let _serial = setup()?;
-    let hp = HugePages::probe()?;
-    let Some(mount) = hp.mount.clone().filter(|_| hp.available >= 4) else {
-        let why = format!("needs 4 free 2 MiB huge pages and a hugetlbfs mount ({hp:?}); see README for how to set them up");
-        if std::env::var("RILL_NO_HUGEPAGES").as_deref() == Ok("1") {
-            eprintln!("\n!!!!!!!!!! {name} SKIPPED (RILL_NO_HUGEPAGES=1): {why} !!!!!!!!!!\n");
-            return Ok(());
-        }
-        bail!("{name} {why}; set RILL_NO_HUGEPAGES=1 to skip it explicitly");
-    };
-    let deadline = deadline();
-    let huge = TempRingDir::new_in(&mount, name)?;
-    let run = TempRingDir::in_dev_shm(name)?;
-    let data = TempRingDir::new_in(&std::env::temp_dir(), name)?;
-    let rings: Vec<PathBuf> = ["a", "b"].iter().map(|l| huge.join(&format!("{l}-rings"))).collect();
-    let state: Vec<PathBuf> = rings.iter().map(|r| derived_shm_dir(r)).collect();
-    // Declared after the directories: dropped (and removed) before them,
-    // and after the daemons below are killed.
-    let _state = RemoveOnDrop(state.clone());
-    let mut daemons = Vec::new();
-    for (i, label) in ["a", "b"].into_iter().enumerate() {
-        let socket = run.join(&format!("{label}.sock"));
-        let cmd = rilld_command(&socket, &rings[i], &data.join(label), &[])?;
-        daemons.push((start_rilld(cmd, &socket, &format!("rilld-{label}"), deadline)?, socket));
-    }
-    let stream = "same.name";
-    let sockets: Vec<(&str, &Path)> = vec![("a", &daemons[0].1), ("b", &daemons[1].1)];
-    each_sees_only_its_own(&sockets, stream, deadline)?;
-    ensure!(state[0] != state[1], "both page directories are {}", state[0].display());
-    for (i, (w, _)) in daemons.iter_mut().enumerate() {
-        ensure!(w.try_exited()?.is_none(), "{} died: {}", w.name(), w.stderr());
-        let pages = state[i].join("pages");
-        let names: Vec<String> = std::fs::read_dir(&pages)
-            .with_context(|| format!("{}'s page directory {}", w.name(), pages.display()))?
-            .filter_map(|e| e.ok()?.file_name().into_string().ok())
-            .collect();
-        ensure!(names.iter().any(|p| p.starts_with(stream)), "no page files of {stream} in {}: {names:?}", pages.display());
-    }
-    drop(daemons);
-    Ok(())
+    Ok((pid, out))
 }
 
 /// A second rilld to start on what the first one holds: its socket,
@@ -400,16 +346,15 @@ fn daemons_with_their_own_ring_dirs_on_hugetlbfs_share_nothing() -> Result<()> {
 struct Second {
     what: &'static str,
     socket: PathBuf,
-    rings: PathBuf,
+    state: PathBuf,
     data: PathBuf,
-    extra: Vec<PathBuf>,
     locked: PathBuf,
 }
 
 /// rilld A runs, with a subscriber and a publisher on a stream. Then
-/// second daemons are started on what A holds: its ring directory, its
-/// data directory, its page directory (`--page-dir` given), and its ring
-/// directory and socket together. Each is refused: it exits non-zero and
+/// second daemons are started on what A holds: its state directory (where
+/// its ring keeper listens), its data directory, and its state directory
+/// and socket together. Each is refused: it exits non-zero and
 /// says the directory is locked (flock) by another rilld. After each, A
 /// still runs, its socket still answers, and its stream still carries
 /// messages, in order, to the subscriber that was there from the start.
@@ -419,8 +364,8 @@ fn a_second_rilld_on_the_same_directories_is_refused() -> Result<()> {
     let deadline = deadline();
     let run = TempRingDir::in_dev_shm("refused")?;
     let data = TempRingDir::new_in(&std::env::temp_dir(), "refused")?;
-    let (socket, rings, data_dir) = (run.join("a.sock"), run.join("a-rings"), data.join("a"));
-    let mut a = start_rilld(rilld_command(&socket, &rings, &data_dir, &[])?, &socket, "rilld-a", deadline)?;
+    let (socket, state, data_dir) = (run.join("a.sock"), run.join("a-state"), data.join("a"));
+    let mut a = start_rilld(rilld_command(&socket, &state, &data_dir, &[])?, &socket, "rilld-a", deadline)?;
     let client = connect(&socket)?;
     let stream = "refused.stream";
     let mut sub = client.subscriber_with(stream, Start::Latest, StreamOptions::new().with_capacity(64 << 10).with_max_message_len(2048))?;
@@ -436,24 +381,13 @@ fn a_second_rilld_on_the_same_directories_is_refused() -> Result<()> {
     };
     round_trip(&mut sub, "its start")?;
 
-    let pages = rings.join(".pages");
-    let none = Vec::new();
     let cases = [
-        Second { what: "the same ring directory", socket: run.join("b1.sock"), rings: rings.clone(), data: data.join("b1"), extra: none.clone(), locked: rings.clone() },
-        Second { what: "the same data directory", socket: run.join("b2.sock"), rings: run.join("b2-rings"), data: data_dir.clone(), extra: none.clone(), locked: data_dir.clone() },
-        Second {
-            what: "the same page directory",
-            socket: run.join("b3.sock"),
-            rings: run.join("b3-rings"),
-            data: data.join("b3"),
-            extra: vec!["--page-dir".into(), pages.clone()],
-            locked: pages.clone(),
-        },
-        Second { what: "the same ring directory and socket", socket: socket.clone(), rings: rings.clone(), data: data.join("b4"), extra: none, locked: rings.clone() },
+        Second { what: "the same state directory", socket: run.join("b1.sock"), state: state.clone(), data: data.join("b1"), locked: state.clone() },
+        Second { what: "the same data directory", socket: run.join("b2.sock"), state: run.join("b2-state"), data: data_dir.clone(), locked: data_dir.clone() },
+        Second { what: "the same state directory and socket", socket: socket.clone(), state: state.clone(), data: data.join("b3"), locked: state.clone() },
     ];
-    for Second { what, socket: b_socket, rings: b_rings, data: b_data, extra, locked } in &cases {
-        let extra: Vec<&Path> = extra.iter().map(PathBuf::as_path).collect();
-        let cmd = rilld_command(b_socket, b_rings, b_data, &extra)?;
+    for Second { what, socket: b_socket, state: b_state, data: b_data, locked } in &cases {
+        let cmd = rilld_command(b_socket, b_state, b_data, &[])?;
         let mut b = Worker::spawn_command(cmd, &format!("rilld on {what}"))?;
         let status = b.wait_exit(deadline)?;
         let says = b.stderr();

@@ -90,9 +90,7 @@ fn a_publisher_cannot_forge_durability() -> Result<()> {
     attacker.wait_exit(deadline)?;
     drop((publ, client));
     d.kill9();
-    for dir in [d.ring_dir(), d.dir.join("pages")] {
-        std::fs::remove_dir_all(&dir).with_context(|| format!("wiping {}", dir.display()))?;
-    }
+    d.lose_ring_memory(deadline)?;
     d.spawn(deadline)?;
     let client = d.client()?;
     let mut sub = client.subscriber(stream, Start::Earliest)?;
@@ -105,5 +103,79 @@ fn a_publisher_cannot_forge_durability() -> Result<()> {
         got == [(first, "before the attack".to_owned()), (second, "while rilld is stopped".to_owned())],
         "after kill -9 and a reboot the log replays {got:?}"
     );
+    d.ensure_alive()
+}
+
+/// A client of uid 65534, allowed to publish and subscribe to a stream,
+/// tries to shrink (ftruncate to 0) and grow (fallocate by 64 MiB) every
+/// fd it was given: the ring, the wake and daemon pages, every slot page
+/// and its own. Before rings were sealed memfds, shrinking a slot page
+/// made rilld die of SIGBUS at its next janitor tick, together with every
+/// client mapping the page (this test's own publisher and subscriber among
+/// them). Now every attempt is refused and no length changes; the honest
+/// publisher and subscriber in this process carry on (every message once,
+/// in order), a new subscriber opens, and rilld stays healthy.
+#[test]
+fn a_client_cannot_resize_what_others_map() -> Result<()> {
+    let name = "hostile_resize";
+    if !root_or_skip(name, "needs root: the attacker runs as uid 65534")? {
+        return Ok(());
+    }
+    rilld_bin()?;
+    let deadline = deadline();
+    let etc = TempRingDir::new_in(&std::env::temp_dir(), name)?;
+    let config = etc.join("rilld.toml");
+    std::fs::write(&config, format!("[[allow]]\nuids = [{ATTACKER_UID}]\npublish = [\"shared.\"]\nsubscribe = [\"shared.\"]\n"))?;
+    let mut d = Rilld::start(name, &["--config".into(), config.display().to_string()], deadline)?;
+    let stream = "shared.resize";
+    let client = d.client()?;
+    let options = StreamOptions::new().with_capacity(64 << 10).with_max_message_len(1024);
+    let mut sub = client.subscriber_with(stream, Start::Latest, options)?;
+    let mut publ = client.publisher(stream)?;
+    let mut next = 0u32;
+    let mut round = |publ: &mut rill::Publisher, sub: &mut rill::Subscriber, count: u32| -> Result<()> {
+        let (from, to) = (next, next + count);
+        let mut want = from;
+        let mut sent = from;
+        while want < to {
+            ensure!(Instant::now() < deadline, "watchdog: {want} of {from}..{to} read");
+            while sent < to && publ.offer(&sent.to_le_bytes()).is_ok() {
+                sent += 1;
+            }
+            sub.poll_blocking(256, Duration::from_millis(10), |m| {
+                if m.payload == want.to_le_bytes() {
+                    want += 1;
+                } else {
+                    want = u32::MAX; // reported below
+                }
+            })?;
+            ensure!(want != u32::MAX, "a message out of order or damaged after {from}");
+        }
+        next = to;
+        Ok(())
+    };
+    round(&mut publ, &mut sub, 100)?;
+
+    let mut cmd = Command::new(HOSTILE);
+    cmd.arg("resize").arg("--socket").arg(&d.socket).args(["--stream", stream]);
+    cmd.uid(ATTACKER_UID).gid(ATTACKER_UID).env("NO_COLOR", "1");
+    let (mut attacker, attacker_stdin) = Worker::spawn_with_stdin(cmd, "hostile-client")?;
+    let resized = attacker.wait_line("RESIZED", deadline)?;
+    attacker.wait_line("DONE", deadline)?;
+    eprintln!("{name}: {resized}");
+    let fds: usize = field(&resized, "fds").context("fds")?.parse()?;
+    ensure!(fds >= 8, "the attacker got only {fds} fds: {resized}");
+    for what in ["truncated", "grown", "sizes_changed"] {
+        ensure!(field(&resized, what) == Some("0"), "the attacker resized what others map ({what}): {resized}");
+    }
+    // Several janitor ticks, each of which reads every slot page.
+    std::thread::sleep(Duration::from_millis(300));
+    d.ensure_alive()?;
+    round(&mut publ, &mut sub, 5_000)?;
+    let mut late = client.subscriber(stream, Start::Latest)?;
+    round(&mut publ, &mut late, 10)?;
+    drop(attacker_stdin);
+    let status = attacker.wait_exit(deadline)?;
+    ensure!(status.success(), "hostile-client: {status}: {}", attacker.stderr());
     d.ensure_alive()
 }

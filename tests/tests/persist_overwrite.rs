@@ -13,8 +13,6 @@
 
 use anyhow::{ensure, Context, Result};
 use rill_shm::frame::FrameKind;
-use rill_shm::ring::Ring;
-use rill_shm::Access;
 use rill_store::{list_segments, FrameReader};
 use rill_tests::daemon::Rilld;
 use rill_tests::harness::{wait_until, Summary, Worker};
@@ -213,8 +211,8 @@ fn a_persisted_overwrite_stream_survives_kill9_of_rilld() -> Result<()> {
     wait_until(deadline, "a third of the messages published", || Ok(client.stream_info(stream)?.tail > 16 * CAPACITY))?;
     drop(client);
     d.kill9();
-    // rilld is gone; the ring and its slot pages are files, read here.
-    let ring = Ring::open_page_files(&d.ring_dir(), &d.dir.join("pages"), stream, Access::ReadOnly)?;
+    // rilld is gone; its ring keeper still holds the ring and its pages.
+    let ring = d.keeper_ring(stream)?;
     for _ in 0..20 {
         let held: Vec<_> = ring.subscribers().into_iter().filter(|s| s.holding).collect();
         ensure!(held.len() == 1 && held[0].index == archiver_slot, "holding slots with rilld dead: {held:?}");

@@ -369,13 +369,6 @@ fn kill_publishers(pubs: Vec<(Worker, usize, u32)>) -> Vec<Life> {
     lives
 }
 
-fn wipe(dir: &Path) -> Result<()> {
-    match std::fs::remove_dir_all(dir) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e).with_context(|| format!("wipe {}", dir.display())),
-        _ => Ok(()),
-    }
-}
-
 fn setup(name: &'static str, seed: u64, deadline: Instant) -> Result<Rig> {
     let mnt = TempRingDir::new_in(&std::env::temp_dir(), &format!("{name}-mnt"))?;
     let work = TempRingDir::in_dev_shm(&format!("{name}-work"))?;
@@ -407,8 +400,7 @@ fn acknowledged_messages_survive_power_loss() -> Result<()> {
         rig.d.kill9();
         let lives = kill_publishers(pubs);
         let cut = if round % 2 == 0 { rig.fs.cut()? } else { rig.fs.cut_torn(rng.next_u64())? };
-        wipe(&rig.d.ring_dir())?;
-        wipe(&rig.d.dir.join("pages"))?;
+        rig.d.lose_ring_memory(soon(deadline))?;
         rig.d.spawn(soon(deadline))?;
         let mut violations = Vec::new();
         let cut_fields: Vec<&str> = cut.split(' ').filter(|w| !w.contains('=') || w.starts_with("seed=") || w.starts_with("dropped_") || w.starts_with("kept_") || w.starts_with("torn_")).collect();

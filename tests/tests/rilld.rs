@@ -294,17 +294,11 @@ fn denied_client_is_refused_with_a_clear_message() -> Result<()> {
     Ok(())
 }
 
-/// The [[allow]] rules must hold for the files too: a uid that may not
-/// subscribe to "secret.x" may not read its ring file or page files by path
-/// either (nor write them).
-///
-/// Ignored while it fails: rilld creates ring and page files with
-/// `OpenOptions` defaults (mode 0666 & ~umask: shm/src/ring/mod.rs,
-/// `create_in_with` and `create_with_page_files`) in directories made with
-/// `create_dir_all` (0777 & ~umask: daemon/src/streams.rs `create_dir`). With
-/// the usual umask 022 every ring is world-readable, so any local user reads
-/// any stream without asking rilld; with umask 000 every ring and slot page
-/// is world-writable.
+/// The [[allow]] rules must hold for the memory too: a uid that may not
+/// subscribe to "secret.x" may not read its ring or pages by any path
+/// either. Rings are memfds with no name in any filesystem; the only paths
+/// to them are /proc/PID/fd/N of rilld and of its ring keeper (each memfd
+/// is mode 0600, and those processes are root's): uid 65534 reads none.
 #[test]
 fn denied_uid_cannot_read_the_ring_file_by_path() -> Result<()> {
     let name = "rilld_ring_file_modes";
@@ -318,10 +312,20 @@ fn denied_uid_cannot_read_the_ring_file_by_path() -> Result<()> {
     let d = Rilld::start(name, &["--config".into(), config.display().to_string()], deadline)?;
     let client = d.client()?;
     let _publ = client.publisher_with("secret.x", stream_options())?;
-    let files = [d.ring_dir().join("secret.x"), d.dir.join("pages/secret.x.slot0"), d.dir.join("pages/secret.x.wake"), d.dir.join("pages/secret.x.daemon")];
+    let mut files = Vec::new();
+    for pid in [d.pid(), d.keeper_pid()?] {
+        for e in std::fs::read_dir(format!("/proc/{pid}/fd"))? {
+            let path = e?.path();
+            if std::fs::read_link(&path).is_ok_and(|l| l.to_string_lossy().starts_with("/memfd:secret.x")) {
+                files.push(path);
+            }
+        }
+    }
+    // rilld and the keeper each hold the ring, the wake and daemon pages
+    // and every slot page.
+    ensure!(files.len() >= 8, "found only {files:?} as paths to secret.x's memory");
     let mut readable = Vec::new();
     for f in &files {
-        ensure!(f.exists(), "{} does not exist", f.display());
         let out = Command::new("head").arg("-c").arg("8").arg(f).uid(65534).gid(65534).output()?;
         if out.status.success() {
             let mode = std::fs::metadata(f)?.mode();
@@ -1018,8 +1022,7 @@ fn check_adopted(d: &Rilld, env: &Env<'_>, pubs: &[Worker], subs: &[Worker], tai
 // 7. Subscribers get the ring read-only
 
 /// The mappings of `ring` in process `pid`: (permissions, VmFlags).
-fn ring_mappings(pid: u32, ring: &Path) -> Result<Vec<(String, String)>> {
-    let ino = std::fs::metadata(ring)?.ino().to_string();
+fn ring_mappings(pid: u32, ino: &str) -> Result<Vec<(String, String)>> {
     let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps"))?;
     let mut out = Vec::new();
     let mut current: Option<String> = None;
@@ -1054,9 +1057,10 @@ fn subscriber_cannot_write_the_ring() -> Result<()> {
     let mut sub = env.subscriber("subscriber", &args, deadline)?;
     let ro = sub.lines().iter().find(|l| l.starts_with("ROCHECK")).cloned().context("no ROCHECK line")?;
     eprintln!("{name}: subscriber process: {ro}");
-    let ring_path = d.ring_dir().join(env.stream);
     ensure!(field(&ro, "ring_read_only")? == "true", "{ro}");
-    ensure!(Path::new(field(&ro, "ring_path")?) == ring_path, "mapped {}, expected {}", field(&ro, "ring_path")?, ring_path.display());
+    let memfd = format!("/memfd:{}_(deleted)", env.stream);
+    ensure!(field(&ro, "ring_path")? == memfd, "mapped {}, expected the memfd {memfd}", field(&ro, "ring_path")?);
+    let ring_ino = field(&ro, "ring_ino")?;
     ensure!(field(&ro, "ring_perms")? == "r--s", "(a) the subscriber's ring mapping is not r--s: {ro}");
     let flags: Vec<&str> = field(&ro, "ring_vmflags")?.split('_').collect();
     // A MAP_SHARED mapping of a read-only fd keeps only "ms" (may share):
@@ -1070,13 +1074,13 @@ fn subscriber_cannot_write_the_ring() -> Result<()> {
     }
     let mut publ = env.publisher(0, &opts(&[("until-file", stop.display().to_string()), ("pause-every", "100".into()), ("pause-us", "100".into())]))?;
     wait_progress(&mut publ, 0, "1,000 messages", deadline, |l| Ok(num_field(l, "n")? >= 1_000))?;
-    let control = ring_mappings(publ.pid(), &ring_path)?;
+    let control = ring_mappings(publ.pid(), ring_ino)?;
     eprintln!("{name}: publisher process maps the ring as {control:?}");
     ensure!(
         control.len() == 1 && control[0].0 == "rw-s" && control[0].1.split(' ').any(|f| f == "mw"),
         "control: the publisher's ring mapping should be rw-s and may-write: {control:?}"
     );
-    let from_test = ring_mappings(sub.pid(), &ring_path)?;
+    let from_test = ring_mappings(sub.pid(), ring_ino)?;
     ensure!(from_test.iter().all(|(p, _)| p == "r--s"), "the subscriber's mappings seen from outside: {from_test:?}");
     std::fs::write(&stop, b"")?;
     let sent = summary_after_exit(&mut publ, deadline)?.num("sent")?;
@@ -1090,8 +1094,8 @@ fn subscriber_cannot_write_the_ring() -> Result<()> {
 // SIGTERM
 
 /// SIGTERM while a client is connected: rilld exits with status 0, removes
-/// its socket file, and leaves the ring file for the next daemon; the
-/// client notices the connection is gone.
+/// its socket file, and leaves the ring with its keeper for the next
+/// daemon; the client notices the connection is gone.
 #[test]
 fn sigterm_exits_zero_and_removes_the_socket() -> Result<()> {
     let name = "rilld_sigterm";
@@ -1103,17 +1107,68 @@ fn sigterm_exits_zero_and_removes_the_socket() -> Result<()> {
     let mut sub = env.subscriber("subscriber", &args, deadline)?;
     wait_progress(&mut sub, 0, "connected=true", deadline, |l| Ok(field(l, "connected")? == "true"))?;
     ensure!(d.socket.exists(), "no socket file before SIGTERM");
-    let ring = d.ring_dir().join(env.stream);
-    ensure!(ring.exists(), "no ring file {}", ring.display());
+    ensure!(d.keeper_memfds(env.stream)? > 0, "the ring keeper holds no memfd of {}", env.stream);
     kill(Pid::from_raw(d.pid() as i32), Signal::SIGTERM)?;
     let status = d.process().wait_exit(deadline)?;
     ensure!(status.code() == Some(0), "rilld exited with {status} after SIGTERM; log:\n{}", d.log());
     ensure!(!d.socket.exists(), "rilld left its socket file {} behind", d.socket.display());
-    ensure!(ring.exists(), "rilld removed the ring file, which the next daemon should adopt");
+    ensure!(d.keeper_memfds(env.stream)? > 0, "the ring keeper let the ring go, which the next daemon should adopt");
     let from = sub.lines().len();
     wait_progress(&mut sub, from, "connected=false", deadline, |l| Ok(field(l, "connected")? == "false"))?;
     ensure!(sub.try_exited()?.is_none(), "the subscriber died with the daemon: {}", sub.stderr());
     Ok(())
+}
+
+/// The ring keeper killed (`kill -9`) while rilld runs: rilld notices,
+/// starts a new keeper and hands it every ring. A `kill -9` of rilld after
+/// that loses nothing: the new rilld takes the ring back from the new
+/// keeper (same tail), and the publisher and subscriber of this process
+/// resume on it and carry on, every message once and in order.
+#[test]
+fn a_killed_ring_keeper_is_replaced_and_rings_survive_a_restart() -> Result<()> {
+    use rill::Start;
+    let name = "rilld_keeper_replaced";
+    let (_serial, _seed, deadline) = setup(name)?;
+    let mut d = Rilld::start(name, &[], deadline)?;
+    let stream = "keeper.replaced";
+    let client = d.client()?;
+    let options = StreamOptions::new().with_capacity(CAPACITY).with_max_message_len(MAX_LEN as u32);
+    let mut sub = client.subscriber_with(stream, Start::Latest, options)?;
+    let mut publ = client.publisher(stream)?;
+    let mut got = 0u32;
+    let mut exchange = |publ: &mut rill::Publisher, sub: &mut rill::Subscriber, to: u32, what: &str| -> Result<()> {
+        let mut sent = got;
+        while got < to {
+            ensure!(Instant::now() < deadline, "watchdog: {what}: read {got} of {to}");
+            while sent < to && publ.offer(&sent.to_le_bytes()).is_ok() {
+                sent += 1;
+            }
+            let mut bad = None;
+            sub.poll_blocking(64, Duration::from_millis(10), |m| {
+                if m.payload == got.to_le_bytes() {
+                    got += 1;
+                } else {
+                    bad.get_or_insert_with(|| format!("{:?} where {got} was due", m.payload));
+                }
+            })?;
+            ensure!(bad.is_none(), "{what}: {}", bad.unwrap_or_default());
+        }
+        Ok(())
+    };
+    exchange(&mut publ, &mut sub, 100, "before the keeper is killed")?;
+    let first = d.keeper_pid()?;
+    kill(Pid::from_raw(first as i32), Signal::SIGKILL)?;
+    wait_until(deadline, "a new ring keeper holding the stream", || {
+        Ok(d.keeper_pid().is_ok_and(|p| p != first) && d.keeper_memfds(stream).unwrap_or(0) >= 4)
+    })?;
+    exchange(&mut publ, &mut sub, 200, "with the new keeper")?;
+    let tail = client.stream_info(stream)?.tail;
+    d.kill9();
+    d.spawn(deadline)?;
+    let after = d.client()?.stream_info(stream).with_context(|| format!("the stream after the restart; rilld's log:\n{}", d.log()))?;
+    ensure!(after.tail == tail, "the restarted rilld's {stream} has tail {}, not {tail}: not the ring it left", after.tail);
+    exchange(&mut publ, &mut sub, 300, "after rilld's restart")?;
+    d.ensure_alive()
 }
 
 // ---------------------------------------------------------------------------

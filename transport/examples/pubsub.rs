@@ -3,7 +3,7 @@
 //! when the daemon is killed and restarted in between.
 //!
 //! ```sh
-//! rilld --socket /tmp/rill.sock --ring-dir /dev/shm/rill-demo --page-dir /dev/shm/rill-demo-pages &
+//! rilld --socket /tmp/rill.sock --state-dir /tmp/rilld-demo --data-dir /tmp/rill-demo-data &
 //! export RILL_SOCKET=/tmp/rill.sock RILL_LOG=info
 //! cargo run --release -p rill --example pubsub -- sub demo 100000 &
 //! cargo run --release -p rill --example pubsub -- pub demo 100000 50   # one message per 50 µs

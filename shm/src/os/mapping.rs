@@ -168,11 +168,12 @@ pub fn dir_is_hugetlbfs(dir: &Path) -> bool {
     File::open(dir).map(|f| fd_is_hugetlbfs(std::os::fd::AsFd::as_fd(&f))).unwrap_or(false)
 }
 
-/// Creates an anonymous memory file. With `huge`, asks for 2 MiB pages
-/// (MFD_HUGETLB); the caller falls back if mapping it then fails.
+/// Creates an anonymous memory file that can be sealed ([`seal_size`]).
+/// With `huge`, asks for 2 MiB pages (MFD_HUGETLB); the caller falls back
+/// if mapping it then fails.
 pub fn memfd(name: &str, huge: bool) -> io::Result<OwnedFd> {
     let cname = CString::new(name).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-    let mut flags = libc::MFD_CLOEXEC;
+    let mut flags = libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING;
     if huge {
         flags |= libc::MFD_HUGETLB; // default huge page size: 2 MiB here
     }
@@ -193,6 +194,45 @@ pub fn set_len(fd: BorrowedFd<'_>, len: u64) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// Fixes the size of memfd `fd` for good (`F_SEAL_SHRINK | F_SEAL_GROW`,
+/// and `F_SEAL_SEAL` so that no holder can change the seals), and makes it
+/// accessible to its owner only (mode 0600; a memfd starts at 0777, which
+/// would let a holder of a read-only fd reopen it read-write through
+/// /proc/self/fd). Whoever holds an fd of it can then neither shrink it
+/// (which makes every mapping of the cut pages fault with SIGBUS) nor grow
+/// it (which fills memory), nor reopen it with more access than given.
+pub fn seal_size(fd: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: fd is open; fchmod and fcntl take plain integers.
+    let rc = unsafe { libc::fchmod(fd.as_raw_fd(), 0o600) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
+    // SAFETY: as above.
+    let rc = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, seals) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Whether `fd` is a memfd whose size is sealed by [`seal_size`].
+pub fn size_sealed(fd: BorrowedFd<'_>) -> bool {
+    let want = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
+    // SAFETY: fd is open; F_GET_SEALS takes no argument.
+    let seals = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GET_SEALS) };
+    seals >= 0 && seals & want == want
+}
+
+/// A new open file description of the file behind `fd` (through
+/// /proc/self/fd), read-only or read-write: how a read-only fd of a
+/// memfd, whose own fds are always read-write, is made.
+pub fn reopen(fd: BorrowedFd<'_>, write: bool) -> io::Result<OwnedFd> {
+    let path = format!("/proc/self/fd/{}", fd.as_raw_fd());
+    let file = std::fs::OpenOptions::new().read(true).write(write).open(path)?;
+    Ok(OwnedFd::from(file))
 }
 
 /// Length of the file behind `fd`.

@@ -85,7 +85,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 #[cfg(not(loom))]
 use std::os::unix::fs::OpenOptionsExt;
 #[cfg(not(loom))]
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// 64 random bits from the OS (through std's hasher keys: no unsafe, and
 /// Miri supports it).
@@ -97,23 +97,63 @@ fn random_u64() -> u64 {
     h.finish()
 }
 
-/// Path of slot page `index` of ring `name` in `page_dir`.
+/// The memfds of a ring made by [`Ring::create_sealed`], every one sealed
+/// against shrinking and growing: what the daemon keeps, and hands out
+/// (duplicated or reopened with less access) to clients.
 #[cfg(not(loom))]
-pub fn slot_page_path(page_dir: &Path, name: &str, index: u32) -> PathBuf {
-    page_dir.join(format!("{name}.slot{index}"))
+#[derive(Debug)]
+pub struct RingFiles {
+    /// The ring: header, counters and data.
+    pub ring: OwnedFd,
+    /// The wake page (futex words, durable-waiter count).
+    pub wake: OwnedFd,
+    /// The daemon page (positions only the daemon writes).
+    pub daemon: OwnedFd,
+    /// One page per subscriber slot.
+    pub slots: Vec<OwnedFd>,
 }
 
-/// Path of the wake page of ring `name` in `page_dir`.
 #[cfg(not(loom))]
-pub fn wake_page_path(page_dir: &Path, name: &str) -> PathBuf {
-    page_dir.join(format!("{name}.wake"))
-}
+impl RingFiles {
+    /// A publisher's fds, in the order [`Ring::from_fds`] takes them: the
+    /// ring and the wake page read-write, every slot page and the daemon
+    /// page read-only.
+    pub fn for_publisher(&self) -> std::io::Result<Vec<OwnedFd>> {
+        let mut fds = vec![self.ring.try_clone()?, self.wake.try_clone()?];
+        for slot in &self.slots {
+            fds.push(mapping::reopen(slot.as_fd(), false)?);
+        }
+        fds.push(mapping::reopen(self.daemon.as_fd(), false)?);
+        Ok(fds)
+    }
 
-/// Path of the daemon page of ring `name` in `page_dir` (the positions
-/// only the daemon writes: [`crate::layout::DaemonPage`]).
-#[cfg(not(loom))]
-pub fn daemon_page_path(page_dir: &Path, name: &str) -> PathBuf {
-    page_dir.join(format!("{name}.daemon"))
+    /// A subscriber's fds: the ring read-only, the wake page and its own
+    /// slot page read-write, the daemon page read-only.
+    pub fn for_subscriber(&self, slot: u32) -> std::io::Result<Vec<OwnedFd>> {
+        let own = self.slots.get(slot as usize).ok_or_else(|| std::io::Error::other(format!("no slot {slot}")))?;
+        Ok(vec![
+            mapping::reopen(self.ring.as_fd(), false)?,
+            self.wake.try_clone()?,
+            own.try_clone()?,
+            mapping::reopen(self.daemon.as_fd(), false)?,
+        ])
+    }
+
+    /// Every fd, in a fixed order: ring, wake, daemon, then the slots
+    /// (how the daemon passes them around).
+    pub fn all(&self) -> Vec<BorrowedFd<'_>> {
+        [&self.ring, &self.wake, &self.daemon].into_iter().chain(&self.slots).map(|f| f.as_fd()).collect()
+    }
+
+    /// The inverse of [`RingFiles::all`]; `None` if fewer than four.
+    pub fn from_all(mut fds: Vec<OwnedFd>) -> Option<RingFiles> {
+        if fds.len() < 4 {
+            return None;
+        }
+        let slots = fds.split_off(3);
+        let mut it = fds.into_iter();
+        Some(RingFiles { ring: it.next()?, wake: it.next()?, daemon: it.next()?, slots })
+    }
 }
 
 pub(crate) const CLAIMED_BIT: u64 = 1 << 63;
@@ -853,111 +893,75 @@ impl Ring {
         Self::init(fd, config, PageKind::Normal4K)
     }
 
-    /// Creates a ring file `name` in `ring_dir` whose subscriber slots,
-    /// wake words and daemon page (the durable and replicated positions)
-    /// are separate page files in `page_dir` (which must not be
-    /// hugetlbfs): the daemon's layout, in which each subscriber can be
-    /// given write access to its own position only, and no client to the
-    /// positions the daemon vouches for. Removes what it made if any step
-    /// fails.
-    pub fn create_with_page_files(
-        ring_dir: &Path,
-        page_dir: &Path,
-        name: &str,
-        config: &RingConfig,
-    ) -> Result<Ring, CreateError> {
-        let mut ring = Self::create_in_with(ring_dir, name, config, true)?;
-        let io = |op: String| move |source| CreateError::Io { op, source };
-        let mut made = Vec::new();
-        let result = (|| {
-            let mut page = |path: PathBuf| -> Result<Region, CreateError> {
-                let file = std::fs::OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .open(&path)
-                    .map_err(io(format!("create {}", path.display())))?;
-                made.push(path.clone());
-                mapping::set_len(file.as_fd(), PAGE_FILE_LEN).map_err(io(format!("ftruncate {}", path.display())))?;
-                Region::map(file.as_fd(), PAGE_FILE_LEN as usize, Access::ReadWrite, PageKind::Normal4K)
-                    .map_err(io(format!("mmap {}", path.display())))
-            };
-            let slots = (0..config.slot_count)
-                .map(|i| page(slot_page_path(page_dir, name, i)).map(Some))
-                .collect::<Result<Vec<_>, _>>()?;
-            let wake = page(wake_page_path(page_dir, name))?;
-            let daemon = page(daemon_page_path(page_dir, name))?;
-            Ok((slots, wake, daemon))
-        })();
-        match result {
-            Ok((slots, wake, daemon)) => {
-                Arc::get_mut(&mut ring.inner).expect("fresh ring").mem.use_page_files(slots, wake, daemon);
-                Ok(ring)
-            }
-            Err(e) => {
-                for p in made.iter().chain(std::iter::once(&ring_dir.join(name))) {
-                    let _ = std::fs::remove_file(p);
-                }
-                Err(e)
+    /// Creates a ring whose subscriber slots, wake words and daemon page
+    /// (the durable and replicated positions) are pages of their own, each
+    /// in a memfd whose size is sealed ([`mapping::seal_size`]): the
+    /// daemon's layout. Each subscriber can be given write access to its
+    /// own position only, no client to the positions the daemon vouches
+    /// for, and no holder of any of these fds can shrink or grow them (a
+    /// shrunk file would make every process that maps it die of SIGBUS).
+    /// The ring is on huge pages when `config.pages` allows and the kernel
+    /// has some reserved, else on normal pages. Returns the daemon's
+    /// mapping (everything read-write) and the files, to hand out.
+    pub fn create_sealed(name: &str, config: &RingConfig) -> Result<(Ring, RingFiles), CreateError> {
+        config.validate()?;
+        let io = |op: &'static str| move |source| CreateError::Io { op: op.into(), source };
+        let mut made = None;
+        if config.pages != PagePreference::NormalOnly {
+            let attempt = mapping::memfd(name, true).and_then(|fd| {
+                let ring = Self::init_with(fd.try_clone()?, config, PageKind::Huge2M, true).map_err(std::io::Error::other)?;
+                Ok((ring, fd))
+            });
+            match attempt {
+                Ok(r) => made = Some(r),
+                Err(e) if config.pages == PagePreference::HugeOnly => return Err(CreateError::HugePagesUnavailable(e)),
+                Err(e) => tracing::info!(
+                    ring = name,
+                    error = %e,
+                    "huge pages unavailable, falling back to 4KiB pages \
+                     (reserve some with: echo N > /proc/sys/vm/nr_hugepages)"
+                ),
             }
         }
-    }
-
-    /// Opens a ring made by [`Ring::create_with_page_files`], mapping the
-    /// ring and the daemon page with `access` and every slot and the wake
-    /// page read-write (the daemon adopting its rings after a restart). A
-    /// ring from before daemon pages existed gets one (read-write only),
-    /// holding the positions from its counters.
-    pub fn open_page_files(ring_dir: &Path, page_dir: &Path, name: &str, access: Access) -> Result<Ring, OpenError> {
-        let open = |path: &Path, write: bool| -> Result<OwnedFd, OpenError> {
-            std::fs::OpenOptions::new()
-                .read(true)
-                .write(write)
-                .open(path)
-                .map(OwnedFd::from)
-                .map_err(|source| OpenError::Io { op: format!("open {}", path.display()), source })
+        let (mut ring, ring_fd) = match made {
+            Some(r) => r,
+            None => {
+                let fd = mapping::memfd(name, false).map_err(io("memfd_create"))?;
+                (Self::init_with(fd.try_clone().map_err(io("dup"))?, config, PageKind::Normal4K, true)?, fd)
+            }
         };
-        let ring = open(&ring_dir.join(name), access == Access::ReadWrite)?;
+        mapping::seal_size(ring_fd.as_fd()).map_err(io("seal ring memfd"))?;
+        let page = |what: &str| -> Result<(OwnedFd, Region), CreateError> {
+            let fd = mapping::memfd(&format!("{name}.{what}"), false).map_err(io("memfd_create page"))?;
+            mapping::set_len(fd.as_fd(), PAGE_FILE_LEN).map_err(io("ftruncate page"))?;
+            mapping::seal_size(fd.as_fd()).map_err(io("seal page memfd"))?;
+            let region = Region::map(fd.as_fd(), PAGE_FILE_LEN as usize, Access::ReadWrite, PageKind::Normal4K).map_err(io("mmap page"))?;
+            Ok((fd, region))
+        };
+        let mut slot_fds = Vec::new();
         let mut slots = Vec::new();
-        for i in 0.. {
-            let path = slot_page_path(page_dir, name, i);
-            if !path.exists() {
-                break;
-            }
-            slots.push(Some((open(&path, true)?, Access::ReadWrite)));
+        for i in 0..config.slot_count {
+            let (fd, region) = page(&format!("slot{i}"))?;
+            slot_fds.push(fd);
+            slots.push(Some(region));
         }
-        let wake = (open(&wake_page_path(page_dir, name), true)?, Access::ReadWrite);
-        let daemon_path = daemon_page_path(page_dir, name);
-        if !daemon_path.exists() && access == Access::ReadWrite {
-            // A ring made before daemon pages existed: its positions move
-            // from the ring's counters (trusted this once, at the upgrade).
-            return Self::upgrade_to_daemon_page(ring, slots, wake, &daemon_path);
-        }
-        let daemon = (open(&daemon_path, access == Access::ReadWrite)?, access);
-        Self::from_fds(ring, access, slots, wake, daemon)
+        let (wake_fd, wake) = page("wake")?;
+        let (daemon_fd, daemon) = page("daemon")?;
+        Arc::get_mut(&mut ring.inner).expect("fresh ring").mem.use_page_files(slots, wake, daemon);
+        Ok((ring, RingFiles { ring: ring_fd, wake: wake_fd, daemon: daemon_fd, slots: slot_fds }))
     }
 
-    /// [`Ring::open_page_files`] of a ring without a daemon page: creates
-    /// one holding the durable and replicated positions from the ring's
-    /// counters.
-    fn upgrade_to_daemon_page(ring: OwnedFd, slots: Vec<Option<(OwnedFd, Access)>>, wake: (OwnedFd, Access), path: &Path) -> Result<Ring, OpenError> {
-        let io = |op: String| move |source| OpenError::Io { op, source };
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)
-            .map_err(io(format!("create {}", path.display())))?;
-        mapping::set_len(file.as_fd(), PAGE_FILE_LEN).map_err(io(format!("ftruncate {}", path.display())))?;
-        let daemon = OwnedFd::from(file);
-        let ring = Self::from_fds(ring, Access::ReadWrite, slots, wake, (daemon, Access::ReadWrite))?;
-        let c = ring.inner.mem.counters();
-        ring.inner.mem.durable().position.store(c.durable.value.position.load(Ordering::Acquire), Ordering::Release);
-        ring.inner.mem.replicated().store(c.replicated.value.load(Ordering::Acquire), Ordering::Release);
-        tracing::info!(path = %path.display(), durable = ring.durable_position(), "made the daemon page of a ring from an older rilld");
-        Ok(ring)
+    /// Maps the files of a ring made by [`Ring::create_sealed`] again,
+    /// everything read-write (the daemon taking its rings back after a
+    /// restart). Refuses files whose size is not sealed.
+    pub fn adopt_sealed(files: &RingFiles) -> Result<Ring, OpenError> {
+        let all = files.slots.iter().chain([&files.ring, &files.wake, &files.daemon]);
+        if let Some(fd) = all.clone().find(|fd| !mapping::size_sealed(fd.as_fd())) {
+            return Err(OpenError::Corrupt(format!("fd {fd:?} is not a memfd with its size sealed")));
+        }
+        let dup = |fd: &OwnedFd| fd.try_clone().map_err(|source| OpenError::Io { op: "dup".into(), source });
+        let slots = files.slots.iter().map(|fd| Ok(Some((dup(fd)?, Access::ReadWrite)))).collect::<Result<Vec<_>, OpenError>>()?;
+        Self::from_fds(dup(&files.ring)?, Access::ReadWrite, slots, (dup(&files.wake)?, Access::ReadWrite), (dup(&files.daemon)?, Access::ReadWrite))
     }
 
     /// Maps a page-file ring from fds (received over a Unix socket): the

@@ -86,7 +86,7 @@ fn inject(w: &mut World, kind: FaultKind) -> Result<bool> {
         }
         FaultKind::Stop => stop(w)?,
         FaultKind::RingWipe => {
-            w.fault(kind, format!("rilld pid {}: kill -9, rings and pages deleted", w.d.pid()));
+            w.fault(kind, format!("rilld pid {}: kill -9, ring keeper killed (every ring lost)", w.d.pid()));
             w.kill_rilld();
             w.wipe_memory()?;
             w.restart_rilld("a ring wipe")?;

@@ -218,16 +218,10 @@ impl World {
         self.d.kill9();
     }
 
-    /// Deletes rilld's ring and page directories (what a reboot does to
-    /// memory); rilld must be dead.
+    /// Kills rilld's ring keeper, losing every ring's memory (what a
+    /// reboot does to memory); rilld must be dead.
     pub(crate) fn wipe_memory(&self) -> Result<()> {
-        for dir in [self.d.ring_dir(), self.d.dir.join("pages")] {
-            match std::fs::remove_dir_all(&dir) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e).with_context(|| format!("wipe {}", dir.display())),
-                _ => {}
-            }
-        }
-        Ok(())
+        self.d.lose_ring_memory(Instant::now() + START_TIMEOUT)
     }
 
     /// Starts rilld again. That it cannot start is a violation, and ends

@@ -630,8 +630,9 @@ impl Reader<'_> {
 /// Probes whether this process can write the ring it was handed as a
 /// subscriber, without unsafe code. Returns `key=value` fields:
 ///
-/// * `ring_path`, `ring_perms`, `ring_mappings`: the mapping(s) of the ring
-///   file in /proc/self/maps (found by the inode of the ring's fd) and
+/// * `ring_path`, `ring_ino`, `ring_perms`, `ring_mappings`: the mapping(s)
+///   of the ring in /proc/self/maps (found by the inode of the ring's fd;
+///   spaces in the path as `_`) and
 ///   their permissions (`r--s` expected: readable, shared, not writable).
 /// * `ring_vmflags`: the kernel's VmFlags for it from /proc/self/smaps, with
 ///   `_` for spaces. Without `wr` the mapping is not writable; without `mw`
@@ -655,7 +656,8 @@ fn ro_checks(sub: &Subscriber) -> String {
     let fd_path = format!("/proc/self/fd/{}", fd.as_raw_fd());
     match maps_for_fd(&fd_path) {
         Ok(maps) if !maps.is_empty() => {
-            out.push(format!("ring_path={}", maps[0].path));
+            out.push(format!("ring_path={}", maps[0].path.replace(' ', "_")));
+            out.push(format!("ring_ino={}", maps[0].ino));
             out.push(format!("ring_mappings={}", maps.len()));
             out.push(format!("ring_perms={}", maps.iter().map(|m| m.perms.as_str()).collect::<Vec<_>>().join(",")));
             let flags = vm_flags(&maps[0]).unwrap_or_else(|e| format!("error:{e}"));
@@ -691,6 +693,7 @@ struct Mapping {
     end: u64,
     perms: String,
     path: String,
+    ino: u64,
 }
 
 /// The mappings of the file behind `fd_path` (matched by device and inode).
@@ -710,6 +713,7 @@ fn maps_for_fd(fd_path: &str) -> Result<Vec<Mapping>> {
             end: u64::from_str_radix(end, 16)?,
             perms: (*perms).to_owned(),
             path: f[5..].join(" "),
+            ino: meta.ino(),
         });
     }
     Ok(out)

@@ -1,5 +1,5 @@
 //! The client against a small in-process stand-in for `rilld` that speaks
-//! the protocol over a real socket and hands over real page-file rings, so
+//! the protocol over a real socket and hands over real sealed rings, so
 //! open, close, heartbeat, fd checks and reconnect-and-resume are tested
 //! without the daemon crate (which depends on this one). The cross-process
 //! tests with the real daemon live in the workspace's `tests/`.
@@ -7,7 +7,7 @@
 use super::*;
 use crate::protocol::{self, ErrorCode, Policy, SubscriberInfo};
 use crate::wire::{self, WireError};
-use rill_shm::ring::{daemon_page_path, slot_page_path, wake_page_path, Ring, RingConfig, Start};
+use rill_shm::ring::{Ring, RingConfig, RingFiles, Start};
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
@@ -30,6 +30,16 @@ impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+/// The fake daemons' ring keeper: the files of every ring, by the fake's
+/// directory and the stream's name, so that a fake daemon started after
+/// another on the same directory takes its rings back, as rilld does.
+static KEEPER: Mutex<BTreeMap<(PathBuf, String), RingFiles>> = Mutex::new(BTreeMap::new());
+
+/// `f` of the files the keeper holds for ring `name` of directory `dir`.
+fn kept<T>(dir: &Path, name: &str, f: impl FnOnce(&RingFiles) -> std::io::Result<T>) -> Option<T> {
+    KEEPER.lock().unwrap().get(&(dir.to_path_buf(), name.to_owned())).map(|files| f(files).unwrap())
 }
 
 /// What the fake daemon does wrong on purpose.
@@ -122,10 +132,7 @@ impl FakeState {
                 if let Err(e) = self.ring(&stream, create) {
                     return (e, none);
                 }
-                let n = self.rings[&stream].info().slot_count;
-                let mut fds = vec![self.open(&self.dir.join(&stream), true), self.open(&wake_page_path(&self.dir, &stream), true)];
-                fds.extend((0..n).map(|i| self.open(&slot_page_path(&self.dir, &stream, i), false)));
-                fds.push(self.open(&daemon_page_path(&self.dir, &stream), false));
+                let mut fds = kept(&self.dir, &stream, |f| f.for_publisher()).unwrap();
                 self.faulty(&mut fds);
                 (Response::Publisher { handle: self.handle_id(), info: self.info(&stream) }, fds)
             }
@@ -135,12 +142,7 @@ impl FakeState {
                 }
                 let start = if start == StartAt::Oldest { Start::Oldest } else { Start::Latest };
                 let (slot, position) = self.rings[&stream].attach_subscriber(start, std::process::id()).unwrap();
-                let mut fds = vec![
-                    self.open(&self.dir.join(&stream), false),
-                    self.open(&wake_page_path(&self.dir, &stream), true),
-                    self.open(&slot_page_path(&self.dir, &stream, slot), true),
-                    self.open(&daemon_page_path(&self.dir, &stream), false),
-                ];
+                let mut fds = kept(&self.dir, &stream, |f| f.for_subscriber(slot)).unwrap();
                 self.faulty(&mut fds);
                 (Response::Subscriber { handle: self.handle_id(), slot, position, info: self.info(&stream), replay: None }, fds)
             }
@@ -159,27 +161,27 @@ impl FakeState {
         }
     }
 
-    /// The ring `name`: mapped already, adopted from files, or created.
+    /// The ring `name`: mapped already, adopted from what the fake's
+    /// keeper holds (a fake daemon before this one on the same directory
+    /// made it), or created.
     #[allow(clippy::result_large_err)] // a test double: the refusal is the reply itself
     fn ring(&mut self, name: &str, create: Option<StreamOptions>) -> Result<(), Response> {
         if self.rings.contains_key(name) {
             return Ok(());
         }
-        let ring = if self.dir.join(name).exists() {
-            Ring::open_page_files(&self.dir, &self.dir, name, rill_shm::Access::ReadWrite).unwrap()
+        let ring = if let Some(ring) = kept(&self.dir, name, |f| Ok(Ring::adopt_sealed(f).unwrap())) {
+            ring
         } else {
             let Some(o) = create else {
                 return Err(Response::Error { code: ErrorCode::UnknownStream, message: format!("no stream {name:?}") });
             };
             let config = RingConfig { capacity: o.capacity, max_message_len: o.max_message_len, policy: o.policy.into(), slot_count: 4, ..RingConfig::default() };
-            Ring::create_with_page_files(&self.dir, &self.dir, name, &config).unwrap()
+            let (ring, files) = Ring::create_sealed(name, &config).unwrap();
+            KEEPER.lock().unwrap().insert((self.dir.clone(), name.to_owned()), files);
+            ring
         };
         self.rings.insert(name.to_owned(), ring);
         Ok(())
-    }
-
-    fn open(&self, path: &Path, write: bool) -> OwnedFd {
-        std::fs::OpenOptions::new().read(true).write(write).open(path).map(OwnedFd::from).unwrap()
     }
 
     fn info(&self, name: &str) -> StreamInfo {
