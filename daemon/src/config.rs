@@ -2,6 +2,9 @@
 //!
 //! ```toml
 //! socket = "/run/rill/rilld.sock"
+//! socket_mode = 0o666                # who may connect (then [[allow]] decides what they may do)
+//! # socket_gid = 1500               # the socket's group (with socket_mode = 0o660: only that group)
+//! trust_root = true                  # uid 0 and rilld's uid pass every [[allow]] rule; false for containers running as root
 //! state_dir = "/run/rilld"           # rilld's private state (the ring keeper's socket); never mount it in a container
 //! huge_pages = true                  # rings on 2 MiB pages where reserved (else 4 KiB pages, logged)
 //! linger_ms = 5000                   # unused streams removed after this
@@ -90,6 +93,17 @@ impl std::fmt::Display for Action {
 pub struct Config {
     /// Listening socket.
     pub socket: PathBuf,
+    /// Permission bits of the listening socket (connecting needs write
+    /// permission on it): 0o666 lets every local user connect, to be
+    /// judged by `[[allow]]`; 0o660 with `socket_gid` only that group.
+    pub socket_mode: u32,
+    /// Group of the listening socket (a gid), if not rilld's own.
+    pub socket_gid: Option<u32>,
+    /// Whether uid 0 and rilld's own uid may use every stream whatever
+    /// `[[allow]]` says. Set it to false where containers run as uid 0 of
+    /// the host's user namespace: they are then held to the rules like
+    /// everyone (limits bind them either way).
+    pub trust_root: bool,
     /// rilld's private state: the socket of the ring keeper, which holds
     /// every ring's memory across a restart of rilld (see
     /// [`crate::keeper`]). Created mode 0700; refused if another uid owns
@@ -195,6 +209,9 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             socket: PathBuf::from(DEFAULT_SOCKET),
+            socket_mode: 0o666,
+            socket_gid: None,
+            trust_root: true,
             state_dir: PathBuf::from(DEFAULT_STATE_DIR),
             huge_pages: true,
             linger_ms: 5000,
@@ -242,6 +259,7 @@ impl Config {
             rill_protocol::MAX_SLOTS_PER_STREAM
         );
         anyhow::ensure!(self.heartbeat_ms > 0, "heartbeat_ms must be positive");
+        anyhow::ensure!(self.socket_mode <= 0o777, "socket_mode {:#o} is not a permission mode (0o000..=0o777)", self.socket_mode);
         anyhow::ensure!(
             self.client_timeout_ms > u64::from(self.heartbeat_ms),
             "client_timeout_ms must exceed heartbeat_ms"
@@ -267,13 +285,13 @@ impl Config {
 
     /// Whether a client with `uid`/`gid` may do `action` on `stream`;
     /// `Err` names the refusal for the client.
-    pub fn check(&self, uid: u32, gid: u32, action: Action, stream: &str) -> Result<(), String> {
+    pub fn check(&self, uid: u32, gid: u32, groups: &[u32], action: Action, stream: &str) -> Result<(), String> {
         let own_uid = nix::unistd::getuid().as_raw();
-        if uid == 0 || uid == own_uid {
+        if self.trust_root && (uid == 0 || uid == own_uid) {
             return Ok(());
         }
         let granted = self.allow.iter().any(|r| {
-            (r.uids.contains(&uid) || r.gids.contains(&gid)) && {
+            (r.uids.contains(&uid) || r.gids.contains(&gid) || groups.iter().any(|g| r.gids.contains(g))) && {
                 let prefixes = match action {
                     Action::Publish => &r.publish,
                     Action::Subscribe => &r.subscribe,
@@ -284,10 +302,12 @@ impl Config {
         if granted {
             return Ok(());
         }
-        let rules = if self.allow.is_empty() {
+        let rules = if self.allow.is_empty() && self.trust_root {
             "no [[allow]] rules are configured, so only root and the daemon's uid may".to_string()
+        } else if self.allow.is_empty() {
+            "no [[allow]] rules are configured (and trust_root = false), so nobody may".to_string()
         } else {
-            format!("no [[allow]] rule (of {}) grants uid {uid} / gid {gid} a prefix of it", self.allow.len())
+            format!("no [[allow]] rule (of {}) grants uid {uid} / gid {gid} (groups {groups:?}) a prefix of it", self.allow.len())
         };
         Err(format!("uid {uid} may not {action} stream {stream:?}: {rules}"))
     }
@@ -316,13 +336,19 @@ mod tests {
         c.validate().unwrap();
         assert_eq!(c.slot_count, 8);
         assert_eq!(c.linger_ms, 5000, "defaults fill the rest");
-        assert!(c.check(1000, 1000, Action::Publish, "orders.eu").is_ok());
-        assert!(c.check(1000, 1000, Action::Subscribe, "anything").is_ok());
-        let e = c.check(1000, 1000, Action::Publish, "billing").unwrap_err();
+        assert!(c.check(1000, 1000, &[], Action::Publish, "orders.eu").is_ok());
+        assert!(c.check(1000, 1000, &[], Action::Subscribe, "anything").is_ok());
+        let e = c.check(1000, 1000, &[], Action::Publish, "billing").unwrap_err();
         assert!(e.contains("billing") && e.contains("publish"), "{e}");
-        assert!(c.check(2000, 50, Action::Subscribe, "metrics.cpu").is_ok());
-        assert!(c.check(2000, 50, Action::Subscribe, "orders.eu").is_err());
-        assert!(c.check(0, 0, Action::Publish, "x").is_ok());
+        assert!(c.check(2000, 50, &[], Action::Subscribe, "metrics.cpu").is_ok());
+        assert!(c.check(2000, 2000, &[7, 50], Action::Subscribe, "metrics.cpu").is_ok(), "a supplementary group matches");
+        assert!(c.check(2000, 2000, &[7], Action::Subscribe, "metrics.cpu").is_err());
+        assert!(c.check(2000, 50, &[], Action::Subscribe, "orders.eu").is_err());
+        assert!(c.check(0, 0, &[], Action::Publish, "x").is_ok());
+        let strict = Config { trust_root: false, ..c.clone() };
+        let e = strict.check(0, 0, &[], Action::Publish, "x").unwrap_err();
+        assert!(e.contains("uid 0"), "root is held to the rules with trust_root = false: {e}");
+        assert!(strict.check(1000, 1000, &[], Action::Publish, "orders.eu").is_ok());
     }
 
     #[test]

@@ -7,5 +7,6 @@ pub mod archiver;
 pub mod config;
 pub mod indexer;
 pub mod keeper;
+pub mod peer;
 pub mod server;
 pub mod streams;

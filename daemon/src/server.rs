@@ -13,6 +13,7 @@
 //! and the reclaimer pads any claim it abandoned.
 
 use crate::config::{Action, Config};
+use crate::peer::{peer_groups, Process};
 use crate::streams::{ExclusiveHolder, Refusal, SlotOwner, Streams};
 use rill_protocol::{self as protocol, ErrorCode, HandleKind, Request, Response, StartAt};
 use rill_protocol::wire::{self, WireError};
@@ -47,9 +48,14 @@ struct Handle {
 struct Conn {
     id: u64,
     fd: OwnedFd,
+    /// Its pid in rilld's namespace (0: not visible there), for logs.
     pid: u32,
+    /// Its process (a pidfd): liveness and identity.
+    process: Process,
     uid: u32,
     gid: u32,
+    /// Its supplementary groups.
+    groups: Vec<u32>,
     name: String,
     hello: bool,
     last_seen: Instant,
@@ -89,7 +95,7 @@ impl Server {
         let mut streams = Streams::new(&config)?;
         let adopted = streams.adopt_existing(Duration::from_millis(config.resume_grace_ms));
         let persisted = streams.recover_persisted();
-        let listener = bind(&config.socket)?;
+        let listener = bind(&config)?;
         tracing::info!(socket = %config.socket.display(), adopted, persisted, data_dir = %config.data_dir.display(), "rilld listening");
         Ok(Server {
             config,
@@ -179,12 +185,16 @@ impl Server {
                     let id = self.next_id;
                     self.next_id += 1;
                     tracing::debug!(conn = id, pid, uid, gid, "client connected");
+                    let process = Process::of_peer(fd.as_fd(), pid);
+                    let groups = peer_groups(fd.as_fd());
                     self.conns.push(Conn {
                         id,
                         fd,
                         pid,
+                        process,
                         uid,
                         gid,
+                        groups,
                         name: String::new(),
                         hello: false,
                         last_seen: Instant::now(),
@@ -368,7 +378,7 @@ impl Server {
     /// to it): the same refusal whether the stream exists or not.
     fn visible(&self, i: usize, stream: &str) -> Result<(), Refusal> {
         let c = &self.conns[i];
-        if self.config.check(c.uid, c.gid, Action::Subscribe, stream).is_ok() {
+        if self.config.check(c.uid, c.gid, &c.groups, Action::Subscribe, stream).is_ok() {
             return Ok(());
         }
         self.check(i, Action::Publish, stream)
@@ -379,8 +389,8 @@ impl Server {
     /// follow.
     fn list_page(&mut self, i: usize, after: Option<&str>) -> (Vec<protocol::StreamInfo>, Option<String>) {
         self.streams.refresh_archive_status();
-        let (uid, gid) = (self.conns[i].uid, self.conns[i].gid);
-        let may = |n: &str| [Action::Subscribe, Action::Publish].iter().any(|&a| self.config.check(uid, gid, a, n).is_ok());
+        let (uid, gid, groups) = (self.conns[i].uid, self.conns[i].gid, self.conns[i].groups.clone());
+        let may = |n: &str| [Action::Subscribe, Action::Publish].iter().any(|&a| self.config.check(uid, gid, &groups, a, n).is_ok());
         // Room for the reply's own framing besides its streams.
         let mut room = protocol::MAX_MESSAGE_LEN - 4096;
         let mut page: Vec<protocol::StreamInfo> = Vec::new();
@@ -400,7 +410,7 @@ impl Server {
 
     fn check(&self, i: usize, action: Action, stream: &str) -> Result<(), Refusal> {
         let c = &self.conns[i];
-        self.config.check(c.uid, c.gid, action, stream).map_err(|m| {
+        self.config.check(c.uid, c.gid, &c.groups, action, stream).map_err(|m| {
             tracing::warn!(conn = c.id, pid = c.pid, uid = c.uid, %m, "denied");
             Refusal::new(ErrorCode::Denied, m)
         })
@@ -432,11 +442,11 @@ impl Server {
         self.streams.require(stream)?.admit_publisher(exclusive, Instant::now())?;
         let fds = self.streams.publisher_fds(stream).map_err(|e| internal(stream, e))?;
         let handle = self.new_handle(i, stream, HandleKind::Publisher, 0, exclusive);
-        let (conn, pid) = (self.conns[i].id, self.conns[i].pid);
+        let (conn, process) = (self.conns[i].id, self.conns[i].process.clone());
         let s = self.streams.require(stream)?;
         s.publishers += 1;
         if exclusive {
-            s.set_exclusive(Some(ExclusiveHolder::Client { conn, handle, pid }));
+            s.set_exclusive(Some(ExclusiveHolder::Client { conn, handle, process }));
         }
         Ok((Response::Publisher { handle, info: s.info() }, fds))
     }
@@ -458,8 +468,8 @@ impl Server {
             // the older part from the log.
             StartAt::Oldest | StartAt::Earliest | StartAt::Position(_) | StartAt::Time(_) => rill_shm::ring::Start::Oldest,
         };
-        let pid = self.conns[i].pid;
-        let (slot, position) = self.streams.attach(stream, ring_start, pid)?;
+        let process = self.conns[i].process.clone();
+        let (slot, position) = self.streams.attach(stream, ring_start, &process)?;
         let planned = self.streams.plan_replay(stream, start, position).and_then(|replay| {
             let fds = self.streams.subscriber_fds(stream, slot).map_err(|e| internal(stream, e))?;
             Ok((replay, fds))
@@ -503,7 +513,7 @@ impl Server {
         let mut out = Vec::with_capacity(handles.len());
         for h in handles {
             let ok = self.check(i, if h.kind == HandleKind::Publisher { Action::Publish } else { Action::Subscribe }, &h.stream).is_ok();
-            let pid = self.conns[i].pid;
+            let (pid, process) = (self.conns[i].pid, self.conns[i].process.clone());
             let id = self.next_id;
             let conn = self.conns[i].id;
             let bound = ok
@@ -511,7 +521,7 @@ impl Server {
                     Some(s) if h.kind == HandleKind::Publisher => {
                         // Its own detached exclusivity comes back to it;
                         // otherwise the usual admission rules apply.
-                        let own = matches!(s.exclusive, Some(ExclusiveHolder::Detached { pid: p }) if p == pid);
+                        let own = matches!(&s.exclusive, Some(ExclusiveHolder::Detached { process: p }) if *p == process);
                         let admitted = if own {
                             true
                         } else {
@@ -525,16 +535,24 @@ impl Server {
                         if admitted {
                             s.publishers += 1;
                             if h.exclusive {
-                                s.set_exclusive(Some(ExclusiveHolder::Client { conn, handle: id, pid }));
+                                s.set_exclusive(Some(ExclusiveHolder::Client { conn, handle: id, process: process.clone() }));
                             }
                         }
                         admitted
                     }
                     Some(s) => {
-                        let owned_by_pid = s.ring.subscribers().iter().any(|x| x.index == h.slot && x.pid == pid);
+                        // Its process, in rilld's books; after a restart
+                        // (books lost) the pid in the slot, never 0 (a
+                        // process in another pid namespace).
+                        let owned_by_pid = match s.slot_process.get(h.slot as usize) {
+                            Some(Some(p)) => *p == process,
+                            Some(None) => pid != 0 && s.ring.subscribers().iter().any(|x| x.index == h.slot && x.pid == pid),
+                            None => false,
+                        };
                         let adopted = matches!(s.owners.get(h.slot as usize), Some(SlotOwner::Adopted { .. }));
                         if owned_by_pid && adopted {
                             s.owners[h.slot as usize] = SlotOwner::Client { conn, handle: id };
+                            s.slot_process[h.slot as usize] = Some(process.clone());
                         }
                         owned_by_pid && adopted
                     }
@@ -612,7 +630,7 @@ impl Server {
     /// (and lives) keeps them for `resume_grace_ms`, to `Resume` them on a
     /// new connection; the janitor frees them after that.
     fn drop_conn(&mut self, c: Conn, why: &str, hung: bool) {
-        let keep_for_resume = !hung && rill_shm::os::pid_alive(c.pid);
+        let keep_for_resume = !hung && c.process.alive();
         if !c.handles.is_empty() {
             tracing::info!(conn = c.id, pid = c.pid, name = %c.name, handles = c.handles.len(), why, keep_for_resume, "client gone");
         }
@@ -626,10 +644,10 @@ impl Server {
                 // A live process may still write with its exclusive
                 // publication (hung or not): nobody else may publish
                 // until it resumes or exits.
-                Some(s) if h.exclusive && s.exclusive == Some(ExclusiveHolder::Client { conn: c.id, handle: *handle, pid: c.pid }) => {
+                Some(s) if h.exclusive && matches!(&s.exclusive, Some(ExclusiveHolder::Client { conn, handle: x, .. }) if *conn == c.id && x == handle) => {
                     s.publishers = s.publishers.saturating_sub(1);
-                    if rill_shm::os::pid_alive(c.pid) {
-                        s.set_exclusive(Some(ExclusiveHolder::Detached { pid: c.pid }));
+                    if c.process.alive() {
+                        s.set_exclusive(Some(ExclusiveHolder::Detached { process: c.process.clone() }));
                     } else {
                         s.set_exclusive(None);
                     }
@@ -686,7 +704,9 @@ fn release(streams: &mut Streams, conn: u64, handle: u64, h: &Handle, died: bool
 }
 
 /// Binds the listening socket, refusing if another daemon answers there.
-fn bind(path: &std::path::Path) -> anyhow::Result<OwnedFd> {
+/// Listens on `config.socket`, with `socket_mode` and `socket_gid`.
+fn bind(config: &Config) -> anyhow::Result<OwnedFd> {
+    let path = config.socket.as_path();
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("creating {}: {e}", dir.display()))?;
     }
@@ -695,7 +715,10 @@ fn bind(path: &std::path::Path) -> anyhow::Result<OwnedFd> {
     }
     let fd = wire::listen(path, true).map_err(|e| anyhow::anyhow!("listening on {}: {e}", path.display()))?;
     use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))?;
+    if let Some(gid) = config.socket_gid {
+        nix::unistd::chown(path, None, Some(nix::unistd::Gid::from_raw(gid))).map_err(|e| anyhow::anyhow!("giving {} to gid {gid}: {e}", path.display()))?;
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(config.socket_mode))?;
     Ok(fd)
 }
 

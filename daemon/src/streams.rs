@@ -17,6 +17,7 @@ use rill_protocol::{
     MAX_REPLAY_SEGMENTS,
 };
 use crate::keeper::{Kept, Keeper};
+use crate::peer::Process;
 use rill_shm::ring::{PagePreference, Reclaimer, Ring, RingConfig, RingFiles, Start};
 use std::collections::BTreeMap;
 use std::os::fd::OwnedFd;
@@ -64,7 +65,7 @@ pub enum SlotOwner {
 /// Who holds a stream's exclusive publication, in the daemon's books
 /// (mirrored in the ring's `exclusive_pid` word, so a restarted daemon
 /// knows too).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ExclusiveHolder {
     /// A connected client's handle.
     Client {
@@ -73,23 +74,28 @@ pub enum ExclusiveHolder {
         /// Handle id.
         handle: u64,
         /// Its process.
-        pid: u32,
+        process: Process,
     },
     /// A process that held it and still lives, but has no connection now
     /// (it lost the socket, or the daemon restarted): it may still write,
     /// so nobody else may publish until it resumes or exits.
     Detached {
         /// Its process.
-        pid: u32,
+        process: Process,
     },
 }
 
 impl ExclusiveHolder {
     /// The holding process.
-    pub fn pid(&self) -> u32 {
-        match *self {
-            ExclusiveHolder::Client { pid, .. } | ExclusiveHolder::Detached { pid } => pid,
+    pub fn process(&self) -> &Process {
+        match self {
+            ExclusiveHolder::Client { process, .. } | ExclusiveHolder::Detached { process } => process,
         }
+    }
+
+    /// Its pid (in rilld's pid namespace; 0 if not visible there).
+    pub fn pid(&self) -> u32 {
+        self.process().pid
     }
 }
 
@@ -114,6 +120,10 @@ pub struct Stream {
     pub shared_may_resume_until: Option<Instant>,
     /// Slot owners, by slot index.
     pub owners: Vec<SlotOwner>,
+    /// The process each slot was given to, by slot index, in rilld's own
+    /// books (the pid word in a slot page is the subscriber's to write):
+    /// `None` for free slots and for slots adopted after a restart.
+    pub slot_process: Vec<Option<Process>>,
     /// The uid whose request created the stream (`None`: recovered or
     /// adopted at start); what it counts against in `[limits]`.
     pub creator: Option<u32>,
@@ -163,7 +173,7 @@ impl Stream {
 
     /// Records (or clears) the exclusive holder, in the books and the ring.
     pub fn set_exclusive(&mut self, holder: Option<ExclusiveHolder>) {
-        self.ring.set_exclusive_holder(holder.map_or(0, |h| h.pid()));
+        self.ring.set_exclusive_holder(holder.as_ref().map_or(0, ExclusiveHolder::pid));
         self.exclusive = holder;
     }
 
@@ -173,13 +183,13 @@ impl Stream {
     /// have unannounced ones (adopted after a restart, within the resume
     /// grace).
     pub fn admit_publisher(&mut self, exclusive: bool, now: Instant) -> Result<(), Refusal> {
-        if let Some(ExclusiveHolder::Detached { pid }) = self.exclusive {
-            if !rill_shm::os::pid_alive(pid) {
-                tracing::info!(stream = %self.name, pid, "exclusive publisher's process is gone; stream open to publishers again");
+        if let Some(ExclusiveHolder::Detached { process }) = &self.exclusive {
+            if !process.alive() {
+                tracing::info!(stream = %self.name, pid = process.pid, "exclusive publisher's process is gone; stream open to publishers again");
                 self.set_exclusive(None);
             }
         }
-        if let Some(h) = self.exclusive {
+        if let Some(h) = &self.exclusive {
             let msg = format!("stream {:?} is held by an exclusive publisher (pid {}); no other publisher until it closes or exits", self.name, h.pid());
             return Err(Refusal::new(ErrorCode::Busy, msg));
         }
@@ -244,7 +254,9 @@ impl Stream {
     /// write its position into it (the janitor frees it once it exits).
     pub fn free_slot(&mut self, slot: u32, reaped: bool) {
         let pid = self.ring.slot_pid(slot);
-        if reaped && rill_shm::os::pid_alive(pid) {
+        let process = self.slot_process[slot as usize].take();
+        let alive = process.map_or_else(|| rill_shm::os::pid_alive(pid), |p| p.alive());
+        if reaped && alive {
             tracing::info!(stream = %self.name, slot, pid, "slot revoked from a live owner; reused once it exits");
             self.ring.revoke_slot(slot);
         } else {
@@ -911,13 +923,15 @@ impl Streams {
                         .collect();
                     let holder = match ring.exclusive_holder() {
                         0 => None,
-                        pid if rill_shm::os::pid_alive(pid) => Some(ExclusiveHolder::Detached { pid }),
-                        pid => {
-                            tracing::info!(stream = %name, pid, "exclusive publisher of the adopted ring is gone");
-                            None
-                        }
+                        pid => match Process::by_pid(pid) {
+                            process if process.alive() => Some(ExclusiveHolder::Detached { process }),
+                            _ => {
+                                tracing::info!(stream = %name, pid, "exclusive publisher of the adopted ring is gone");
+                                None
+                            }
+                        },
                     };
-                    tracing::info!(stream = %name, tail = ring.tail(), pages = %ring.pages(), exclusive_pid = holder.map(|h| h.pid()), "adopted ring");
+                    tracing::info!(stream = %name, tail = ring.tail(), pages = %ring.pages(), exclusive_pid = holder.as_ref().map(ExclusiveHolder::pid), "adopted ring");
                     self.insert(name.clone(), ring, files, keep, owners);
                     if let Some(s) = self.streams.get_mut(&name) {
                         s.resume_until = Some(deadline);
@@ -938,6 +952,7 @@ impl Streams {
         let keep = keep || self.keep_prefixes.iter().any(|p| name.starts_with(p.as_str()));
         let reclaimer = ring.reclaimer(self.unblock_timeout_ns);
         let stalled = vec![None; owners.len()];
+        let slot_process = vec![None; owners.len()];
         let stream = Stream {
             stalled,
             creator: None,
@@ -949,6 +964,7 @@ impl Streams {
             exclusive: None,
             shared_may_resume_until: None,
             owners,
+            slot_process,
             reclaimer,
             idle_since: Some(Instant::now()),
             reaped: 0,
@@ -1122,10 +1138,13 @@ impl Streams {
         self.streams[name].files.for_subscriber(slot)
     }
 
-    /// Attaches a subscriber for process `pid`; returns (slot, position).
-    pub fn attach(&mut self, name: &str, start: Start, pid: u32) -> Result<(u32, u64), Refusal> {
+    /// Attaches a subscriber for `process`; returns (slot, position).
+    pub fn attach(&mut self, name: &str, start: Start, process: &Process) -> Result<(u32, u64), Refusal> {
         let s = self.require(name)?;
-        s.ring.attach_subscriber(start, pid).map_err(|e| Refusal::new(ErrorCode::NoFreeSlot, format!("stream {name:?}: {e}")))
+        let (slot, position) =
+            s.ring.attach_subscriber(start, process.pid).map_err(|e| Refusal::new(ErrorCode::NoFreeSlot, format!("stream {name:?}: {e}")))?;
+        s.slot_process[slot as usize] = Some(process.clone());
+        Ok((slot, position))
     }
 
     /// Janitor work: pads abandoned claims, frees adopted slots whose
@@ -1163,7 +1182,10 @@ impl Streams {
             for i in 0..s.owners.len() {
                 if let SlotOwner::Adopted { deadline } = s.owners[i] {
                     let pid = subscribers.iter().find(|x| x.index == i as u32).map(|x| x.pid);
-                    let dead = pid.is_none_or(|p| p != 0 && !rill_shm::os::pid_alive(p));
+                    let dead = match &s.slot_process[i] {
+                        Some(p) => pid.is_none() || !p.alive(),
+                        None => pid.is_none_or(|p| p != 0 && !rill_shm::os::pid_alive(p)),
+                    };
                     if dead || now >= deadline {
                         tracing::info!(stream = %s.name, slot = i, ?pid, dead, "freeing adopted slot whose owner did not come back");
                         s.free_slot(i as u32, true);
@@ -1171,9 +1193,9 @@ impl Streams {
                     }
                 }
             }
-            if let Some(ExclusiveHolder::Detached { pid }) = s.exclusive {
-                if !rill_shm::os::pid_alive(pid) {
-                    tracing::info!(stream = %s.name, pid, "exclusive publisher's process is gone; stream open to publishers again");
+            if let Some(ExclusiveHolder::Detached { process }) = &s.exclusive {
+                if !process.alive() {
+                    tracing::info!(stream = %s.name, pid = process.pid, "exclusive publisher's process is gone; stream open to publishers again");
                     s.set_exclusive(None);
                     work += 1;
                 }

@@ -40,8 +40,8 @@ pub fn rilld_bin() -> Result<PathBuf> {
 pub struct Rilld {
     // First: the process is killed (on drop) before its directory goes.
     process: Option<Worker>,
-    /// The directory holding the socket, rings/ and pages/ (removed on
-    /// drop); tests put their own files here too.
+    /// The directory holding the socket and state/ (removed on drop);
+    /// tests put their own files here too.
     pub dir: TempRingDir,
     /// The listening socket.
     pub socket: PathBuf,
@@ -52,6 +52,8 @@ pub struct Rilld {
     /// started with [`Rilld::start_with_data_dir`].
     pub data_dir: PathBuf,
     extra: Vec<String>,
+    /// A command rilld runs under (e.g. `unshare ...`), if any.
+    wrapper: Vec<String>,
     starts: u32,
     /// Logs of earlier processes (before a restart).
     old_logs: String,
@@ -75,7 +77,22 @@ impl Rilld {
         let socket = dir.join("rilld.sock");
         let data = TempRingDir::new_in(&std::env::temp_dir(), tag)?;
         let data_dir = data_dir.map_or_else(|| data.join("data"), Path::to_path_buf);
-        let mut d = Rilld { dir, socket, data, data_dir, extra: extra.to_vec(), process: None, starts: 0, old_logs: String::new() };
+        let mut d = Rilld { dir, socket, data, data_dir, extra: extra.to_vec(), wrapper: Vec::new(), process: None, starts: 0, old_logs: String::new() };
+        d.spawn(deadline)?;
+        Ok(d)
+    }
+
+    /// [`Rilld::start`] under `wrapper` (a command that runs the rest of
+    /// its arguments, such as `unshare --pid --fork --kill-child
+    /// --mount-proc`): [`Rilld::pid`] is then the wrapper's.
+    pub fn start_wrapped(tag: &str, wrapper: &[&str], extra: &[String], deadline: Instant) -> Result<Rilld> {
+        let dir = TempRingDir::in_dev_shm(tag)?;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))?;
+        let socket = dir.join("rilld.sock");
+        let data = TempRingDir::new_in(&std::env::temp_dir(), tag)?;
+        let data_dir = data.join("data");
+        let wrapper = wrapper.iter().map(|w| (*w).to_owned()).collect();
+        let mut d = Rilld { dir, socket, data, data_dir, extra: extra.to_vec(), wrapper, process: None, starts: 0, old_logs: String::new() };
         d.spawn(deadline)?;
         Ok(d)
     }
@@ -86,7 +103,14 @@ impl Rilld {
         if let Some(old) = self.process.take() {
             self.old_logs += &format!("--- rilld#{} ---\n{}", self.starts, strip_ansi(&old.stderr()));
         }
-        let mut cmd = Command::new(rilld_bin()?);
+        let mut cmd = match self.wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(rilld_bin()?);
+                c
+            }
+            None => Command::new(rilld_bin()?),
+        };
         cmd.arg("--socket").arg(&self.socket);
         cmd.arg("--state-dir").arg(self.state_dir());
         cmd.arg("--data-dir").arg(&self.data_dir);

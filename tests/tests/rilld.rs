@@ -980,6 +980,47 @@ fn killed_exclusive_publisher_frees_the_stream() -> Result<()> {
     Ok(())
 }
 
+/// rilld in a pid namespace of its own, as in a DaemonSet pod without
+/// `hostPID`: its clients' pids reach it as 0 (`SO_PEERCRED` cannot name
+/// them there). It tracks them by pidfd (`SO_PEERPIDFD`). An exclusive
+/// publisher whose connection rilld drops while its process lives
+/// (stopped with SIGSTOP past the client timeout) still holds the stream:
+/// a second publisher is refused (Busy), since the first may still write.
+/// Once that process is killed, the stream opens to publishers again.
+/// (With pids, 0 counted as a dead process: the stream opened at once
+/// beside a live exclusive publisher.)
+#[test]
+fn clients_in_another_pid_namespace_are_tracked_by_pidfd() -> Result<()> {
+    let name = "rilld_pid_namespace";
+    if !rill_tests::harness::root_or_skip(name, "needs root: rilld runs in a pid namespace of its own (unshare)")? {
+        return Ok(());
+    }
+    let (_serial, seed, deadline) = setup(name)?;
+    let d = Rilld::start_wrapped(name, &["unshare", "--pid", "--fork", "--kill-child", "--mount-proc"], &[], deadline)?;
+    let env = Env { socket: &d.socket, stream: "load.pid-namespace", seed };
+    let stop = d.dir.join("stop");
+    let mut publ = env.publisher(0, &[opts(&[("until-file", stop.display().to_string())]), vec!["--exclusive".into()]].concat())?;
+    publ.wait_line("OPEN", deadline)?;
+    let client = d.client()?;
+    let (code, message) = refusal(client.open_publisher(env.stream, None))?;
+    ensure!(code == ErrorCode::Busy, "a second publisher beside a live exclusive one: {code:?} {message}");
+    ensure!(message.contains("pid 0"), "rilld saw the publisher's pid, so it is not in another pid namespace: {message}");
+    let pid = Pid::from_raw(publ.pid() as i32);
+    kill(pid, Signal::SIGSTOP)?;
+    wait_until(deadline, "rilld drops the stopped publisher's connection (no heartbeat)", || Ok(d.log().contains("no heartbeat (hung client)")))?;
+    let held = refusal(client.open_publisher(env.stream, None));
+    let _ = kill(pid, Signal::SIGCONT);
+    let (code, message) = held?;
+    ensure!(code == ErrorCode::Busy, "with the exclusive publisher stopped but alive, another publisher got {code:?} {message}");
+    publ.kill();
+    wait_until(deadline, "rilld lets another publisher in after the holder's SIGKILL", || match client.open_publisher(env.stream, None) {
+        Ok(_) => Ok(true),
+        Err(rill::ClientError::Daemon { code: ErrorCode::Busy, .. }) => Ok(false),
+        Err(e) => bail!("unexpected error while the holder dies: {e}"),
+    })?;
+    Ok(())
+}
+
 /// Waits for a PROGRESS line at index `from` or later for which `pred`
 /// holds.
 fn wait_progress(
