@@ -352,6 +352,32 @@ mod tests {
     }
 
     #[test]
+    fn socket_mode_is_octal_and_checked() {
+        let c: Config = toml::from_str("socket_mode = 0o660\nsocket_gid = 1500\ntrust_root = false").unwrap();
+        assert_eq!((c.socket_mode, c.socket_gid, c.trust_root), (0o660, Some(1500), false));
+        c.validate().unwrap();
+        let bad: Config = toml::from_str("socket_mode = 0o1777").unwrap();
+        assert!(bad.validate().unwrap_err().to_string().contains("socket_mode"));
+    }
+
+    /// The README's configuration for containers is a valid rilld.toml
+    /// that does what it says.
+    #[test]
+    fn the_readmes_container_configuration_parses() {
+        let readme = include_str!("../../README.md");
+        let section = &readme[readme.find("### Configuration for containers").expect("the section")..];
+        let start = section.find("```toml\n").expect("a toml block") + "```toml\n".len();
+        let text = &section[start..start + section[start..].find("```").expect("its end")];
+        let c: Config = toml::from_str(text).unwrap();
+        c.validate().unwrap();
+        assert!(!c.trust_root && c.socket_mode == 0o660 && c.socket_gid == Some(1500));
+        assert!(c.check(0, 0, &[], Action::Publish, "orders.x").is_err(), "root is held to the rules");
+        assert!(c.check(2001, 2001, &[], Action::Publish, "orders.x").is_ok());
+        assert!(c.check(4000, 4000, &[3000], Action::Subscribe, "prices.eu").is_ok());
+        assert!(c.check(4000, 4000, &[3000], Action::Publish, "prices.eu").is_err());
+    }
+
+    #[test]
     fn old_ring_directories_are_refused_by_name() {
         let e = toml::from_str::<Config>("ring_dir = \"/dev/shm/rill\"").unwrap_err().to_string();
         assert!(e.contains("ring_dir"), "{e}");
