@@ -47,7 +47,9 @@ fn durable_publish(client: &Client, stream: &str, options: &StreamOptions, paylo
 #[test]
 fn a_malformed_frame_quarantines_its_stream_only() -> Result<()> {
     let deadline = deadline();
-    let mut d = Rilld::start("quarantine", &[], deadline)?;
+    // 4 KiB pages: the test writes the ring with pwrite(2), which memory
+    // on huge pages does not take (a hostile publisher would map it).
+    let mut d = Rilld::start("quarantine", &["--no-huge-pages".into()], deadline)?;
     let client = d.client()?;
     let options = StreamOptions::new().with_capacity(64 << 10).with_max_message_len(1024).with_persist(Some(Durability::Always));
     for i in 0..10u8 {
@@ -113,7 +115,11 @@ fn rewriting_committed_frames_never_puts_a_bad_batch_on_disk() -> Result<()> {
     for direct in [true, false] {
         let deadline = deadline();
         let disk = rill_tests::harness::TempRingDir::new_in(std::path::Path::new("/var/tmp"), "rewrite")?;
-        let extra: Vec<String> = if direct { vec![] } else { vec!["--buffered-io".into()] };
+        // 4 KiB pages: the scribbler writes the ring with pwrite(2).
+        let mut extra: Vec<String> = vec!["--no-huge-pages".into()];
+        if !direct {
+            extra.push("--buffered-io".into());
+        }
         let d = Rilld::start_with_data_dir("rewrite", &extra, Some(disk.path()), deadline)?;
         let client = d.client()?;
         let options = StreamOptions::new().with_capacity(256 << 10).with_max_message_len(1024).with_persist(Some(Durability::None));
