@@ -1141,8 +1141,13 @@ impl Streams {
     /// Attaches a subscriber for `process`; returns (slot, position).
     pub fn attach(&mut self, name: &str, start: Start, process: &Process) -> Result<(u32, u64), Refusal> {
         let s = self.require(name)?;
-        let (slot, position) =
-            s.ring.attach_subscriber(start, process.pid).map_err(|e| Refusal::new(ErrorCode::NoFreeSlot, format!("stream {name:?}: {e}")))?;
+        let (slot, position) = s.ring.attach_subscriber(start, process.pid).map_err(|e| {
+            let code = match e {
+                rill_shm::ring::SubscribeError::Unsettled { .. } => ErrorCode::Busy,
+                _ => ErrorCode::NoFreeSlot,
+            };
+            Refusal::new(code, format!("stream {name:?}: {e}"))
+        })?;
         s.slot_process[slot as usize] = Some(process.clone());
         Ok((slot, position))
     }

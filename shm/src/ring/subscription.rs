@@ -62,7 +62,23 @@ pub enum SubscribeError {
     /// The slot index is out of range.
     #[error("no slot {0} in this ring")]
     NoSuchSlot(u32),
+    /// Publishers were granted room past every start the join tried, round
+    /// after round: they lap the ring faster than a join settles, or (a
+    /// publisher can write the ring's counters) the counters are
+    /// inconsistent. The slot was given back; try again.
+    #[error("the join did not settle in {rounds} rounds (publishers lapping it, or the ring's counters are inconsistent)")]
+    Unsettled {
+        /// Rounds tried.
+        rounds: u32,
+    },
 }
+
+/// Most rounds a join tries before it gives up ([`SubscribeError::Unsettled`]):
+/// each round ends only when publishers were granted a whole ring past the
+/// start it just published, so honest publishers need a handful at most;
+/// the bound is for counters a hostile publisher wrote (the daemon joins
+/// on clients' behalf and must never spin on them).
+const MAX_JOIN_ROUNDS: u32 = 10_000;
 
 /// Why a poll stopped.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -226,6 +242,7 @@ impl Subscriber {
         // Publish a start, then check no publisher was granted the right to
         // write over it (see the module docs); move forward until none was.
         let mut p = if start == Start::Latest { latest(probe.position) } else { probe.position };
+        let mut rounds = 0;
         loop {
             s.position.store(p, Ordering::SeqCst);
             counters.publishers.value.slot_hwm.fetch_max(slot + 1, Ordering::SeqCst);
@@ -239,8 +256,13 @@ impl Subscriber {
                 s.state.store(SLOT_HOLDING, Ordering::SeqCst);
                 granted_after_publishing(ring)
             };
-            if granted <= p + cap {
+            if granted <= p.saturating_add(cap) {
                 return Ok((slot, p));
+            }
+            rounds += 1;
+            if rounds >= MAX_JOIN_ROUNDS {
+                ring.release_slot(slot);
+                return Err(SubscribeError::Unsettled { rounds });
             }
             let tail = counters.tail.value.load(Ordering::Acquire);
             p = match start {

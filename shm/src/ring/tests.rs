@@ -479,3 +479,21 @@ fn is_padding_at_tells_a_padded_claim_from_a_message() {
     assert_eq!(ring.is_padding_at(padded), Some(true));
     assert_eq!(ring.is_padding_at(padded + 4096), None, "never held there");
 }
+
+/// A publisher may write the ring's counters. One that writes
+/// `limit_granted` past anything a join can reach must not make the join
+/// (which rilld runs on its control thread for every subscriber) spin for
+/// ever: it gives up, says so, and gives the slot back. Found by the
+/// hostile scribbler (tests/tests/hostile.rs): rilld's control thread spun
+/// in this loop at 90% CPU, answering nobody.
+#[test]
+fn a_join_against_forged_counters_gives_up_and_frees_its_slot() {
+    for policy in [Policy::BackPressure, Policy::Overwrite] {
+        let ring = Ring::private(&cfg(4096, 512, policy)).unwrap();
+        ring.inner.mem.counters().limit_granted.value.store(u64::MAX, Ordering::SeqCst);
+        ring.inner.mem.counters().tail.value.store(1 << 40, Ordering::SeqCst);
+        let r = ring.attach_holding(Start::Latest, 42);
+        assert!(matches!(r, Err(SubscribeError::Unsettled { .. })), "{policy:?}: {r:?}");
+        assert!(ring.subscribers().is_empty(), "{policy:?}: the slot was kept: {:?}", ring.subscribers());
+    }
+}
