@@ -6,6 +6,10 @@
 //! ```text
 //! hostile-client forge-durable --socket S --stream NAME
 //! hostile-client resize --socket S --stream NAME
+//! hostile-client scribble --socket S --publish A[,A..] --subscribe B[,B..] --seconds N --seed X
+//! hostile-client keep-slot --socket S --stream NAME [--word state|position|active]
+//! hostile-client forge-word --socket S --stream NAME --word tail|head|limit_granted|padded_end
+//!                            --value N|max [--subscribe]
 //! ```
 //!
 //! `forge-durable` opens a publisher on `NAME` and tries to make rilld and
@@ -26,11 +30,56 @@
 //! memory. Prints `RESIZED fds=N truncated=T grown=G sizes_changed=C`
 //! (T, G, C: how many fds let it, and how many changed length).
 //!
+//! `scribble` opens a publisher on every `--publish` stream and a
+//! subscriber (from `Latest`) on every `--subscribe` stream, maps every fd
+//! it was handed (read-write where the fd is open for writing: the rings
+//! it publishes to, every wake page, its own slot pages; read-only
+//! otherwise), and for `N` seconds writes into every writable mapping at
+//! random (a PRNG seeded `X`): random bytes at random offsets and lengths,
+//! plausible values into 8-byte aligned words (0, 1, `u64::MAX`, small
+//! positions, the stream's current tail and its neighbours, claimed and
+//! committing position words, slot states with live and dead pids), mostly
+//! into the header words of each file, and frame headers committed with
+//! the ring's own salt (so that readers take them for committed frames)
+//! near the tail of the rings it may write. Every round it also tries to
+//! write through each read-only fd: a shared writable mapping,
+//! `mprotect` of its read-only mapping, and in turn `pwrite`, a write
+//! through /proc/self/mem and reopening the fd for writing; each attempt
+//! should be refused. It heartbeats like a client meanwhile, so that rilld
+//! keeps its handles (until rilld leaves one unanswered for 2 s: then it
+//! stops heartbeating, and scribbles on). Then it prints
+//! `SCRIBBLED writes=W bytes=B words=V frames=F rounds=R mappings=M
+//! writable=MW ro_fds=RO ro_attempts=A ro_refused=RF ro_ok=OK
+//! ro_ok_what=.. heartbeat_failures=H` (`ro_ok`: attempts that were not
+//! refused, the first named in `ro_ok_what`; `H`: 1 if rilld stopped
+//! answering).
+//!
+//! `keep-slot` opens a subscriber on `NAME`, maps its own slot page (the
+//! fd it was handed read-write), closes the subscriber (`Close`: rilld
+//! frees the slot, to hand it to the next subscriber) and prints `CLOSED
+//! slot=K`. It keeps the mapping. At the first line on its stdin it
+//! writes, as the slot's former owner, `SLOT_FREE` and pid 0 over the
+//! slot's state word (`--word state`, the default), `1 << 62` over its
+//! position (`--word position`: publishers then take whoever holds the
+//! slot for a reader far ahead), or `SLOT_ACTIVE` and its own pid over the
+//! state word (`--word active`: the slot, free, holds publishers back
+//! again at the position it had), and prints `WROTE slot=K word=W
+//! value=V`.
+//!
+//! `forge-word` opens a publisher on `NAME`, writes `N` (`max`:
+//! `u64::MAX`) over one word of the ring header's counters (`tail`,
+//! `head`, `limit_granted`: the highest limit any publisher was granted,
+//! which a joining subscriber checks its start against, `padded_end`: the
+//! end of the reclaimer's furthest padding, which a committing publisher
+//! checks its claim against) and prints `FORGED word=W value=N`. With
+//! `--subscribe` it then sends `OpenSubscriber` for the stream, prints
+//! `ASKED`, and prints `SUBSCRIBED reply=..` once rilld answers (if ever).
+//!
 //! It prints `DONE` after its line, then holds its handles until its
 //! stdin closes. Exit status: 0 once it printed `DONE`, 2 on a setup
 //! error.
 
-#![deny(unsafe_code)] // one exception: mapping the ring it may write
+#![deny(unsafe_code)] // exceptions: mapping what it was handed, and writing there
 
 use anyhow::{bail, Context, Result};
 use rill::protocol::{self, Request, Response};
@@ -45,7 +94,10 @@ fn main() {
     let result = match args.first().map(String::as_str) {
         Some("forge-durable") => Opts::parse(&args[1..], &[]).and_then(|o| forge_durable(&o)),
         Some("resize") => Opts::parse(&args[1..], &[]).and_then(|o| resize(&o)),
-        _ => Err(anyhow::anyhow!("usage: hostile-client forge-durable|resize --socket S --stream NAME")),
+        Some("scribble") => Opts::parse(&args[1..], &[]).and_then(|o| scribble::run(&o)),
+        Some("keep-slot") => Opts::parse(&args[1..], &[]).and_then(|o| keep_slot(&o)),
+        Some("forge-word") => Opts::parse(&args[1..], &["subscribe"]).and_then(|o| forge_word(&o)),
+        _ => Err(anyhow::anyhow!("usage: hostile-client forge-durable|resize|scribble|keep-slot|forge-word --socket S ...")),
     };
     if let Err(e) = result {
         eprintln!("hostile-client: {e:#}");
@@ -68,13 +120,16 @@ fn outcome(r: std::io::Result<()>) -> String {
 
 /// A connection to rilld at `--socket`, past `Hello`.
 fn connect(o: &Opts, buf: &mut Vec<u8>) -> Result<OwnedFd> {
+    connect_with_heartbeat(o, buf).map(|(fd, _)| fd)
+}
+
+/// [`connect`], and how often rilld wants a heartbeat (ms).
+fn connect_with_heartbeat(o: &Opts, buf: &mut Vec<u8>) -> Result<(OwnedFd, u32)> {
     let socket = o.req("socket")?;
     let fd = wire::connect(std::path::Path::new(socket)).with_context(|| format!("connect to {socket}"))?;
     let (hello, _) = call(&fd, buf, &Request::Hello { client_name: "hostile-client".into() })?;
-    if !matches!(hello, Response::Hello { .. }) {
-        bail!("Hello: {hello:?}");
-    }
-    Ok(fd)
+    let Response::Hello { heartbeat_ms, .. } = hello else { bail!("Hello: {hello:?}") };
+    Ok((fd, heartbeat_ms))
 }
 
 /// Waits until stdin closes (holding whatever the caller holds).
@@ -101,6 +156,72 @@ fn resize(o: &Opts) -> Result<()> {
         changed += usize::from(nix::sys::stat::fstat(f.as_raw_fd())?.st_size != len);
     }
     println!("RESIZED fds={} truncated={truncated} grown={grown} sizes_changed={changed}", fds.len());
+    println!("DONE");
+    hold();
+    drop(fd);
+    Ok(())
+}
+
+fn forge_word(o: &Opts) -> Result<()> {
+    use rill_shm::layout::{Counters, PublisherWords, COUNTERS_OFFSET};
+    use std::mem::offset_of;
+    let stream = o.req("stream")?;
+    let word = o.req("word")?;
+    let at = COUNTERS_OFFSET
+        + match word {
+            "tail" => offset_of!(Counters, tail),
+            "head" => offset_of!(Counters, head),
+            "limit_granted" => offset_of!(Counters, limit_granted),
+            "padded_end" => offset_of!(Counters, publishers) + offset_of!(PublisherWords, padded_end),
+            other => bail!("unknown --word {other:?}"),
+        };
+    let value = match o.req("value")? {
+        "max" => u64::MAX,
+        v => v.parse().with_context(|| format!("--value {v:?}"))?,
+    };
+    let mut buf = Vec::new();
+    let fd = connect(o, &mut buf)?;
+    let req = Request::OpenPublisher { stream: stream.to_owned(), create: None, exclusive: false };
+    let (resp, mut fds) = call(&fd, &mut buf, &req)?;
+    let Response::Publisher { .. } = resp else { bail!("OpenPublisher: {resp:?}") };
+    let ring = std::fs::File::from(fds.swap_remove(0));
+    write_mapped(&ring, at, &value.to_le_bytes()).with_context(|| format!("writing {word}"))?;
+    println!("FORGED word={word} value={value}");
+    if o.get("subscribe").is_some() {
+        let req = Request::OpenSubscriber { stream: stream.to_owned(), start: protocol::StartAt::Latest, create: None };
+        wire::send(fd.as_fd(), &protocol::encode_request(&req)?, &[])?;
+        println!("ASKED");
+        let got = wire::recv(fd.as_fd(), &mut buf)?;
+        let reply = protocol::decode_response(&got.bytes)?;
+        println!("SUBSCRIBED reply={}", format!("{reply:?}").split_whitespace().next().unwrap_or("?"));
+    }
+    println!("DONE");
+    hold();
+    drop(fd);
+    Ok(())
+}
+
+fn keep_slot(o: &Opts) -> Result<()> {
+    let stream = o.req("stream")?;
+    let mut buf = Vec::new();
+    let fd = connect(o, &mut buf)?;
+    let req = Request::OpenSubscriber { stream: stream.to_owned(), start: protocol::StartAt::Latest, create: None };
+    let (resp, fds) = call(&fd, &mut buf, &req)?;
+    let Response::Subscriber { handle, slot, .. } = resp else { bail!("OpenSubscriber: {resp:?}") };
+    let page = std::fs::File::from(fds.into_iter().nth(2).context("no slot page fd")?);
+    let (resp, _) = call(&fd, &mut buf, &Request::Close { handle })?;
+    let Response::Closed = resp else { bail!("Close: {resp:?}") };
+    println!("CLOSED slot={slot} handle={handle}");
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line)?;
+    let (word, at, value) = match o.get("word").unwrap_or("state") {
+        "state" => ("state", std::mem::offset_of!(rill_shm::layout::Slot, state), 0u64),
+        "position" => ("position", std::mem::offset_of!(rill_shm::layout::Slot, position), 1 << 62),
+        "active" => ("active", std::mem::offset_of!(rill_shm::layout::Slot, state), u64::from(std::process::id()) << 32 | u64::from(rill_shm::layout::SLOT_ACTIVE)),
+        other => bail!("unknown --word {other:?}"),
+    };
+    write_mapped(&page, at, &value.to_le_bytes()).context("writing the slot page")?;
+    println!("WROTE slot={slot} word={word} value={value}");
     println!("DONE");
     hold();
     drop(fd);
@@ -148,4 +269,453 @@ fn forge_durable(o: &Opts) -> Result<()> {
     hold(); // the publisher stays open until then
     drop(fd);
     Ok(())
+}
+
+/// `scribble`: see the module docs.
+mod scribble {
+    use super::{call, connect_with_heartbeat, Opts};
+    use anyhow::{bail, Context, Result};
+    use nix::sys::mman::{mmap, mprotect, munmap, MapFlags, ProtFlags};
+    use rill::protocol::{self, Request, Response};
+    use rill_shm::layout::{Meta, COUNTERS_OFFSET, SLOT_ACTIVE, SLOT_HOLDING, SLOT_REVOKED};
+    use rill_tests::payload::Prng;
+    use std::ffi::c_void;
+    use std::num::NonZeroUsize;
+    use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+    use std::os::unix::fs::FileExt;
+    use std::ptr::NonNull;
+    use std::time::{Duration, Instant};
+
+    /// What a handed fd is.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum Kind {
+        Ring,
+        Wake,
+        Slot,
+        Daemon,
+        Segment,
+    }
+
+    /// One fd the attacker was handed, mapped whole: read-write if the fd
+    /// is open for writing, else read-only.
+    struct Mapped {
+        what: String,
+        fd: OwnedFd,
+        ptr: NonNull<c_void>,
+        len: usize,
+        writable: bool,
+        stream: usize,
+        kind: Kind,
+    }
+
+    impl Drop for Mapped {
+        fn drop(&mut self) {
+            #[allow(unsafe_code)]
+            // SAFETY: `ptr`/`len` are a mapping this struct made and owns;
+            // nothing refers into it (only raw pointers were ever used).
+            unsafe {
+                let _ = munmap(self.ptr, self.len);
+            }
+        }
+    }
+
+    impl Mapped {
+        /// The 8-byte word at `off` (8-byte aligned, in bounds).
+        fn read_word(&self, off: usize) -> u64 {
+            assert!(off.is_multiple_of(8) && off + 8 <= self.len);
+            #[allow(unsafe_code)]
+            // SAFETY: in bounds and aligned (checked above; mappings are
+            // page aligned); a volatile read through a raw pointer of
+            // memory other processes change, never a reference to it.
+            unsafe {
+                self.ptr.as_ptr().cast::<u8>().add(off).cast::<u64>().read_volatile()
+            }
+        }
+
+        /// Writes `v` into the word at `off` (8-byte aligned, in bounds).
+        fn write_word(&self, off: usize, v: u64) {
+            assert!(self.writable && off.is_multiple_of(8) && off + 8 <= self.len);
+            #[allow(unsafe_code)]
+            // SAFETY: a writable shared mapping of `len` bytes; in bounds
+            // and aligned (checked above); a volatile store through a raw
+            // pointer, no reference to memory others change.
+            unsafe {
+                self.ptr.as_ptr().cast::<u8>().add(off).cast::<u64>().write_volatile(v);
+            }
+        }
+
+        /// Copies `bytes` to `off` (in bounds).
+        fn write_bytes(&self, off: usize, bytes: &[u8]) {
+            assert!(self.writable && off + bytes.len() <= self.len);
+            #[allow(unsafe_code)]
+            // SAFETY: a writable shared mapping of `len` bytes, written in
+            // bounds (checked above) through a raw pointer; `bytes` is
+            // private memory, so the ranges do not overlap.
+            unsafe {
+                std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.ptr.as_ptr().cast::<u8>().add(off), bytes.len());
+            }
+        }
+    }
+
+    /// Maps all of `fd`: shared, read-write if `writable`.
+    fn map(fd: &OwnedFd, writable: bool) -> Result<(NonNull<c_void>, usize)> {
+        let len = nix::sys::stat::fstat(fd.as_raw_fd())?.st_size as usize;
+        let nz = NonZeroUsize::new(len).context("an empty file")?;
+        let prot = if writable { ProtFlags::PROT_READ | ProtFlags::PROT_WRITE } else { ProtFlags::PROT_READ };
+        #[allow(unsafe_code)]
+        // SAFETY: a new shared mapping of a file this process holds; the
+        // kernel picks the address; it is only used through raw pointers.
+        let ptr = unsafe { mmap(None, nz, prot, MapFlags::MAP_SHARED, fd.as_fd(), 0)? };
+        Ok((ptr, len))
+    }
+
+    /// What the attacker knows about one stream (from its ring, at start).
+    struct StreamView {
+        name: String,
+        /// Index in the mappings of a mapping of its ring.
+        ring: usize,
+        capacity: u64,
+        data_offset: usize,
+        salt: u64,
+        max_len: u64,
+    }
+
+    /// Counts of the attempts to write through read-only fds.
+    #[derive(Default)]
+    struct RoTally {
+        attempts: u64,
+        refused: u64,
+        ok: u64,
+        first_ok: Option<String>,
+    }
+
+    impl RoTally {
+        fn note(&mut self, what: &str, how: &str, r: std::result::Result<(), String>) {
+            self.attempts += 1;
+            match r {
+                Ok(()) => {
+                    self.ok += 1;
+                    self.first_ok.get_or_insert_with(|| format!("{how}:{what}"));
+                }
+                Err(_) => self.refused += 1,
+            }
+        }
+    }
+
+    fn errno_text<E: std::fmt::Display>(e: E) -> String {
+        e.to_string()
+    }
+
+    /// One round of attempts to write through the read-only `m`: a shared
+    /// writable mapping, `mprotect` of its read-only mapping, and (in
+    /// turn, `turn`) pwrite, /proc/self/mem and a read-write reopen. Each
+    /// would write back the bytes already there.
+    fn try_read_only(m: &Mapped, turn: u64, rng: &mut Prng, proc_mem: Option<&std::fs::File>, t: &mut RoTally) {
+        let nz = NonZeroUsize::new(m.len).expect("mapped, so not empty");
+        #[allow(unsafe_code)]
+        // SAFETY: asks for a new shared read-write mapping of a read-only
+        // fd (the kernel should refuse); one it grants is unmapped at once.
+        let rw = unsafe { mmap(None, nz, ProtFlags::PROT_READ | ProtFlags::PROT_WRITE, MapFlags::MAP_SHARED, m.fd.as_fd(), 0) };
+        t.note(&m.what, "mmap_rw", match rw {
+            Ok(p) => {
+                #[allow(unsafe_code)]
+                // SAFETY: the mapping just made, of `len` bytes, unused.
+                unsafe {
+                    let _ = munmap(p, m.len);
+                }
+                Ok(())
+            }
+            Err(e) => Err(errno_text(e)),
+        });
+        #[allow(unsafe_code)]
+        // SAFETY: asks to make this struct's own read-only mapping
+        // writable (the kernel should refuse: the fd is read-only); if it
+        // is granted, it is made read-only again below before any use.
+        let prot = unsafe { mprotect(m.ptr, m.len, ProtFlags::PROT_READ | ProtFlags::PROT_WRITE) };
+        t.note(&m.what, "mprotect", match prot {
+            Ok(()) => {
+                #[allow(unsafe_code)]
+                // SAFETY: as above: back to read-only.
+                unsafe {
+                    let _ = mprotect(m.ptr, m.len, ProtFlags::PROT_READ);
+                }
+                Ok(())
+            }
+            Err(e) => Err(errno_text(e)),
+        });
+        let off = (rng.next_u64() % m.len as u64) as usize & !7;
+        let same = m.read_word(off).to_le_bytes();
+        match turn % 3 {
+            0 => {
+                let r = nix::sys::uio::pwrite(m.fd.as_fd(), &same, off as i64).map(drop).map_err(errno_text);
+                t.note(&m.what, "pwrite", r);
+            }
+            1 => {
+                if let Some(mem) = proc_mem {
+                    let addr = m.ptr.as_ptr() as u64 + off as u64;
+                    t.note(&m.what, "proc_mem", mem.write_all_at(&same, addr).map_err(errno_text));
+                }
+            }
+            _ => {
+                let path = format!("/proc/self/fd/{}", m.fd.as_raw_fd());
+                let r = std::fs::OpenOptions::new().read(true).write(true).open(&path).and_then(|f| f.write_all_at(&same, off as u64));
+                t.note(&m.what, "reopen_rw", r.map_err(errno_text));
+            }
+        }
+    }
+
+    /// A value someone might take for something: positions near the
+    /// tail, limits, claimed/committing words, slot states with pids.
+    fn plausible(rng: &mut Prng, s: &StreamView, tail: u64) -> u64 {
+        let frames = 32 * (1 + rng.next_u64() % 64);
+        let state = [0, u64::from(SLOT_ACTIVE), u64::from(SLOT_REVOKED), u64::from(SLOT_HOLDING)][(rng.next_u64() % 4) as usize];
+        match rng.next_u64() % 20 {
+            0 => 0,
+            1 => u64::MAX,
+            2 => 1 + rng.next_u64() % 3,
+            3 => tail,
+            4 => tail.wrapping_add(frames),
+            5 => tail.saturating_sub(frames),
+            6 => tail.wrapping_add(s.capacity),
+            7 => tail.wrapping_sub(s.capacity),
+            8 => (rng.next_u64() % 65536) & !31,
+            9 => u64::from(u32::MAX),
+            10 => tail | 1 << 63,
+            11 => tail | 1 << 62,
+            12 => u64::MAX - 1,
+            13 => rng.next_u64() & 0xFFFF_FFFF,
+            14 => s.max_len + 33,
+            // A slot's state and pid words: a dead pid (above pid_max), this
+            // process's, pid 1.
+            15 => 0x3FFF_FFF0 << 32 | state,
+            16 => u64::from(std::process::id()) << 32 | state,
+            17 => 1 << 32 | state,
+            18 => state,
+            _ => rng.next_u64(),
+        }
+    }
+
+    /// What the writes did.
+    #[derive(Default)]
+    struct Tally {
+        writes: u64,
+        bytes: u64,
+        words: u64,
+        frames: u64,
+    }
+
+    /// One write into the writable mapping `m` (of stream `s`).
+    fn write_one(rng: &mut Prng, m: &Mapped, s: &StreamView, tail: u64, t: &mut Tally) {
+        t.writes += 1;
+        let roll = rng.next_u64() % 100;
+        if m.kind == Kind::Ring && roll < 10 {
+            // A frame header committed with the ring's salt at a frame
+            // boundary near the tail: readers take it for a committed
+            // frame of whatever length and kind it says.
+            let back = rng.next_u64() % 8;
+            let p = if rng.next_u64().is_multiple_of(2) { tail.saturating_sub(32 * back) } else { tail + 32 * back };
+            let p = p & !31;
+            let off = s.data_offset + (p & (s.capacity - 1)) as usize;
+            let len: u64 = match rng.next_u64() % 8 {
+                0 => 0,
+                1 => 31,
+                2 => 32,
+                3 => 32 + s.max_len,
+                4 => 33 + s.max_len,
+                5 => s.capacity,
+                6 => u64::from(u32::MAX),
+                _ => 32 + rng.next_u64() % (s.max_len + 1),
+            };
+            let kind: u64 = match rng.next_u64() % 4 {
+                0 | 1 => 1,
+                2 => 2,
+                _ => rng.next_u64() % 0x1_0000,
+            };
+            let tag = u64::from(rill_shm::ring::commit_tag(s.salt, p));
+            if off + 32 <= m.len {
+                m.write_word(off, len | kind << 32);
+                m.write_word(off + 16, rng.next_u64());
+                m.write_word(off + 24, (rng.next_u64() % 8) | tag << 32);
+                m.write_word(off + 8, p);
+                t.frames += 1;
+            }
+        } else if roll < 55 {
+            // A plausible value into a word, mostly of the file's header.
+            let hot = match m.kind {
+                Kind::Ring => 1024,
+                Kind::Slot => 128,
+                _ => 256,
+            }
+            .min(m.len);
+            let off = if rng.next_u64() % 4 == 3 {
+                (rng.next_u64() % m.len as u64) as usize & !7
+            } else if m.kind == Kind::Ring && rng.next_u64().is_multiple_of(2) {
+                // A word of a frame header near the tail.
+                let p = tail.wrapping_sub(32 * (rng.next_u64() % 64)) & !31;
+                (s.data_offset + (p & (s.capacity - 1)) as usize + 8 * (rng.next_u64() % 4) as usize).min(m.len - 8)
+            } else {
+                (rng.next_u64() % hot as u64) as usize & !7
+            };
+            m.write_word(off, plausible(rng, s, tail));
+            t.words += 1;
+        } else {
+            // Random bytes, at a random offset, of a random length.
+            let n = match rng.next_u64() % 100 {
+                0..=69 => 1 + rng.next_u64() % 16,
+                70..=94 => 1 + rng.next_u64() % 256,
+                _ => 1 + rng.next_u64() % 4096,
+            }
+            .min(m.len as u64) as usize;
+            let off = (rng.next_u64() % (m.len - n + 1) as u64) as usize;
+            let mut bytes = vec![0u8; n];
+            for c in bytes.chunks_mut(8) {
+                let w = rng.next_u64().to_le_bytes();
+                c.copy_from_slice(&w[..c.len()]);
+            }
+            m.write_bytes(off, &bytes);
+            t.bytes += n as u64;
+        }
+    }
+
+    pub(super) fn run(o: &Opts) -> Result<()> {
+        let list = |key: &str| -> Vec<String> { o.get(key).map(|v| v.split(',').filter(|s| !s.is_empty()).map(str::to_owned).collect()).unwrap_or_default() };
+        let (publish, subscribe) = (list("publish"), list("subscribe"));
+        let seconds = o.num("seconds", Some(5))?;
+        let seed = o.num("seed", Some(1))?;
+        let mut rng = Prng::new(seed);
+        let mut buf = Vec::new();
+        let (fd, heartbeat_ms) = connect_with_heartbeat(o, &mut buf)?;
+        let mut names: Vec<String> = Vec::new();
+        let mut maps: Vec<Mapped> = Vec::new();
+        let mut stream_of = |name: &str| -> usize {
+            names.iter().position(|n| n == name).unwrap_or_else(|| {
+                names.push(name.to_owned());
+                names.len() - 1
+            })
+        };
+        // (stream, role, fds)
+        let mut handed: Vec<(usize, &str, Vec<OwnedFd>)> = Vec::new();
+        for stream in &publish {
+            let req = Request::OpenPublisher { stream: stream.clone(), create: None, exclusive: false };
+            let (resp, fds) = call(&fd, &mut buf, &req)?;
+            let Response::Publisher { .. } = resp else { bail!("OpenPublisher {stream}: {resp:?}") };
+            handed.push((stream_of(stream), "pub", fds));
+        }
+        for stream in &subscribe {
+            let req = Request::OpenSubscriber { stream: stream.clone(), start: protocol::StartAt::Latest, create: None };
+            let (resp, fds) = call(&fd, &mut buf, &req)?;
+            let Response::Subscriber { slot, .. } = resp else { bail!("OpenSubscriber {stream}: {resp:?}") };
+            eprintln!("hostile-client: subscribed to {stream} on slot {slot}");
+            handed.push((stream_of(stream), "sub", fds));
+        }
+        for (stream, role, fds) in handed {
+            let n = fds.len();
+            if n < 4 {
+                bail!("{role} of {} got {n} fds", names[stream]);
+            }
+            for (i, f) in fds.into_iter().enumerate() {
+                let kind = match (role, i) {
+                    (_, 0) => Kind::Ring,
+                    (_, 1) => Kind::Wake,
+                    ("pub", i) if i == n - 1 => Kind::Daemon,
+                    ("pub", _) | ("sub", 2) => Kind::Slot,
+                    ("sub", 3) => Kind::Daemon,
+                    _ => Kind::Segment,
+                };
+                let flags = nix::fcntl::fcntl(f.as_raw_fd(), nix::fcntl::FcntlArg::F_GETFL)?;
+                let writable = flags & nix::libc::O_ACCMODE == nix::libc::O_RDWR;
+                let (ptr, len) = map(&f, writable).with_context(|| format!("mapping {role} fd {i} of {}", names[stream]))?;
+                let what = format!("{}:{role}:{kind:?}{i}", names[stream]);
+                maps.push(Mapped { what, fd: f, ptr, len, writable, stream, kind });
+            }
+        }
+        let mut views = Vec::new();
+        for (i, name) in names.iter().enumerate() {
+            let ring = maps.iter().position(|m| m.stream == i && m.kind == Kind::Ring).context("a ring")?;
+            let m = &maps[ring];
+            let word = |off: usize| m.read_word(off);
+            let capacity = word(std::mem::offset_of!(Meta, capacity));
+            let data_offset = word(std::mem::offset_of!(Meta, data_offset)) as usize;
+            let salt = word(std::mem::offset_of!(Meta, commit_salt));
+            let max_len = word(std::mem::offset_of!(Meta, max_message_len)) & 0xFFFF_FFFF;
+            if !capacity.is_power_of_two() || data_offset + capacity as usize > m.len {
+                bail!("{name}: ring header makes no sense: capacity {capacity}, data at {data_offset}, {} bytes", m.len);
+            }
+            views.push(StreamView { name: name.clone(), ring, capacity, data_offset, salt, max_len });
+        }
+        let writable: Vec<usize> = (0..maps.len()).filter(|&i| maps[i].writable).collect();
+        let read_only: Vec<usize> = (0..maps.len()).filter(|&i| !maps[i].writable).collect();
+        if writable.is_empty() {
+            bail!("nothing writable was handed over");
+        }
+        eprintln!(
+            "hostile-client: {} streams ({}), {} mappings, writable: {}",
+            views.len(),
+            views.iter().map(|v| v.name.as_str()).collect::<Vec<_>>().join(","),
+            maps.len(),
+            writable.iter().map(|&i| maps[i].what.as_str()).collect::<Vec<_>>().join(",")
+        );
+        // A rilld that stops answering must not stop the scribbling: after
+        // one unanswered heartbeat the attacker heartbeats no more.
+        let timeout = nix::sys::time::TimeVal::new(2, 0);
+        nix::sys::socket::setsockopt(&fd, nix::sys::socket::sockopt::ReceiveTimeout, &timeout)?;
+        let mut heartbeat_failures = 0u64;
+        let proc_mem = std::fs::OpenOptions::new().read(true).write(true).open("/proc/self/mem").ok();
+        let (mut t, mut ro, mut rounds) = (Tally::default(), RoTally::default(), 0u64);
+        let heartbeat = Duration::from_millis(u64::from(heartbeat_ms.max(100)) / 2);
+        let mut next_heartbeat = Instant::now() + heartbeat;
+        let until = Instant::now() + Duration::from_secs(seconds);
+        while Instant::now() < until {
+            rounds += 1;
+            for _ in 0..(16 + rng.next_u64() % 48) {
+                let m = &maps[writable[(rng.next_u64() % writable.len() as u64) as usize]];
+                let s = &views[m.stream];
+                let tail = maps[s.ring].read_word(COUNTERS_OFFSET);
+                write_one(&mut rng, m, s, tail, &mut t);
+            }
+            for &i in &read_only {
+                try_read_only(&maps[i], rounds + i as u64, &mut rng, proc_mem.as_ref(), &mut ro);
+            }
+            if heartbeat_failures == 0 && Instant::now() >= next_heartbeat {
+                next_heartbeat = Instant::now() + heartbeat;
+                match call(&fd, &mut buf, &Request::Heartbeat) {
+                    Ok((Response::HeartbeatAck, _)) => {}
+                    other => {
+                        heartbeat_failures += 1;
+                        eprintln!("hostile-client: heartbeat: {other:?}; no more heartbeats");
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_micros(200 + rng.next_u64() % 800));
+        }
+        println!(
+            "SCRIBBLED writes={} bytes={} words={} frames={} rounds={rounds} mappings={} writable={} ro_fds={} ro_attempts={} ro_refused={} ro_ok={} ro_ok_what={} heartbeat_failures={heartbeat_failures}",
+            t.writes,
+            t.bytes,
+            t.words,
+            t.frames,
+            maps.len(),
+            writable.len(),
+            read_only.len(),
+            ro.attempts,
+            ro.refused,
+            ro.ok,
+            ro.first_ok.as_deref().unwrap_or("-"),
+        );
+        println!("DONE");
+        // Hold every handle (heartbeating) until stdin closes.
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        std::thread::spawn(move || {
+            super::hold();
+            let _ = tx.send(());
+        });
+        while rx.recv_timeout(heartbeat).is_err() {
+            if heartbeat_failures == 0 && call(&fd, &mut buf, &Request::Heartbeat).is_err() {
+                heartbeat_failures += 1;
+            }
+        }
+        drop(maps);
+        drop(fd);
+        Ok(())
+    }
 }
