@@ -275,7 +275,10 @@ impl StreamLog {
                     tail_reason = Some(format!("{}: {}", seg.path.display(), h.reason));
                 }
             }
-            if let Some(next) = self.segments.get(i + 1).filter(|n| n.first_position != seg.end_position) {
+            // A gap: the next segment starts after this one ends. (One
+            // that starts before it ends overlaps it, which loses nothing:
+            // not a range to report, and `from..to` would run backwards.)
+            if let Some(next) = self.segments.get(i + 1).filter(|n| n.first_position > seg.end_position) {
                 let reason = tail_reason.unwrap_or_else(|| format!("{} ends at {}, the next segment starts at {}", seg.path.display(), seg.end_position, next.first_position));
                 lost.push(Hole { offset: seg.valid_len, len: 0, from: seg.end_position, to: next.first_position, reason });
             }
@@ -335,5 +338,40 @@ impl StreamLog {
         let Some((seg, entry)) = self.entry_at(position) else { return Ok(None) };
         let file = File::open(&seg.path).map_err(|source| LogError::Io { path: seg.path.clone(), source })?;
         Ok(Some(FrameReader::at(file, entry.file_offset, position).expecting(entry.position)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{encode_batch, segment_file_name, FrameBuf};
+
+    /// Found by the `store_index` fuzz target
+    /// (fuzz/regressions/store_index/overlapping-segments): a segment that
+    /// starts before the one before it ends made `lost()` report the range
+    /// `end..start`, backwards, which `Hole`'s Display (and rilld's sum of
+    /// lost bytes) subtracted into an overflow.
+    #[test]
+    fn overlapping_segments_lose_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut frames = FrameBuf::new(0);
+        frames.data(1, 1, b"hello");
+        frames.data(2, 1, b"world");
+        let end = frames.end_position();
+        std::fs::write(dir.path().join(segment_file_name(0)), encode_batch(0, &[frames.as_bytes()]).unwrap()).unwrap();
+        std::fs::write(dir.path().join(segment_file_name(32)), b"").unwrap();
+        let log = StreamLog::open(dir.path()).unwrap();
+        assert_eq!(log.segments()[0].end_position, end);
+        assert!(end > 32);
+        let lost = log.lost();
+        assert!(lost.iter().all(|h| h.to >= h.from), "{lost:?}");
+        assert!(lost.is_empty(), "{lost:?}");
+        // A real gap is still one.
+        std::fs::remove_file(dir.path().join(segment_file_name(32))).unwrap();
+        std::fs::write(dir.path().join(segment_file_name(end + 64)), b"").unwrap();
+        let lost = StreamLog::open(dir.path()).unwrap().lost();
+        assert_eq!(lost.len(), 1);
+        assert_eq!((lost[0].from, lost[0].to), (end, end + 64));
+        let _ = lost[0].to_string();
     }
 }
