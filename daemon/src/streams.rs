@@ -417,7 +417,9 @@ fn recover_segments(
         // whole in the page cache: sync it before calling anything durable.
         sync(path)?;
         lost.extend(scan.holes.iter().cloned());
-        if let Some(next) = next.filter(|&n| n != scan.end_position) {
+        // A gap before the next segment. (One that starts before this one
+        // ends overlaps it: nothing lost, and from..to would run backwards.)
+        if let Some(next) = next.filter(|&n| n > scan.end_position) {
             let reason = match &scan.damage {
                 Some(d) => format!("{}: {d}", path.display()),
                 None => format!("{} ends at {}, the next segment starts at {next}", path.display(), scan.end_position),
@@ -426,7 +428,7 @@ fn recover_segments(
         }
     }
     for h in &lost {
-        tracing::error!(stream = name, from = h.from, to = h.to, lost_bytes = h.to - h.from, reason = %h.reason,
+        tracing::error!(stream = name, from = h.from, to = h.to, lost_bytes = h.to.saturating_sub(h.from), reason = %h.reason,
             "the log lost these positions to damage on disk; the batches after them stay readable, and readers are told of the loss");
     }
     Ok((end, lost))
@@ -434,7 +436,7 @@ fn recover_segments(
 
 /// One line for `rill streams`: every lost range of a log.
 fn describe_lost(lost: &[rill_store::Hole]) -> String {
-    let bytes: u64 = lost.iter().map(|h| h.to - h.from).sum();
+    let bytes: u64 = lost.iter().map(|h| h.to.saturating_sub(h.from)).sum();
     let ranges: Vec<String> = lost.iter().take(8).map(|h| format!("{}..{}", h.from, h.to)).collect();
     let more = if lost.len() > 8 { format!(" and {} more", lost.len() - 8) } else { String::new() };
     format!("log lost {} range(s), {bytes} stream bytes, to damage on disk: positions {}{more}", lost.len(), ranges.join(", "))
