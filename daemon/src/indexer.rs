@@ -106,9 +106,10 @@ impl Indexer {
     }
 
     /// The index of the log in `dir`, kept up to date from now on (until
-    /// the last handle to it is dropped).
-    pub fn index(&self, dir: PathBuf) -> Arc<LogIndex> {
-        let index = Arc::new(LogIndex { dir, log: Mutex::new(None) });
+    /// the last handle to it is dropped): `built`, if the caller read it
+    /// already (recovery does), else built by the indexer first.
+    pub fn index(&self, dir: PathBuf, built: Option<StreamLog>) -> Arc<LogIndex> {
+        let index = Arc::new(LogIndex { dir, log: Mutex::new(built) });
         if let Some(register) = &self.register {
             // A dead indexer only costs the control thread longer reads.
             let _ = register.send(Arc::downgrade(&index));
@@ -135,7 +136,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("rill-indexer-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let indexer = Indexer::start().unwrap();
-        let index = indexer.index(dir.clone());
+        let index = indexer.index(dir.clone(), None);
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while index.lock().is_none() {
             assert!(std::time::Instant::now() < deadline, "the indexer never built the index");

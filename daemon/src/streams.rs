@@ -12,6 +12,7 @@
 use crate::archiver::{Archiver, ArchiveStatus, Job, Retention};
 use crate::config::Config;
 use crate::indexer::{Indexer, LogIndex};
+use rill_store::{SegmentIndex, StreamLog};
 use rill_protocol::{
     Durability, ErrorCode, LogSegments, Policy, Replay, StartAt, StreamInfo, StreamOptions, SubscriberInfo, MAX_LOG_SEGMENTS,
     MAX_REPLAY_SEGMENTS,
@@ -354,7 +355,7 @@ struct LogEnd {
 /// positions it lost are returned, exactly, as are gaps between segments:
 /// the valid batches after damage stay readable, and readers skip the
 /// damage with a notice. Returns where the log ends and what it lost.
-fn recover_log(name: &str, dir: &Path) -> Result<(Option<LogEnd>, Vec<rill_store::Hole>), String> {
+fn recover_log(name: &str, dir: &Path) -> Result<RecoveredLog, String> {
     let segments = rill_store::list_segments(dir).map_err(|e| format!("listing {}: {e}", dir.display()))?;
     // The sealed segments are read one ahead by a thread of their own, so
     // the disk reads the next while the CRCs of this one are checked.
@@ -375,8 +376,17 @@ fn recover_log(name: &str, dir: &Path) -> Result<(Option<LogEnd>, Vec<rill_store
                 }
             }
         });
-        recover_segments(name, &segments, &ahead, &give_back)
+        recover_segments(name, &segments, &ahead, &give_back).map(|(end, lost, index)| RecoveredLog { end, lost, index: StreamLog::from_segments(dir, index) })
     })
+}
+
+/// What [`recover_log`] found: where the log ends, what it lost, and its
+/// index (read on the way: the indexer need not read it again, and the
+/// first replay after a restart does not wait for it).
+struct RecoveredLog {
+    end: Option<LogEnd>,
+    lost: Vec<rill_store::Hole>,
+    index: StreamLog,
 }
 
 /// [`recover_log`]'s walk over `segments`, the sealed ones' bytes coming
@@ -386,8 +396,9 @@ fn recover_segments(
     segments: &[(u64, PathBuf)],
     ahead: &std::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>,
     give_back: &std::sync::mpsc::Sender<Vec<u8>>,
-) -> Result<(Option<LogEnd>, Vec<rill_store::Hole>), String> {
+) -> Result<(Option<LogEnd>, Vec<rill_store::Hole>, Vec<SegmentIndex>), String> {
     let mut lost = Vec::new();
+    let mut index = Vec::with_capacity(segments.len());
     let mut end = None;
     for (i, (first, path)) in segments.iter().enumerate() {
         let next = segments.get(i + 1).map(|(f, _)| *f);
@@ -417,6 +428,7 @@ fn recover_segments(
         // whole in the page cache: sync it before calling anything durable.
         sync(path)?;
         lost.extend(scan.holes.iter().cloned());
+        index.push(SegmentIndex::from_scan(path.clone(), *first, &scan, next.is_some()));
         // A gap before the next segment. (One that starts before this one
         // ends overlaps it: nothing lost, and from..to would run backwards.)
         if let Some(next) = next.filter(|&n| n > scan.end_position) {
@@ -431,7 +443,7 @@ fn recover_segments(
         tracing::error!(stream = name, from = h.from, to = h.to, lost_bytes = h.to.saturating_sub(h.from), reason = %h.reason,
             "the log lost these positions to damage on disk; the batches after them stay readable, and readers are told of the loss");
     }
-    Ok((end, lost))
+    Ok((end, lost, index))
 }
 
 /// One line for `rill streams`: every lost range of a log.
@@ -645,15 +657,15 @@ impl Streams {
         let meta: StreamMeta = toml::from_str(&text).map_err(|e| format!("parsing {}: {e}", meta_path.display()))?;
         let durability: Durability = meta.durability.parse()?;
         let dir = meta_path.parent().expect("a file in a directory").to_path_buf();
-        let (end, lost) = recover_log(name, &dir)?;
-        let result = self.recover_ring(name, &meta, durability, end);
+        let RecoveredLog { end, lost, index } = recover_log(name, &dir)?;
+        let result = self.recover_ring(name, &meta, durability, end, index);
         if let Some(s) = self.streams.get_mut(name) {
             s.log_damage = (!lost.is_empty()).then(|| describe_lost(&lost));
         }
         result
     }
 
-    fn recover_ring(&mut self, name: &str, meta: &StreamMeta, durability: Durability, end: Option<LogEnd>) -> Result<(), String> {
+    fn recover_ring(&mut self, name: &str, meta: &StreamMeta, durability: Durability, end: Option<LogEnd>, index: StreamLog) -> Result<(), String> {
         let policy = parse_policy(&meta.policy)?;
         if !self.streams.contains_key(name) {
             let options = StreamOptions {
@@ -668,7 +680,7 @@ impl Streams {
             let position = end.map_or(0, |e| e.position);
             s.ring.start_at(position)?;
             tracing::info!(stream = name, position, "ring recreated from the log's end");
-            return self.start_archiving(name, durability, None, end);
+            return self.start_archiving(name, durability, None, end, Some(index));
         }
         let s = self.streams.get_mut(name).expect("checked");
         let have = Policy::from(s.ring.info().policy);
@@ -684,10 +696,10 @@ impl Streams {
             .find(|x| x.index == slot && (have == Policy::BackPressure || x.holding))
             .map(|x| x.position);
         match held {
-            Some(held) => self.start_archiving(name, durability, Some((slot, held)), end),
+            Some(held) => self.start_archiving(name, durability, Some((slot, held)), end, Some(index)),
             None => {
                 tracing::error!(stream = name, slot, "the archiver's slot in the adopted ring was lost; archiving from the ring's tail (anything between the log's end and it was not archived)");
-                self.start_archiving(name, durability, None, end)
+                self.start_archiving(name, durability, None, end, Some(index))
             }
         }
     }
@@ -695,7 +707,15 @@ impl Streams {
     /// Starts the archiver on stream `name`: on its old slot `(slot, held
     /// position)` after a restart, else on a new slot; writing resumes at
     /// `log_end` (the end of the recovered log), or where the slot is.
-    fn start_archiving(&mut self, name: &str, durability: Durability, old: Option<(u32, u64)>, end: Option<LogEnd>) -> Result<(), String> {
+    /// `index`: the log's index, if recovery read it.
+    fn start_archiving(
+        &mut self,
+        name: &str,
+        durability: Durability,
+        old: Option<(u32, u64)>,
+        end: Option<LogEnd>,
+        index: Option<StreamLog>,
+    ) -> Result<(), String> {
         let log_end = end.map(|e| e.position);
         let dir = self.data_dir.join(name);
         if !dir.is_dir() {
@@ -706,8 +726,9 @@ impl Streams {
         }
         let pid = std::process::id();
         let s = self.streams.get_mut(name).ok_or("no such stream")?;
-        // The indexer builds the log's index now, in the background.
-        s.log_index.get_or_insert_with(|| self.indexer.index(dir.clone()));
+        // The indexer keeps the log's index from now on (building it in
+        // the background first, unless recovery read it).
+        s.log_index.get_or_insert_with(|| self.indexer.index(dir.clone(), index));
         // A holding slot: on an overwrite ring too, publishers never pass
         // it, so nothing is overwritten before it is on disk. (An adopted
         // one is holding already.)
@@ -781,7 +802,7 @@ impl Streams {
         let guard = match s.persist {
             Some(_) => {
                 let read_err = |e: rill_store::LogError| Refusal::new(ErrorCode::Internal, format!("stream {name:?}: reading its log: {e}"));
-                let index = s.log_index.get_or_insert_with(|| self.indexer.index(self.data_dir.join(name)));
+                let index = s.log_index.get_or_insert_with(|| self.indexer.index(self.data_dir.join(name), None));
                 Some(index.current().map_err(read_err)?)
             }
             None => None,
@@ -828,8 +849,11 @@ impl Streams {
             // `from` in a stretch the log lost (segments never synced
             // before a power cut, or damage): the reader starts at the
             // next segment and tells the subscriber what was lost first.
+            // (No segment at all before the ring: the whole stretch up to
+            // the ring's start must be one the log lost.)
             let lost = |f: u64| log.lost().iter().any(|h| h.from <= from && from < h.to && h.to <= f);
-            if replay.segments.first().is_none_or(|&f| f > from && !lost(f)) {
+            let first = replay.segments.first().copied().unwrap_or(ring_start);
+            if first > from && !lost(first) {
                 let msg = format!("stream {name:?}: the log has no segment holding position {from}");
                 return Err(Refusal::new(ErrorCode::Gone, msg));
             }
@@ -862,7 +886,7 @@ impl Streams {
         };
         // The stream's index (see plan_replay).
         let internal = |e: rill_store::LogError| Refusal::new(ErrorCode::Internal, format!("stream {name:?}: reading its log: {e}"));
-        let index = s.log_index.get_or_insert_with(|| self.indexer.index(data_dir.join(name)));
+        let index = s.log_index.get_or_insert_with(|| self.indexer.index(data_dir.join(name), None));
         let guard = index.current().map_err(internal)?;
         let listed = guard.as_ref().expect("current() builds it").segments();
         // The segment holding `from`: the last one starting at or before it.
@@ -1097,7 +1121,7 @@ impl Streams {
                 return Err(Refusal::new(ErrorCode::Exists, msg));
             }
             self.create_ring(name, options)?;
-            if let Err(msg) = self.start_archiving(name, d, None, None) {
+            if let Err(msg) = self.start_archiving(name, d, None, None, None) {
                 self.remove(name);
                 return Err(Refusal::new(ErrorCode::Internal, format!("stream {name:?}: cannot persist: {msg}")));
             }

@@ -25,7 +25,7 @@
 use crate::batch::{BatchHeader, FormatError, BATCH_HEADER_LEN};
 use crate::parse_segment_file_name;
 use crate::reader::FrameReader;
-use crate::scan::{find_next_batch_from, is_zero_tail, Hole, IndexEntry};
+use crate::scan::{find_next_batch_from, is_zero_tail, Hole, IndexEntry, Scan};
 use rill_shm::frame::FRAME_ALIGNMENT;
 use std::fs::File;
 use std::io;
@@ -90,6 +90,31 @@ impl SegmentIndex {
         let mut index = SegmentIndex::empty(path.to_path_buf(), first_position);
         index.extend(sealed)?;
         Ok(index)
+    }
+
+    /// The index of the segment at `path` (first batch at
+    /// `first_position`) from a [`Scan`] of all its bytes: recovery reads
+    /// every segment whole, so its index costs no read of its own. The
+    /// same index [`build`](Self::build) reads from the headers (a scan
+    /// checks more: every CRC). `sealed`: a later segment exists.
+    pub fn from_scan(path: PathBuf, first_position: u64, scan: &Scan, sealed: bool) -> SegmentIndex {
+        let mut holes = scan.holes.clone();
+        if let (true, Some(d)) = (sealed, &scan.damage) {
+            // Damage ends a sealed segment: what it held is lost up to the
+            // next segment (the gap `lost` reports, with this reason).
+            let at = scan.valid_len;
+            holes.push(Hole { offset: at, len: scan.file_len - at, from: scan.end_position, to: scan.end_position, reason: d.to_string() });
+        }
+        SegmentIndex {
+            path,
+            first_position,
+            end_position: scan.end_position,
+            valid_len: scan.valid_len,
+            batches: scan.batches.clone(),
+            max_timestamp: scan.batches.iter().map(|b| b.last_timestamp).max().unwrap_or(0),
+            holes,
+            sealed,
+        }
     }
 
     /// Reads the headers from `valid_len` on.
@@ -230,6 +255,14 @@ impl StreamLog {
         let mut log = StreamLog { dir: dir.to_path_buf(), segments: Vec::new() };
         log.refresh()?;
         Ok(log)
+    }
+
+    /// The index of the stream directory `dir` from indexes already made
+    /// of its segments (see [`SegmentIndex::from_scan`]), in order of
+    /// first position; [`refresh`](Self::refresh) goes on from them.
+    pub fn from_segments(dir: &Path, mut segments: Vec<SegmentIndex>) -> StreamLog {
+        segments.sort_unstable_by_key(|s| s.first_position);
+        StreamLog { dir: dir.to_path_buf(), segments }
     }
 
     /// Catches up with the directory: batches appended to the last
@@ -373,5 +406,56 @@ mod tests {
         assert_eq!(lost.len(), 1);
         assert_eq!((lost[0].from, lost[0].to), (end, end + 64));
         let _ = lost[0].to_string();
+    }
+
+    /// Recovery hands rilld the index it read anyway
+    /// (`SegmentIndex::from_scan`): it must be the index the headers give,
+    /// holes and damaged ends included.
+    #[test]
+    fn the_index_from_a_scan_is_the_index_from_the_headers() {
+        let dir = tempfile::tempdir().unwrap();
+        let batch = |first: u64, n: u64| {
+            let mut frames = FrameBuf::new(first);
+            for i in 0..n {
+                frames.data(1_000 + i, 7, b"payload");
+            }
+            (encode_batch(first, &[frames.as_bytes()]).unwrap(), frames.end_position())
+        };
+        // Segment 0: a batch, garbage, a batch (a hole), then a damaged end.
+        let (b0, e0) = batch(0, 3);
+        let mut seg0 = b0.clone();
+        seg0.extend_from_slice(&[0xA5; 96]);
+        let (b1, e1) = batch(e0 + 4 * 32, 2);
+        seg0.extend_from_slice(&b1);
+        seg0.extend_from_slice(&[0x5A; 40]);
+        // Segment 1 starts after a gap; segment 2 is the live one.
+        let (seg1, e2) = batch(e1 + 10 * 32, 4);
+        let (seg2, e3) = batch(e2, 2);
+        let files = [(0, seg0), (e1 + 10 * 32, seg1), (e2, seg2)];
+        let mut from_scans = Vec::new();
+        for (i, (first, bytes)) in files.iter().enumerate() {
+            let path = dir.path().join(segment_file_name(*first));
+            std::fs::write(&path, bytes).unwrap();
+            let scan = crate::scan_segment(bytes, *first);
+            from_scans.push(SegmentIndex::from_scan(path, *first, &scan, i + 1 < files.len()));
+        }
+        // The same, but for the words of why (a scan says more).
+        let plain = |log: &StreamLog| {
+            let mut segs = log.segments().to_vec();
+            segs.iter_mut().flat_map(|s| s.holes.iter_mut()).for_each(|h| h.reason.clear());
+            let lost: Vec<_> = log.lost().into_iter().map(|h| (h.offset, h.len, h.from, h.to)).collect();
+            (segs, lost)
+        };
+        let read = StreamLog::open(dir.path()).unwrap();
+        let mut given = StreamLog::from_segments(dir.path(), from_scans);
+        assert_eq!(plain(&given), plain(&read));
+        assert_eq!(given.lost().len(), 2, "{:?}", given.lost());
+        // And it goes on from there like one read from the headers.
+        let (more, _) = batch(e3, 5);
+        let mut live = std::fs::OpenOptions::new().append(true).open(dir.path().join(segment_file_name(e2))).unwrap();
+        std::io::Write::write_all(&mut live, &more).unwrap();
+        given.refresh().unwrap();
+        assert_eq!(plain(&given), plain(&StreamLog::open(dir.path()).unwrap()));
+        assert_eq!(given.segments()[2].batches.len(), 2);
     }
 }

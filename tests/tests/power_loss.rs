@@ -21,8 +21,9 @@
 //!   files chain without a gap or damage; the subscriber reads exactly
 //!   what the files hold;
 //! * `none` promises nothing durable: its losses and the damage the cut
-//!   left in its log are reported, not failed, and it is read back
-//!   through a subscriber only when its files chain.
+//!   left in its log are reported, not failed; but a subscriber from
+//!   `Earliest` must read exactly what its files still hold, told of the
+//!   rest as lost, like the others.
 //!
 //! Rounds continue the same streams (each round's publishers have new
 //! publisher indices, so each sequence starts at 0), so recovery of logs
@@ -303,33 +304,25 @@ fn check_stream(rig: &Rig, s: usize, lives: &[Life], known: &mut BTreeMap<u32, u
     }
     if !spec.acks() && !disk.problems.is_empty() {
         // Reported, not failed: `none` never syncs, so its log may have
-        // holes after a cut. Whether rilld still replays it is reported.
+        // holes after a cut. rilld must still replay what is left.
         words.push(format!("log damaged by the cut ({} problems, first: {})", disk.problems.len(), disk.problems[0]));
-        match rig.read_back(spec.name, soon(deadline)) {
-            Ok(read) => words.push(format!("a subscriber from Earliest read {} of {} messages", read.len(), disk.frames.len())),
-            Err(e) => {
-                let e = format!("{e:#}");
-                let why = e.lines().find_map(|l| l.strip_prefix("rill-worker: ")).unwrap_or(&e);
-                words.push(format!("a subscriber from Earliest failed: {why}"));
-            }
+    }
+    // A subscriber from Earliest must see exactly what the files hold
+    // (being told of what the log lost, past it).
+    match rig.read_back(spec.name, soon(deadline)) {
+        Ok(read) if read == disk.frames => words.push(format!("a subscriber from Earliest read all {}", read.len())),
+        Ok(read) => {
+            let i = read.iter().zip(&disk.frames).position(|(a, b)| a != b).unwrap_or(read.len().min(disk.frames.len()));
+            bad.push(format!(
+                "{}: a subscriber from Earliest read {} messages, the segment files hold {}; first difference at #{i}: read {:?}, files {:?}",
+                spec.name,
+                read.len(),
+                disk.frames.len(),
+                read.get(i),
+                disk.frames.get(i)
+            ));
         }
-    } else {
-        // The subscriber must see exactly what the files hold.
-        match rig.read_back(spec.name, soon(deadline)) {
-            Ok(read) if read == disk.frames => {}
-            Ok(read) => {
-                let i = read.iter().zip(&disk.frames).position(|(a, b)| a != b).unwrap_or(read.len().min(disk.frames.len()));
-                bad.push(format!(
-                    "{}: a subscriber from Earliest read {} messages, the segment files hold {}; first difference at #{i}: read {:?}, files {:?}",
-                    spec.name,
-                    read.len(),
-                    disk.frames.len(),
-                    read.get(i),
-                    disk.frames.get(i)
-                ));
-            }
-            Err(e) => bad.push(format!("{}: reading it back from Earliest failed: {e:#}", spec.name)),
-        }
+        Err(e) => bad.push(format!("{}: reading it back from Earliest failed: {e:#}", spec.name)),
     }
     Ok((bad, format!("{} [{} segs] {}", spec.durability, disk.segments, words.join(", "))))
 }

@@ -78,7 +78,11 @@ impl LogReader {
         // Where the first segment starts, or `from` if that is later: a
         // first segment starting after `from` (the log lost what was
         // before it) is then a gap, reported as lost.
-        let pos = segments.first().map_or(until, |s| s.0.min(from));
+        // No segment at all before the ring's start: rilld hands none over
+        // only when the log lost all of `from..until`; report it.
+        let pos = segments.first().map_or(from.min(until), |s| s.0.min(from));
+        let pending_gap = (segments.is_empty() && pos < until)
+            .then(|| (until, "the log lost these positions (rilld found them lost when it recovered the log after a crash or a power cut)".to_owned()));
         LogReader {
             segments: segments.into(),
             reader: None,
@@ -89,7 +93,7 @@ impl LogReader {
             pos,
             padding_bytes: 0,
             damaged_end: None,
-            pending_gap: None,
+            pending_gap,
         }
     }
 
@@ -421,5 +425,21 @@ mod tests {
         let (got, state) = drain(&mut r);
         assert_eq!(state.unwrap(), LogState::Done);
         assert_eq!(got, pa[1..3]);
+    }
+
+    /// After a power cut that took every segment before the ring's start
+    /// (a `none` stream's unsynced log), rilld hands over no segment: the
+    /// whole stretch is one loss, then the ring.
+    #[test]
+    fn a_replay_of_a_log_that_lost_everything_before_the_ring_is_one_loss() {
+        let mut r = LogReader::replay(Vec::new(), 0, 1_023_744);
+        let (got, lost, state) = drain_lossy(&mut r);
+        assert_eq!(state.unwrap(), LogState::Done);
+        assert!(got.is_empty());
+        assert_eq!(lost, [(0, 1_023_744)]);
+        // Nothing to report when the replay starts at the ring.
+        let mut r = LogReader::replay(Vec::new(), 4096, 4096);
+        let (got, lost, state) = drain_lossy(&mut r);
+        assert_eq!((got.len(), lost.len(), state.unwrap()), (0, 0, LogState::Done));
     }
 }
