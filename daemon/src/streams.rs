@@ -376,7 +376,7 @@ fn recover_log(name: &str, dir: &Path) -> Result<RecoveredLog, String> {
                 }
             }
         });
-        recover_segments(name, &segments, &ahead, &give_back).map(|(end, lost, index)| RecoveredLog { end, lost, index: StreamLog::from_segments(dir, index) })
+        recover_segments(name, dir, &segments, &ahead, &give_back)
     })
 }
 
@@ -393,10 +393,11 @@ struct RecoveredLog {
 /// from `ahead` in order.
 fn recover_segments(
     name: &str,
+    dir: &Path,
     segments: &[(u64, PathBuf)],
     ahead: &std::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>,
     give_back: &std::sync::mpsc::Sender<Vec<u8>>,
-) -> Result<(Option<LogEnd>, Vec<rill_store::Hole>, Vec<SegmentIndex>), String> {
+) -> Result<RecoveredLog, String> {
     let mut lost = Vec::new();
     let mut index = Vec::with_capacity(segments.len());
     let mut end = None;
@@ -443,7 +444,7 @@ fn recover_segments(
         tracing::error!(stream = name, from = h.from, to = h.to, lost_bytes = h.to.saturating_sub(h.from), reason = %h.reason,
             "the log lost these positions to damage on disk; the batches after them stay readable, and readers are told of the loss");
     }
-    Ok((end, lost, index))
+    Ok(RecoveredLog { end, lost, index: StreamLog::from_segments(dir, index) })
 }
 
 /// One line for `rill streams`: every lost range of a log.
