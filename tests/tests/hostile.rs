@@ -961,7 +961,6 @@ fn forge(d: &Rilld, stream: &str, word: &str, value: &str, deadline: Instant) ->
 /// honest publisher (`tolerant-worker publish`, in a process of its own)
 /// keeps control: told to stop, it exits.
 #[test]
-#[ignore = "open defect D4: offer retries Reclaimed for ever on a forged padded_end"]
 fn a_co_publisher_cannot_wedge_an_honest_offer() -> Result<()> {
     let name = "hostile_padded_end";
     if !root_or_skip(name, "needs root: the attacker runs as uid 65534")? {
@@ -998,7 +997,6 @@ fn a_co_publisher_cannot_wedge_an_honest_offer() -> Result<()> {
 /// either `offer` or `wait_durable` fails, or the segment files (read
 /// from disk) hold that message at that position.
 #[test]
-#[ignore = "open defect D3: a claim below the durable position is acknowledged as durable"]
 fn a_rewound_tail_cannot_fake_durability() -> Result<()> {
     let name = "hostile_rewind";
     if !root_or_skip(name, "needs root: the attacker runs as uid 65534")? {

@@ -86,7 +86,31 @@ pub enum ClaimError {
         /// Position of the claim (of a batch: its first frame).
         position: u64,
     },
+    /// The ring's tail (a shared ring's, which every publisher of the
+    /// stream may write) is behind where this publication knows the stream
+    /// is: the end of its own last claim, or the position the daemon
+    /// vouches is durable. Only a writer of the ring's header moves it
+    /// back; a claim there would overwrite frames already published (and
+    /// already on disk), and its message could never be archived. Nothing
+    /// was published. The stream's ring is damaged: its publishers should
+    /// stop using it.
+    #[error("the ring's tail {tail} is behind {floor}, where this stream already is (another writer of the ring moved it back): nothing was published")]
+    Rewound {
+        /// The tail the ring holds.
+        tail: u64,
+        /// Where the stream is known to be.
+        floor: u64,
+    },
 }
+
+/// How many times [`Publication::offer`] publishes again after
+/// [`ClaimError::Reclaimed`] before it gives the error to its caller. A
+/// claim is reclaimed only after its publisher stalled between claim and
+/// commit for the daemon's unblock timeout, so twice in one offer means
+/// something else is going on: the reclaimer's words in the ring's header
+/// forged (any publisher of the stream may write them). Without a bound
+/// such a lie would hold a non-blocking call for ever.
+const MAX_RECLAIMED_RETRIES: u32 = 2;
 
 /// Why an offer failed; gives the caller's message back where it can.
 pub type OfferError = ClaimError;
@@ -130,7 +154,9 @@ pub struct Publication<M: ClaimMode> {
     mask: u64,
     max_message_len: usize,
     back_pressure: bool,
-    /// Exclusive: our own tail (nobody else moves it).
+    /// Exclusive: our own tail (nobody else moves it). Shared: the end of
+    /// our last claim, or the durable position when we started: the tail
+    /// may never be behind it (see [`ClaimError::Rewound`]).
     tail: u64,
     /// Cached publisher limit: we may claim up to here without looking at
     /// subscriber slots again (each side caches the other's position).
@@ -167,7 +193,9 @@ impl<M: ClaimMode> Publication<M> {
         if fence_on_commit {
             words.fenced.fetch_add(1, Ordering::SeqCst);
         }
-        let tail = inner.mem.counters().tail.value.load(Ordering::Acquire);
+        // A shared ring's tail is anyone's to write: start from what the
+        // daemon vouches for instead (0 on a ring without a daemon page).
+        let tail = if M::SHARED { inner.mem.durable().position.load(Ordering::Acquire) } else { inner.mem.counters().tail.value.load(Ordering::Acquire) };
         Ok(Publication {
             capacity: inner.info.capacity,
             mask: inner.mask,
@@ -204,6 +232,7 @@ impl<M: ClaimMode> Publication<M> {
     #[inline]
     pub fn offer(&mut self, payload: &[u8]) -> Result<u64, ClaimError> {
         let span = frame_span(payload.len() + HEADER_LEN);
+        let mut reclaimed = 0;
         loop {
             let p = self.reserve(payload.len(), span)?;
             let off = (p & self.mask) as usize;
@@ -212,7 +241,7 @@ impl<M: ClaimMode> Publication<M> {
             unsafe { self.ring.inner.mem.write_bytes(off + HEADER_LEN, payload) };
             match self.commit_claim(p, p + span as u64, self.now(), true) {
                 // Padded over while we stalled: nobody saw it; offer again.
-                Err(ClaimError::Reclaimed { .. }) => continue,
+                Err(ClaimError::Reclaimed { .. }) if reclaimed < MAX_RECLAIMED_RETRIES => reclaimed += 1,
                 other => return other.map(|()| p),
             }
         }
@@ -280,8 +309,15 @@ impl<M: ClaimMode> Publication<M> {
     #[inline]
     fn reserve_span(&mut self, span: usize, len_kind: u64) -> Result<u64, ClaimError> {
         let span = span as u64;
+        // Shared: no claim below where the stream is known to be. The
+        // durable position is loaded before the tail, so it cannot cover
+        // our own claim (one line that changes once per sync at most).
+        let floor = if M::SHARED { self.tail.max(self.ring.inner.mem.durable().position.load(Ordering::Relaxed)) } else { 0 };
         let (t, p) = loop {
             let t = if M::SHARED { self.ring.inner.mem.counters().tail.value.load(Ordering::Relaxed) } else { self.tail };
+            if M::SHARED && t < floor {
+                return Err(ClaimError::Rewound { tail: t, floor });
+            }
             let off = t & self.mask;
             let pad = if off + span > self.capacity { self.capacity - off } else { 0 };
             let p = t + pad;
@@ -306,6 +342,7 @@ impl<M: ClaimMode> Publication<M> {
                 .compare_exchange_weak(t, p + span, Ordering::Relaxed, Ordering::Relaxed)
                 .is_ok()
             {
+                self.tail = p + span;
                 break (t, p);
             }
         };

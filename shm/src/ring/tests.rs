@@ -497,3 +497,43 @@ fn a_join_against_forged_counters_gives_up_and_frees_its_slot() {
         assert!(ring.subscribers().is_empty(), "{policy:?}: the slot was kept: {:?}", ring.subscribers());
     }
 }
+
+/// A co-publisher may write a shared ring's tail. Moved back below where
+/// this publication last claimed (or below the durable position), a claim
+/// there would overwrite published frames and could never be archived:
+/// refused, and nothing written.
+#[test]
+fn a_shared_claim_behind_its_own_last_claim_or_the_durable_position_is_refused() {
+    let ring = Ring::private(&cfg(4096, 256, Policy::Overwrite)).unwrap();
+    let mut publ = ring.shared_publication().unwrap();
+    let mut end = 0;
+    for i in 0..5u8 {
+        end = publ.offer(&[i; 40]).unwrap() + message_span(40) as u64;
+    }
+    ring.inner.mem.counters().tail.value.store(0, Ordering::SeqCst);
+    assert_eq!(publ.offer(&[9; 40]), Err(ClaimError::Rewound { tail: 0, floor: end }));
+    assert_eq!(ring.tail(), 0, "nothing claimed");
+    // A publication that never claimed: the durable position is its floor.
+    ring.inner.mem.counters().tail.value.store(end, Ordering::SeqCst);
+    ring.set_durable_position(end);
+    let mut fresh = ring.shared_publication().unwrap();
+    ring.inner.mem.counters().tail.value.store(64, Ordering::SeqCst);
+    assert_eq!(fresh.offer(&[9; 40]), Err(ClaimError::Rewound { tail: 64, floor: end }));
+    // Back where it was, both go on.
+    ring.inner.mem.counters().tail.value.store(end, Ordering::SeqCst);
+    assert_eq!(fresh.offer(&[1; 40]), Ok(end));
+    assert!(publ.offer(&[2; 40]).is_ok());
+}
+
+/// Any publisher may write the reclaimer's words. A forged `padded_end`
+/// makes every commit look padded over: `offer` publishes again a bounded
+/// number of times, then returns the error (it never blocks for ever).
+#[test]
+fn a_forged_padded_end_makes_offer_fail_not_spin() {
+    let ring = Ring::private(&cfg(4096, 256, Policy::Overwrite)).unwrap();
+    let mut publ = ring.shared_publication().unwrap();
+    ring.inner.mem.counters().publishers.value.padded_end.store(u64::MAX, Ordering::SeqCst);
+    assert!(matches!(publ.offer(&[3; 40]), Err(ClaimError::Reclaimed { .. })));
+    let mut sub = ring.subscribe_detached(Start::Oldest);
+    assert!(drain(&mut sub).is_empty(), "only padding was committed");
+}
