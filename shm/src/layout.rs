@@ -46,7 +46,7 @@ use crate::sync::{AtomicU32, AtomicU64};
 /// `b"RILLRING"` read as a little-endian u64.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"RILLRING");
 /// Version of this layout. Bump on any change to offsets or meanings.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 /// `Meta::state` while the creator is still writing the header.
 pub const STATE_INITIALISING: u32 = 0;
 /// `Meta::state` once the ring may be used.
@@ -158,7 +158,16 @@ pub struct DaemonPage {
     pub durable: Line<DurableWords>,
     /// Position held by enough replicas.
     pub replicated: Line<AtomicU64>,
+    /// The slots rilld granted, bit `i % 64` of word `i / 64` for slot
+    /// `i`: publishers heed only these (a slot's own state word is written
+    /// by whoever holds, or once held, its page, so it cannot say whether
+    /// the slot is anyone's). Set by rilld when it attaches a subscriber,
+    /// cleared when it frees or revokes the slot. (Layout version 2.)
+    pub granted: [AtomicU64; GRANT_WORDS],
 }
+
+/// Words of [`DaemonPage::granted`]: one bit per possible slot.
+pub const GRANT_WORDS: usize = MAX_SLOTS as usize / 64;
 
 /// One counter on its own 128-byte line.
 #[repr(C, align(128))]
@@ -298,6 +307,7 @@ const _: () = {
     assert!(offset_of!(Counters, durable) == 256);
     assert!(offset_of!(DaemonPage, durable) == 0);
     assert!(offset_of!(DaemonPage, replicated) == 128);
+    assert!(offset_of!(DaemonPage, granted) == 256);
     assert!(size_of::<DaemonPage>() <= PAGE_FILE_LEN as usize);
     assert!(size_of::<WakeWords>() <= WAKE_PAGE_DURABLE_WAITERS);
     assert!(offset_of!(Counters, replicated) == 384);

@@ -35,6 +35,9 @@ pub(crate) struct RingMemory {
     durable_waiters: *const AtomicU32,
     #[cfg(not(loom))]
     replicated: *const AtomicU64,
+    /// The slots the daemon granted (on the daemon page; null without one).
+    #[cfg(not(loom))]
+    granted: *const AtomicU64,
     /// The page of positions only the daemon writes (rilld's layout).
     #[cfg(not(loom))]
     daemon_page: Option<Region>,
@@ -109,6 +112,7 @@ impl RingMemory {
             durable,
             durable_waiters,
             replicated,
+            granted: std::ptr::null(),
             daemon_page: None,
             data,
             capacity,
@@ -132,7 +136,9 @@ impl RingMemory {
         let page = daemon.as_ptr().cast::<DaemonPage>();
         // SAFETY: the daemon page is large and aligned enough (checked, and
         // DaemonPage fits in PAGE_FILE_LEN: layout's static asserts).
-        (self.durable, self.replicated) = unsafe { (std::ptr::addr_of!((*page).durable.value), std::ptr::addr_of!((*page).replicated.value)) };
+        (self.durable, self.replicated, self.granted) = unsafe {
+            (std::ptr::addr_of!((*page).durable.value), std::ptr::addr_of!((*page).replicated.value), std::ptr::addr_of!((*page).granted).cast())
+        };
         self.wake_page = Some(wake);
         self.daemon_page = Some(daemon);
         self.slots = SlotSource::Pages(pages);
@@ -158,6 +164,18 @@ impl RingMemory {
     pub(crate) fn replicated(&self) -> &AtomicU64 {
         // SAFETY: points into the counters or the daemon page, owned by self.
         unsafe { &*self.replicated }
+    }
+
+    /// The words of granted slots (bit `i % 64` of word `i / 64` for slot
+    /// `i`, up to the ring's slot count), if the ring has a daemon page.
+    #[inline]
+    pub(crate) fn granted(&self) -> Option<&[AtomicU64]> {
+        if self.granted.is_null() {
+            return None;
+        }
+        // SAFETY: points at DaemonPage::granted, GRANT_WORDS atomics inside
+        // the daemon page owned by self; slot_count <= MAX_SLOTS.
+        Some(unsafe { std::slice::from_raw_parts(self.granted, (self.slot_count as usize).div_ceil(64)) })
     }
 
     /// Whether this process may write the durable and replicated
@@ -326,6 +344,10 @@ impl RingMemory {
 
     pub(crate) fn replicated(&self) -> &AtomicU64 {
         &self.counters.replicated.value
+    }
+
+    pub(crate) fn granted(&self) -> Option<&[AtomicU64]> {
+        None
     }
 
     pub(crate) fn vouch_writable(&self) -> bool {

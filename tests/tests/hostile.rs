@@ -707,7 +707,6 @@ fn random_writes_hurt_only_the_attackers_own_streams() -> Result<()> {
 /// must go on reading every message, once, in order: no other client may
 /// take its slot.
 #[test]
-#[ignore = "open defect D1 (issue #11 defect 3: a slot page is reused while its former holder can write it)"]
 fn a_former_subscriber_cannot_free_the_next_ones_slot() -> Result<()> {
     slot_reuse("hostile_slot_state", "state")
 }
@@ -734,7 +733,6 @@ fn a_former_subscriber_cannot_move_the_next_ones_position() -> Result<()> {
 /// publisher and subscriber must go on: three rings' worth of messages,
 /// every one read once, in order (a 10 s watchdog on any stop in between).
 #[test]
-#[ignore = "open defect D5: publishers heed slots rilld never granted"]
 fn a_former_subscriber_cannot_hold_publishers_back_for_ever() -> Result<()> {
     let name = "hostile_slot_active";
     if !root_or_skip(name, "needs root: the attacker runs as uid 65534")? {

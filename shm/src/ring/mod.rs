@@ -635,8 +635,14 @@ impl Ring {
     /// Live subscriber slots.
     pub fn subscribers(&self) -> Vec<SlotInfo> {
         let mem = &self.inner.mem;
-        let hwm = mem.counters().publishers.value.slot_hwm.load(Ordering::Acquire).min(mem.slot_count());
+        // With a daemon page, the slots the daemon granted (the high-water
+        // mark is in the header every publisher may write).
+        let hwm = match mem.granted() {
+            Some(_) => mem.slot_count(),
+            None => mem.counters().publishers.value.slot_hwm.load(Ordering::Acquire).min(mem.slot_count()),
+        };
         (0..hwm)
+            .filter(|&i| self.granted(i) != Some(false))
             .filter_map(|i| {
                 let s = mem.slot(i)?;
                 let state = s.state.load(Ordering::Acquire);
@@ -657,6 +663,7 @@ impl Ring {
     /// owner, if it still lives, must not read zero-copy afterwards.
     pub fn release_slot(&self, index: u32) {
         assert!(index < self.inner.mem.slot_count(), "slot {index} out of range");
+        self.set_granted(index, false);
         let Some(slot) = self.inner.mem.slot(index) else { return };
         // pid 0 marks a slot being (re)initialised: reapers skip it, so the
         // next owner is never mistaken for this one.
@@ -673,6 +680,7 @@ impl Ring {
     /// gone. Use [`Ring::release_slot`] for an owner known to be dead.
     pub fn revoke_slot(&self, index: u32) {
         assert!(index < self.inner.mem.slot_count(), "slot {index} out of range");
+        self.set_granted(index, false);
         let Some(slot) = self.inner.mem.slot(index) else { return };
         // SYNC(slot-state): as in release_slot.
         slot.state.store(SLOT_REVOKED, Ordering::Release);
@@ -690,6 +698,37 @@ impl Ring {
             }
         }
         freed
+    }
+
+    /// Whether the daemon granted slot `index` (`None` on a ring without a
+    /// daemon page, whose slots' own state words say whether they are in
+    /// use).
+    pub(crate) fn granted(&self, index: u32) -> Option<bool> {
+        let words = self.inner.mem.granted()?;
+        Some(words[index as usize / 64].load(Ordering::SeqCst) & (1 << (index % 64)) != 0)
+    }
+
+    /// Whether this process is the one that grants slots: the ring has a
+    /// daemon page and this process may write it.
+    pub(crate) fn grants_slots(&self) -> bool {
+        self.inner.mem.granted().is_some() && self.inner.mem.vouch_writable()
+    }
+
+    /// Marks slot `index` granted or not (the daemon's part; nothing on a
+    /// ring without a daemon page, or one this process maps read-only).
+    pub(crate) fn set_granted(&self, index: u32, on: bool) {
+        if !self.grants_slots() {
+            return;
+        }
+        let words = self.inner.mem.granted().expect("checked");
+        let bit = 1u64 << (index % 64);
+        // SYNC(join): SeqCst RMWs, ordered with the slot's position store
+        // before them and the publishers' SeqCst loads in `min_holding`.
+        if on {
+            words[index as usize / 64].fetch_or(bit, Ordering::SeqCst);
+        } else {
+            words[index as usize / 64].fetch_and(!bit, Ordering::SeqCst);
+        }
     }
 
     /// The owner pid recorded in slot `index` (0 if none or out of range).

@@ -603,8 +603,32 @@ impl<M: ClaimMode> Publication<M> {
     /// overwrite ring.
     fn min_holding(&self) -> Option<u64> {
         let mem = &self.ring.inner.mem;
-        let hwm = mem.counters().publishers.value.slot_hwm.load(Ordering::SeqCst).min(mem.slot_count());
         let back_pressure = self.back_pressure;
+        if let Some(words) = mem.granted() {
+            // rilld's layout: the slots the daemon granted, whatever their
+            // state words say (a former holder of a slot page may still
+            // write it: marking its old slot active must not hold us back,
+            // nor marking the next holder's slot free let us overrun it).
+            // On an overwrite ring, of those, the holding ones.
+            let mut min: Option<u64> = None;
+            for (w, word) in words.iter().enumerate() {
+                // SYNC(join): SeqCst pairs with the daemon's SeqCst RMW of
+                // the grant after the slot's position store (Dekker, as
+                // below): a grant we see comes with its position.
+                let mut bits = word.load(Ordering::SeqCst);
+                while bits != 0 {
+                    let i = (w * 64) as u32 + bits.trailing_zeros();
+                    bits &= bits - 1;
+                    let Some(s) = mem.slot(i) else { continue };
+                    if back_pressure || s.state.load(Ordering::SeqCst) == SLOT_HOLDING {
+                        let p = s.position.load(Ordering::SeqCst);
+                        min = Some(min.map_or(p, |m| m.min(p)));
+                    }
+                }
+            }
+            return min;
+        }
+        let hwm = mem.counters().publishers.value.slot_hwm.load(Ordering::SeqCst).min(mem.slot_count());
         (0..hwm)
             .filter_map(|i| {
                 let s = mem.slot(i)?;

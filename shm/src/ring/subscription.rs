@@ -204,13 +204,28 @@ impl Subscriber {
             return Err(SubscribeError::ReadOnly);
         }
         let mem = &ring.inner.mem;
-        let slot = (0..mem.slot_count())
-            .find(|&i| {
+        let slot = if ring.grants_slots() {
+            // The daemon: a slot is free when it has not granted it, and
+            // not revoked it from an owner that still lives. (Its state
+            // word is written by whoever holds or held its page: not a
+            // word to take the daemon's own decisions from.)
+            (0..mem.slot_count()).find(|&i| {
+                ring.granted(i) == Some(false)
+                    && mem.slot(i).is_some_and(|s| {
+                        s.state.load(Ordering::Acquire) != super::SLOT_REVOKED && {
+                            s.state.store(SLOT_ACTIVE, Ordering::SeqCst);
+                            true
+                        }
+                    })
+            })
+        } else {
+            (0..mem.slot_count()).find(|&i| {
                 mem.slot(i).is_some_and(|s| {
                     s.state.compare_exchange(SLOT_FREE, SLOT_ACTIVE, Ordering::Acquire, Ordering::Relaxed).is_ok()
                 })
             })
-            .ok_or(SubscribeError::NoFreeSlot(mem.slot_count()))?;
+        }
+        .ok_or(SubscribeError::NoFreeSlot(mem.slot_count()))?;
         let s = mem.slot(slot).expect("slot found above");
         s.pid.store(pid, Ordering::Relaxed);
         s.overrun_bytes.store(0, Ordering::Relaxed);
@@ -218,6 +233,7 @@ impl Subscriber {
         let probe = Self::detached(ring.clone(), start);
         if !back_pressure && !hold {
             s.position.store(probe.position, Ordering::Release);
+            ring.set_granted(slot, true);
             // Listed like any other slot (monitoring, reaping, reclaimer).
             mem.counters().publishers.value.slot_hwm.fetch_max(slot + 1, Ordering::SeqCst);
             return Ok((slot, probe.position));
@@ -246,6 +262,9 @@ impl Subscriber {
         loop {
             s.position.store(p, Ordering::SeqCst);
             counters.publishers.value.slot_hwm.fetch_max(slot + 1, Ordering::SeqCst);
+            // SYNC(join): a SeqCst RMW after the position store: publishers
+            // that see the grant see the position (see `min_holding`).
+            ring.set_granted(slot, true);
             let granted = if back_pressure {
                 counters.limit_granted.value.load(Ordering::SeqCst)
             } else {
@@ -405,8 +424,13 @@ impl Subscriber {
     #[inline]
     fn check_slot(&self) -> Result<(), PollError> {
         let Some(i) = self.slot else { return Ok(()) };
-        let ours = self.ring.inner.mem.slot(i).is_some_and(|s| {
-            s.state.load(Ordering::Relaxed) == self.slot_state && s.pid.load(Ordering::Relaxed) == self.slot_pid
+        // With a daemon page, the daemon's grant says it (it never grants
+        // a slot revoked from a live owner again while that owner lives);
+        // our slot page's words may have been written by its former holder.
+        let ours = self.ring.granted(i).unwrap_or_else(|| {
+            self.ring.inner.mem.slot(i).is_some_and(|s| {
+                s.state.load(Ordering::Relaxed) == self.slot_state && s.pid.load(Ordering::Relaxed) == self.slot_pid
+            })
         });
         if ours {
             Ok(())
