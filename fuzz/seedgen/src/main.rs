@@ -74,7 +74,7 @@ fn requests() -> Vec<(&'static str, Request)> {
 fn responses() -> Vec<(&'static str, Response)> {
     vec![
         ("hello", Response::Hello { daemon_version: "0.1.0".into(), heartbeat_ms: 1000 }),
-        ("publisher", Response::Publisher { handle: 1, info: info("orders") }),
+        ("publisher", Response::Publisher { handle: 1, info: info("orders"), slots_epoch: 0 }),
         (
             "subscriber",
             Response::Subscriber {
