@@ -31,7 +31,9 @@
 //!   the daemon page (read-only), then one read-only fd per log segment
 //!   to replay (see [`Replay`]);
 //! * log segments ([`Request::LogSegments`]): one read-only fd per segment
-//!   (see [`LogSegments`]).
+//!   (see [`LogSegments`]);
+//! * slot pages ([`Request::SlotPages`]): every slot page of the stream,
+//!   read-only, one per slot, in slot order.
 //!
 //! Version 3 added [`Request::LogSegments`] (a subscriber of a persisted
 //! overwrite stream reading what publishers overwrote from the log) and
