@@ -141,6 +141,9 @@ impl Server {
                 last_tick = Instant::now();
                 self.tick();
             }
+            // Slots given fresh pages (released, revoked, reaped) meanwhile:
+            // the keeper must hold the pages in use.
+            self.streams.flush_keeper();
         }
     }
 
@@ -319,6 +322,7 @@ impl Server {
                 | Request::CreateStream { .. }
                 | Request::Resume { .. }
                 | Request::LogSegments { .. }
+                | Request::SlotPages { .. }
                 | Request::ListStreams
                 | Request::ListStreamsPage { .. }
                 | Request::StreamInfo { .. }
@@ -366,6 +370,7 @@ impl Server {
             Request::OpenSubscriber { stream, start, create } => self.open_subscriber(i, &stream, start, create),
             Request::Close { handle } => self.close(i, handle).map(|()| (Response::Closed, Vec::new())),
             Request::Resume { handles } => Ok((self.resume(i, handles), Vec::new())),
+            Request::SlotPages { handle } => self.slot_pages(i, handle),
             Request::LogSegments { stream, from } => self
                 .check(i, Action::Subscribe, &stream)
                 .and_then(|()| self.streams.log_segments(&stream, from))
@@ -448,7 +453,7 @@ impl Server {
         if exclusive {
             s.set_exclusive(Some(ExclusiveHolder::Client { conn, handle, process }));
         }
-        Ok((Response::Publisher { handle, info: s.info() }, fds))
+        Ok((Response::Publisher { handle, info: s.info(), slots_epoch: s.ring.slots_epoch() }, fds))
     }
 
     fn open_subscriber(
@@ -490,6 +495,19 @@ impl Server {
         let s = self.streams.require(stream)?;
         s.owners[slot as usize] = SlotOwner::Client { conn, handle };
         Ok((Response::Subscriber { handle, slot, position, info: s.info(), replay }, fds))
+    }
+
+    /// Every slot page of the stream of publisher `handle` of client `i`,
+    /// read-only, and their epoch (its slot pages were renewed since it
+    /// mapped them).
+    fn slot_pages(&mut self, i: usize, handle: u64) -> Result<(Response, Vec<OwnedFd>), Refusal> {
+        let stream = match self.conns[i].handles.get(&handle) {
+            Some(h) if h.kind == HandleKind::Publisher => h.stream.clone(),
+            _ => return Err(Refusal::new(ErrorCode::UnknownHandle, format!("no publisher handle {handle} on this connection"))),
+        };
+        let s = self.streams.require(&stream)?;
+        let fds = s.files.slot_pages().map_err(|e| internal(&stream, e))?;
+        Ok((Response::SlotPages { slots_epoch: s.ring.slots_epoch() }, fds))
     }
 
     fn new_handle(&mut self, i: usize, stream: &str, kind: HandleKind, slot: u32, exclusive: bool) -> u64 {

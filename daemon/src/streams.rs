@@ -153,6 +153,9 @@ pub struct Stream {
     /// Why archiving could not be set up (at start or creation): the
     /// stream is held back until rilld is restarted with the cause fixed.
     pub setup_error: Option<String>,
+    /// `files` changed (a slot got a fresh page) since the keeper was last
+    /// handed them.
+    pub keeper_stale: bool,
 }
 
 impl Stream {
@@ -258,14 +261,32 @@ impl Stream {
         let process = self.slot_process[slot as usize].take();
         let alive = process.map_or_else(|| rill_shm::os::pid_alive(pid), |p| p.alive());
         if reaped && alive {
-            tracing::info!(stream = %self.name, slot, pid, "slot revoked from a live owner; reused once it exits");
+            tracing::info!(stream = %self.name, slot, pid, "slot revoked from a live owner (its page says so; the slot gets a fresh one)");
             self.ring.revoke_slot(slot);
         } else {
             self.ring.release_slot(slot);
         }
+        self.renew_slot(slot);
         self.owners[slot as usize] = SlotOwner::Free;
         if reaped {
             self.reaped += 1;
+        }
+    }
+
+    /// Gives slot `slot` (free in the books) a fresh page: whoever held
+    /// or kept its old page (a subscriber may keep any fd it was given,
+    /// and pass it on) writes memory nobody reads any more. If that fails
+    /// the slot stays revoked, out of use (until rilld restarts).
+    pub fn renew_slot(&mut self, slot: u32) {
+        match self.ring.renew_slot_page(slot) {
+            Ok(fd) => {
+                self.files.slots[slot as usize] = fd;
+                self.keeper_stale = true;
+            }
+            Err(e) => {
+                tracing::error!(stream = %self.name, slot, error = %e, "cannot give the slot a fresh page; it stays out of use");
+                self.ring.revoke_slot(slot);
+            }
         }
     }
 
@@ -926,6 +947,20 @@ impl Streams {
         }
     }
 
+    /// Hands the keeper the fds of every stream whose slots got fresh
+    /// pages since it last had them (so a rilld that dies now is followed
+    /// by one that adopts the pages in use).
+    pub fn flush_keeper(&mut self) {
+        for s in self.streams.values_mut().filter(|s| s.keeper_stale) {
+            match self.keeper.keep(&s.name, s.keep, &s.files) {
+                Ok(()) => s.keeper_stale = false,
+                // The janitor restarts a keeper that is gone and hands it
+                // every ring as it is then.
+                Err(e) => tracing::warn!(stream = %s.name, error = %e, "cannot hand the ring keeper the stream's fresh slot pages"),
+            }
+        }
+    }
+
     /// Adopts the rings that the keeper held for the previous daemon.
     /// Their active subscriber slots wait `grace` for their owners to
     /// resume.
@@ -961,6 +996,14 @@ impl Streams {
                     tracing::info!(stream = %name, tail = ring.tail(), pages = %ring.pages(), exclusive_pid = holder.as_ref().map(ExclusiveHolder::pid), "adopted ring");
                     self.insert(name.clone(), ring, files, keep, owners);
                     if let Some(s) = self.streams.get_mut(&name) {
+                        // Every slot nobody resumes gets a fresh page: the
+                        // keeper may hold an old one if the last rilld died
+                        // between renewing a slot and telling it.
+                        for slot in 0..s.owners.len() as u32 {
+                            if s.owners[slot as usize] == SlotOwner::Free {
+                                s.renew_slot(slot);
+                            }
+                        }
                         s.resume_until = Some(deadline);
                         s.shared_may_resume_until = holder.is_none().then_some(deadline);
                         s.set_exclusive(holder);
@@ -972,6 +1015,7 @@ impl Streams {
                 }
             }
         }
+        self.flush_keeper();
         self.streams.len()
     }
 
@@ -1001,6 +1045,7 @@ impl Streams {
             log_damage: None,
             log_index: None,
             setup_error: None,
+            keeper_stale: false,
         };
         self.streams.insert(name, stream);
     }
@@ -1198,7 +1243,11 @@ impl Streams {
             if s.reclaimer.do_work(now_ns) > 0 {
                 work += 1;
             }
-            work += s.ring.free_revoked_slots();
+            for slot in s.ring.free_revoked_slots() {
+                // Out of use after a failed renewal, its owner now gone.
+                s.renew_slot(slot);
+                work += 1;
+            }
             let subscribers = s.ring.subscribers();
             // Only the archiver may hold an overwrite stream's publishers
             // back; a client that marked its own slot holding (it can write

@@ -86,14 +86,34 @@ fn open_pub(c: &mut Conn, name: &str) -> Ring {
 }
 
 fn open_pub_with(c: &mut Conn, name: &str, options: StreamOptions) -> Ring {
+    open_pub_handle(c, name, options).0
+}
+
+/// A publisher's ring and its handle.
+fn open_pub_handle(c: &mut Conn, name: &str, options: StreamOptions) -> (Ring, u64) {
     let (resp, mut fds) = c.call(&Request::OpenPublisher { stream: name.into(), create: Some(options), exclusive: false });
-    let Response::Publisher { info, .. } = resp else { panic!("{resp:?}") };
+    let Response::Publisher { info, handle, slots_epoch } = resp else { panic!("{resp:?}") };
     assert_eq!(fds.len(), 3 + info.slot_count as usize);
     let daemon = fds.pop().unwrap();
     let slots: Vec<_> = fds.drain(2..).map(|f| Some((f, Access::ReadOnly))).collect();
     let wake = fds.pop().unwrap();
     let ring = fds.pop().unwrap();
-    Ring::from_fds(ring, Access::ReadWrite, slots, (wake, Access::ReadWrite), (daemon, Access::ReadOnly)).unwrap()
+    let ring = Ring::from_fds(ring, Access::ReadWrite, slots, (wake, Access::ReadWrite), (daemon, Access::ReadOnly)).unwrap();
+    ring.set_slots_epoch(slots_epoch);
+    (ring, handle)
+}
+
+/// What the client library does when an offer comes back back-pressured:
+/// if slots got fresh pages since the publisher mapped its own, maps the
+/// new ones (`SlotPages`). Returns whether it did.
+fn remap_if_stale(c: &mut Conn, ring: &Ring, handle: u64) -> bool {
+    if !ring.slots_stale() {
+        return false;
+    }
+    let (resp, fds) = c.call(&Request::SlotPages { handle });
+    let Response::SlotPages { slots_epoch } = resp else { panic!("{resp:?}") };
+    ring.remap_slot_pages(&fds, slots_epoch).unwrap();
+    true
 }
 
 fn open_sub(c: &mut Conn, name: &str) -> (Ring, u32, u64) {
@@ -218,7 +238,7 @@ fn persisted_overwrite_stream_holds_only_at_the_archiver_and_serves_its_log() {
     let mut c = Conn::hello(&d.socket);
     let name = "ow.persisted";
     let options = StreamOptions { policy: Policy::Overwrite, persist: Some(Durability::None), ..options() };
-    let pub_ring = open_pub_with(&mut c, name, options);
+    let (pub_ring, pub_handle) = open_pub_handle(&mut c, name, options);
     let (_sub_ring, idle_slot, _, page) = open_sub_keeping_slot_page(&mut c, name);
     let mut publ = pub_ring.shared_publication().unwrap();
     let mut positions = Vec::new();
@@ -287,13 +307,24 @@ fn persisted_overwrite_stream_holds_only_at_the_archiver_and_serves_its_log() {
     // A client that writes SLOT_HOLDING into its own slot page (it may
     // write it) is taken back by the janitor: only the archiver holds.
     use std::os::unix::fs::FileExt;
-    std::fs::File::from(page).write_all_at(&rill_shm::layout::SLOT_HOLDING.to_le_bytes(), 0).unwrap();
+    let page = std::fs::File::from(page);
+    page.write_all_at(&rill_shm::layout::SLOT_HOLDING.to_le_bytes(), 0).unwrap();
     wait_for("the client's holding slot is taken back", || {
         info(&mut c, name).subscribers.iter().all(|s| s.slot != idle_slot)
     });
+    // Its slot got a fresh page: the publisher maps it before going on
+    // past what it had been granted (it must, or stay back-pressured).
+    let mut remapped = false;
     for _ in 0..1000 {
         while publ.offer(&[0; 100]).is_err() {
+            remapped |= remap_if_stale(&mut c, &pub_ring, pub_handle);
             std::thread::yield_now();
         }
     }
+    assert!(remapped, "the taken-back slot got no fresh page");
+    // The page the client kept is no longer the slot's: what it writes
+    // there reaches nobody.
+    page.write_all_at(&rill_shm::layout::SLOT_ACTIVE.to_le_bytes(), 0).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(info(&mut c, name).subscribers.iter().all(|s| s.slot != idle_slot), "the old page still counts");
 }

@@ -31,7 +31,9 @@
 //!   the daemon page (read-only), then one read-only fd per log segment
 //!   to replay (see [`Replay`]);
 //! * log segments ([`Request::LogSegments`]): one read-only fd per segment
-//!   (see [`LogSegments`]).
+//!   (see [`LogSegments`]);
+//! * slot pages ([`Request::SlotPages`]): every slot page of the stream,
+//!   read-only, one per slot, in slot order.
 //!
 //! Version 3 added [`Request::LogSegments`] (a subscriber of a persisted
 //! overwrite stream reading what publishers overwrote from the log) and
@@ -57,8 +59,11 @@ pub const DEFAULT_SOCKET: &str = "/run/rill/rilld.sock";
 pub const MAGIC: u16 = u16::from_le_bytes(*b"RL");
 /// Version of this protocol. 4: publishers and subscribers also get the
 /// daemon page (read-only), so a client of version 3 could not map a
-/// ring.
-pub const PROTOCOL_VERSION: u16 = 4;
+/// ring. 5: rings of layout version 2 (slots granted on the daemon page,
+/// a fresh page for every slot released); a publisher's reply says which
+/// slot page epoch its slot pages are of, and [`Request::SlotPages`] gets
+/// the current ones.
+pub const PROTOCOL_VERSION: u16 = 5;
 /// Header bytes before the body.
 pub const HEADER_LEN: usize = 8;
 /// Largest message (header + body) either side sends or accepts.
@@ -312,6 +317,14 @@ pub enum Request {
         /// The first position wanted.
         from: u64,
     },
+    /// A publisher's slot pages are of an older epoch than the daemon
+    /// page's (`rill_shm::layout::DaemonPage::slots_epoch`: a slot got a
+    /// fresh page since): every slot page of its stream, read-only, as
+    /// now; answered with [`Response::SlotPages`].
+    SlotPages {
+        /// The publisher's handle.
+        handle: u64,
+    },
     /// One page of the streams the client's uid may use, in name order,
     /// after `after` (from the first if `None`); answered with
     /// [`Response::StreamsPage`]. (`ListStreams` answers only while every
@@ -432,6 +445,14 @@ pub enum Response {
         handle: u64,
         /// The stream.
         info: StreamInfo,
+        /// The slot page epoch of the slot pages handed over.
+        slots_epoch: u64,
+    },
+    /// Every slot page of a publisher's stream (reply to `SlotPages`);
+    /// fds: one per slot, read-only, in slot order.
+    SlotPages {
+        /// Their slot page epoch.
+        slots_epoch: u64,
     },
     /// A subscriber; fds: ring (ro), wake, own slot page (rw), daemon page
     /// (ro), then the replay's segments (ro).

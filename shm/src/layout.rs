@@ -164,6 +164,11 @@ pub struct DaemonPage {
     /// the slot is anyone's). Set by rilld when it attaches a subscriber,
     /// cleared when it frees or revokes the slot. (Layout version 2.)
     pub granted: [AtomicU64; GRANT_WORDS],
+    /// Bumped by rilld whenever it gives a slot a fresh page (at every
+    /// release, so that no former holder of a slot page can write the
+    /// next holder's slot): a publisher whose slot pages are of an older
+    /// epoch asks rilld for the new ones before it trusts them again.
+    pub slots_epoch: Line<AtomicU64>,
 }
 
 /// Words of [`DaemonPage::granted`]: one bit per possible slot.
@@ -308,6 +313,7 @@ const _: () = {
     assert!(offset_of!(DaemonPage, durable) == 0);
     assert!(offset_of!(DaemonPage, replicated) == 128);
     assert!(offset_of!(DaemonPage, granted) == 256);
+    assert!(offset_of!(DaemonPage, slots_epoch) == 768);
     assert!(size_of::<DaemonPage>() <= PAGE_FILE_LEN as usize);
     assert!(size_of::<WakeWords>() <= WAKE_PAGE_DURABLE_WAITERS);
     assert!(offset_of!(Counters, replicated) == 384);

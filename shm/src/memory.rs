@@ -38,6 +38,12 @@ pub(crate) struct RingMemory {
     /// The slots the daemon granted (on the daemon page; null without one).
     #[cfg(not(loom))]
     granted: *const AtomicU64,
+    /// The daemon's slot page epoch (on the daemon page; null without one).
+    #[cfg(not(loom))]
+    slots_epoch: *const AtomicU64,
+    /// The epoch of the slot pages this process maps.
+    #[cfg(not(loom))]
+    mapped_slots_epoch: std::sync::atomic::AtomicU64,
     /// The page of positions only the daemon writes (rilld's layout).
     #[cfg(not(loom))]
     daemon_page: Option<Region>,
@@ -113,6 +119,8 @@ impl RingMemory {
             durable_waiters,
             replicated,
             granted: std::ptr::null(),
+            slots_epoch: std::ptr::null(),
+            mapped_slots_epoch: std::sync::atomic::AtomicU64::new(0),
             daemon_page: None,
             data,
             capacity,
@@ -136,9 +144,17 @@ impl RingMemory {
         let page = daemon.as_ptr().cast::<DaemonPage>();
         // SAFETY: the daemon page is large and aligned enough (checked, and
         // DaemonPage fits in PAGE_FILE_LEN: layout's static asserts).
-        (self.durable, self.replicated, self.granted) = unsafe {
-            (std::ptr::addr_of!((*page).durable.value), std::ptr::addr_of!((*page).replicated.value), std::ptr::addr_of!((*page).granted).cast())
+        (self.durable, self.replicated, self.granted, self.slots_epoch) = unsafe {
+            (
+                std::ptr::addr_of!((*page).durable.value),
+                std::ptr::addr_of!((*page).replicated.value),
+                std::ptr::addr_of!((*page).granted).cast(),
+                std::ptr::addr_of!((*page).slots_epoch.value),
+            )
         };
+        // SAFETY: as above.
+        let epoch = unsafe { &*self.slots_epoch }.load(std::sync::atomic::Ordering::SeqCst);
+        self.mapped_slots_epoch.store(epoch, std::sync::atomic::Ordering::Relaxed);
         self.wake_page = Some(wake);
         self.daemon_page = Some(daemon);
         self.slots = SlotSource::Pages(pages);
@@ -176,6 +192,25 @@ impl RingMemory {
         // SAFETY: points at DaemonPage::granted, GRANT_WORDS atomics inside
         // the daemon page owned by self; slot_count <= MAX_SLOTS.
         Some(unsafe { std::slice::from_raw_parts(self.granted, (self.slot_count as usize).div_ceil(64)) })
+    }
+
+    /// The daemon's slot page epoch, and the one of the pages this process
+    /// maps; `None` without a daemon page.
+    #[inline]
+    pub(crate) fn slots_epochs(&self) -> Option<(&AtomicU64, &std::sync::atomic::AtomicU64)> {
+        // SAFETY: points into the daemon page owned by self, if not null.
+        (!self.slots_epoch.is_null()).then(|| (unsafe { &*self.slots_epoch }, &self.mapped_slots_epoch))
+    }
+
+    /// Maps `fd` over slot `i`'s page in place (see [`Region::remap`]).
+    pub(crate) fn remap_slot_page(&self, i: u32, fd: std::os::fd::BorrowedFd<'_>) -> std::io::Result<()> {
+        match &self.slots {
+            SlotSource::Pages(p) => match p.get(i as usize) {
+                Some(Some(r)) => r.remap(fd),
+                _ => Err(std::io::Error::other(format!("slot {i} is not mapped here"))),
+            },
+            SlotSource::Table(_) => Err(std::io::Error::other("this ring's slots are in its own file")),
+        }
     }
 
     /// Whether this process may write the durable and replicated
@@ -347,6 +382,10 @@ impl RingMemory {
     }
 
     pub(crate) fn granted(&self) -> Option<&[AtomicU64]> {
+        None
+    }
+
+    pub(crate) fn slots_epochs(&self) -> Option<(&AtomicU64, &AtomicU64)> {
         None
     }
 

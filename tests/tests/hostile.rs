@@ -10,10 +10,11 @@
 //! `cargo test --release -p rill-tests --test hostile`.
 //!
 //! The random-writes test (`random_writes_hurt_only_the_attackers_own_streams`)
-//! and one deterministic reproduction per defect it found are `#[ignore]`d
-//! while those defects are open (each attribute names its defect); run
-//! them with `-- --ignored`. The one it found that is fixed (a publisher
-//! hanging rilld through its ring header) runs always.
+//! found the defects the deterministic tests after it reproduce, one each
+//! (a publisher hanging rilld through its ring header; a former subscriber
+//! writing the next holder's slot, or its own old one; a co-publisher
+//! wedging `offer` or rewinding the tail to fake durability); all of them
+//! run always.
 
 #![forbid(unsafe_code)]
 
@@ -392,7 +393,6 @@ fn frames_on_disk(dir: &Path, seed: u64, max_len: usize) -> Result<(HashMap<u64,
 /// (`RILL_STRESS_SEED`), but the interleaving is the scheduler's: a seed
 /// makes the attacker's writes the same, not their timing.
 #[test]
-#[ignore = "fails while defects D1, D3, D4, D5 below are open (issue #11): run with --ignored"]
 fn random_writes_hurt_only_the_attackers_own_streams() -> Result<()> {
     let name = "hostile_scribble";
     if !root_or_skip(name, "needs root: the attacker runs as uid 65534")? {
@@ -717,7 +717,6 @@ fn a_former_subscriber_cannot_free_the_next_ones_slot() -> Result<()> {
 /// back a ring ahead of what the honest subscriber has read (back-pressure),
 /// and it must then read every message, once, in order.
 #[test]
-#[ignore = "open defect D1 (issue #11 defect 3: a slot page is reused while its former holder can write it)"]
 fn a_former_subscriber_cannot_move_the_next_ones_position() -> Result<()> {
     slot_reuse("hostile_slot_position", "position")
 }

@@ -421,6 +421,14 @@ impl HandleGuard {
 }
 
 impl HandleGuard {
+    /// Asks the daemon for every slot page of this publisher's stream, as
+    /// now, and their epoch (`Request::SlotPages`); `None` if the daemon
+    /// does not know the handle (a resume it refused).
+    pub(crate) fn slot_pages(&self) -> Result<Option<(u64, Vec<std::os::fd::OwnedFd>)>, ClientError> {
+        let Some(handle) = self.daemon_handle() else { return Ok(None) };
+        open::slot_pages(&self.token, handle).map(Some)
+    }
+
     /// Asks the daemon for the segments of `stream`'s log from `from` on
     /// (`Request::LogSegments`), reconnecting first if needed.
     pub(crate) fn log_segments(&self, stream: &str, from: u64) -> Result<(crate::protocol::LogSegments, Vec<std::fs::File>), ClientError> {

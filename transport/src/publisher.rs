@@ -18,6 +18,11 @@
 //! allocation per message (a `FUTEX_WAKE` when a subscriber sleeps, and
 //! the typed buffer's growth up to the largest message, aside), and nothing
 //! talks to the daemon, so publishing goes on while the daemon restarts.
+//! One exception, off the fast path: when a subscriber slot got a fresh
+//! page (rilld gives every slot one when its subscriber leaves, so that no
+//! former subscriber can write the next one's slot), the publisher's next
+//! limit check comes back back-pressured, and the publisher asks rilld for
+//! the new pages (`Request::SlotPages`) before it goes on.
 //! When the ring is full (back-pressure policy: the slowest subscriber is a
 //! ring behind) `offer` returns [`ClaimError::BackPressured`] at once; the
 //! `_blocking` variants wait, idling with a backoff, until a timeout.
@@ -99,48 +104,102 @@ pub struct Publisher<M: ClaimMode = Shared> {
     buf: AlignedVec,
     idle: Backoff,
     info: StreamInfo,
+    /// After a failed attempt to map fresh slot pages (rilld down, say):
+    /// not again before this.
+    remap_after: Option<Instant>,
     // Last: the publication is gone before the daemon hears `Close`.
     guard: HandleGuard,
 }
 
 impl<M: ClaimMode> Publisher<M> {
     pub(crate) fn new(publication: Publication<M>, info: StreamInfo, guard: HandleGuard) -> Self {
-        Publisher { publication, buf: AlignedVec::new(), idle: Backoff::default(), info, guard }
+        Publisher { publication, buf: AlignedVec::new(), idle: Backoff::default(), info, remap_after: None, guard }
     }
 
     /// Writes `payload` as one message; returns its stream position.
     /// Never blocks: [`ClaimError::BackPressured`] when the ring is full.
     #[inline]
     pub fn offer(&mut self, payload: &[u8]) -> Result<u64, ClaimError> {
-        self.publication.offer(payload)
+        match self.publication.offer(payload) {
+            Err(ClaimError::BackPressured) if self.remap_stale_slots() => self.publication.offer(payload),
+            other => other,
+        }
     }
 
     /// Like [`offer`](Self::offer), but waits up to `timeout` while
     /// back-pressured ([`ClaimError::TimedOut`] after that).
     pub fn offer_blocking(&mut self, payload: &[u8], timeout: Duration) -> Result<u64, ClaimError> {
-        let deadline = Instant::now() + timeout;
-        self.publication.offer_blocking(payload, deadline, &mut self.idle)
+        self.offer_until(payload, Instant::now() + timeout)
+    }
+
+    fn offer_until(&mut self, payload: &[u8], deadline: Instant) -> Result<u64, ClaimError> {
+        use rill_shm::idle::IdleStrategy;
+        self.idle.reset();
+        loop {
+            match self.offer(payload) {
+                Err(ClaimError::BackPressured) if Instant::now() < deadline => self.idle.idle(0),
+                Err(ClaimError::BackPressured) => return Err(ClaimError::TimedOut),
+                other => return other,
+            }
+        }
+    }
+
+    /// If subscriber slots got fresh pages since this publisher mapped
+    /// its slot pages (a subscriber left), maps the new ones, from rilld;
+    /// returns whether it did (then its next claim looks at them).
+    #[cold]
+    #[inline(never)]
+    fn remap_stale_slots(&mut self) -> bool {
+        let ring = self.publication.ring();
+        if !ring.slots_stale() || self.remap_after.is_some_and(|t| Instant::now() < t) {
+            return false;
+        }
+        let result = match self.guard.slot_pages() {
+            Ok(Some((epoch, fds))) => ring.remap_slot_pages(&fds, epoch).map_err(|e| e.to_string()),
+            Ok(None) => Err("rilld no longer knows this publisher".to_owned()),
+            Err(e) => Err(e.to_string()),
+        };
+        match result {
+            Ok(()) => {
+                self.remap_after = None;
+                true
+            }
+            Err(e) => {
+                tracing::debug!(stream = %self.info.name, error = %e, "cannot map the stream's fresh slot pages yet; back-pressured until then");
+                self.remap_after = Some(Instant::now() + Duration::from_millis(10));
+                false
+            }
+        }
     }
 
     /// Claims `len` bytes to be written in place. Never blocks.
     #[inline]
     pub fn try_claim(&mut self, len: usize) -> Result<Claim<'_, M>, ClaimError> {
+        if self.publication.ring().slots_stale() {
+            self.remap_stale_slots();
+        }
         self.publication.try_claim(len)
     }
 
     /// Serializes `value` with rkyv and publishes it as one message (see
     /// [`crate::typed`] for the one copy it makes). Never blocks.
     pub fn send<T: Encode>(&mut self, value: &T) -> Result<u64, SendError> {
-        let bytes = typed::encode(value, &mut self.buf).map_err(SendError::Encode)?;
-        Ok(self.publication.offer(bytes)?)
+        let len = typed::encode(value, &mut self.buf).map_err(SendError::Encode)?.len();
+        let buf = std::mem::take(&mut self.buf);
+        let result = self.offer(&buf[..len]);
+        self.buf = buf;
+        Ok(result?)
     }
 
     /// Like [`send`](Self::send), but waits up to `timeout` while
     /// back-pressured. Serializes once, however long it waits.
     pub fn send_blocking<T: Encode>(&mut self, value: &T, timeout: Duration) -> Result<u64, SendError> {
         let deadline = Instant::now() + timeout;
-        let bytes = typed::encode(value, &mut self.buf).map_err(SendError::Encode)?;
-        Ok(self.publication.offer_blocking(bytes, deadline, &mut self.idle)?)
+        let len = typed::encode(value, &mut self.buf).map_err(SendError::Encode)?.len();
+        let buf = std::mem::take(&mut self.buf);
+        let result = self.offer_until(&buf[..len], deadline);
+        self.buf = buf;
+        Ok(result?)
     }
 
     /// Waits until the stream is durable past `position` (a position
@@ -223,7 +282,10 @@ impl<M: ClaimMode> Publisher<M> {
 
     /// The underlying publication, for batches
     /// ([`try_claim_batch`](rill_shm::ring::Publication::try_claim_batch))
-    /// and timestamp control.
+    /// and timestamp control. (It never asks rilld for fresh slot pages:
+    /// after a subscriber left it may stay back-pressured until an
+    /// [`offer`](Self::offer) or [`try_claim`](Self::try_claim) of this
+    /// publisher has mapped them.)
     pub fn publication(&mut self) -> &mut Publication<M> {
         &mut self.publication
     }

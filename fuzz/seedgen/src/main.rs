@@ -68,13 +68,14 @@ fn requests() -> Vec<(&'static str, Request)> {
         ),
         ("log-segments", Request::LogSegments { stream: "audit".into(), from: 1 << 40 }),
         ("list-page", Request::ListStreamsPage { after: Some("m".into()) }),
+        ("slot-pages", Request::SlotPages { handle: 3 }),
     ]
 }
 
 fn responses() -> Vec<(&'static str, Response)> {
     vec![
         ("hello", Response::Hello { daemon_version: "0.1.0".into(), heartbeat_ms: 1000 }),
-        ("publisher", Response::Publisher { handle: 1, info: info("orders") }),
+        ("publisher", Response::Publisher { handle: 1, info: info("orders"), slots_epoch: 0 }),
         (
             "subscriber",
             Response::Subscriber {
@@ -95,6 +96,7 @@ fn responses() -> Vec<(&'static str, Response)> {
         ("log-segments", Response::LogSegments { log: LogSegments { segments: vec![0, 1 << 26], start_offset: 4160, start_batch: 4096, archived: 1 << 27 } }),
         ("error", Response::Error { code: ErrorCode::Limit, message: "streams_per_uid 256".into() }),
         ("page", Response::StreamsPage { streams: vec![info("z")], next: Some("z".into()) }),
+        ("slot-pages", Response::SlotPages { slots_epoch: 17 }),
     ]
 }
 
@@ -151,7 +153,7 @@ fn main() {
         let bytes = encode_response(&r).expect("encode response");
         write(&dir, "protocol_response", name, &bytes);
         // Replies that hand over rings come with fds.
-        let mut w = vec![if matches!(r, Response::Publisher { .. } | Response::Subscriber { .. }) { 5 } else { 0 }];
+        let mut w = vec![if matches!(r, Response::Publisher { .. } | Response::Subscriber { .. } | Response::SlotPages { .. }) { 5 } else { 0 }];
         w.extend(&bytes);
         write(&dir, "wire_recv", &format!("response-{name}"), &w);
     }

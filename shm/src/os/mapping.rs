@@ -138,6 +138,30 @@ impl Region {
     pub fn pages(&self) -> PageKind {
         self.pages
     }
+
+    /// Maps `fd` over this region in place (`MAP_FIXED`, same address,
+    /// length and access): pointers into the region stay valid and from
+    /// now on reach `fd`'s memory; the file mapped before is unmapped
+    /// atomically. Only for mapped regions.
+    pub fn remap(&self, fd: BorrowedFd<'_>) -> io::Result<()> {
+        if !matches!(self.backing, Backing::Mmap) {
+            return Err(io::Error::new(io::ErrorKind::Unsupported, "a heap region cannot be remapped"));
+        }
+        let prot = match self.access {
+            Access::ReadWrite => libc::PROT_READ | libc::PROT_WRITE,
+            Access::ReadOnly => libc::PROT_READ,
+        };
+        // SAFETY: [ptr, ptr + len) is this region's own mapping (so
+        // MAP_FIXED replaces nothing else); the fd is open for the call.
+        let got = unsafe {
+            libc::mmap(self.ptr.cast(), self.len, prot, libc::MAP_SHARED | libc::MAP_FIXED | libc::MAP_POPULATE, fd.as_raw_fd(), 0)
+        };
+        if got == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        debug_assert_eq!(got.cast::<u8>(), self.ptr);
+        Ok(())
+    }
 }
 
 impl Drop for Region {

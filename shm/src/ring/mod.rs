@@ -139,6 +139,12 @@ impl RingFiles {
         ])
     }
 
+    /// Every slot page, read-only, in slot order (a publisher's, after
+    /// slots got fresh pages: `Ring::remap_slot_pages`).
+    pub fn slot_pages(&self) -> std::io::Result<Vec<OwnedFd>> {
+        self.slots.iter().map(|slot| mapping::reopen(slot.as_fd(), false)).collect()
+    }
+
     /// Every fd, in a fixed order: ring, wake, daemon, then the slots
     /// (how the daemon passes them around).
     pub fn all(&self) -> Vec<BorrowedFd<'_>> {
@@ -154,6 +160,15 @@ impl RingFiles {
         let mut it = fds.into_iter();
         Some(RingFiles { ring: it.next()?, wake: it.next()?, daemon: it.next()?, slots })
     }
+}
+
+/// A fresh page memfd (one page, zeroed), sealed ([`mapping::seal_size`]).
+#[cfg(not(loom))]
+fn sealed_page(name: &str) -> std::io::Result<OwnedFd> {
+    let fd = mapping::memfd(name, false)?;
+    mapping::set_len(fd.as_fd(), PAGE_FILE_LEN)?;
+    mapping::seal_size(fd.as_fd())?;
+    Ok(fd)
 }
 
 pub(crate) const CLAIMED_BIT: u64 = 1 << 63;
@@ -686,15 +701,15 @@ impl Ring {
         slot.state.store(SLOT_REVOKED, Ordering::Release);
     }
 
-    /// Frees the revoked slots whose owner has exited. Returns how many.
+    /// Frees the revoked slots whose owner has exited. Returns which.
     #[cfg(not(loom))]
-    pub fn free_revoked_slots(&self) -> usize {
-        let mut freed = 0;
+    pub fn free_revoked_slots(&self) -> Vec<u32> {
+        let mut freed = Vec::new();
         for i in 0..self.inner.mem.slot_count() {
             let Some(slot) = self.inner.mem.slot(i) else { continue };
             if slot.state.load(Ordering::Acquire) == SLOT_REVOKED && !crate::os::pid_alive(slot.pid.load(Ordering::Relaxed)) {
                 self.release_slot(i);
-                freed += 1;
+                freed.push(i);
             }
         }
         freed
@@ -971,9 +986,7 @@ impl Ring {
         };
         mapping::seal_size(ring_fd.as_fd()).map_err(io("seal ring memfd"))?;
         let page = |what: &str| -> Result<(OwnedFd, Region), CreateError> {
-            let fd = mapping::memfd(&format!("{name}.{what}"), false).map_err(io("memfd_create page"))?;
-            mapping::set_len(fd.as_fd(), PAGE_FILE_LEN).map_err(io("ftruncate page"))?;
-            mapping::seal_size(fd.as_fd()).map_err(io("seal page memfd"))?;
+            let fd = sealed_page(&format!("{name}.{what}")).map_err(io("page memfd"))?;
             let region = Region::map(fd.as_fd(), PAGE_FILE_LEN as usize, Access::ReadWrite, PageKind::Normal4K).map_err(io("mmap page"))?;
             Ok((fd, region))
         };
@@ -988,6 +1001,72 @@ impl Ring {
         let (daemon_fd, daemon) = page("daemon")?;
         Arc::get_mut(&mut ring.inner).expect("fresh ring").mem.use_page_files(slots, wake, daemon);
         Ok((ring, RingFiles { ring: ring_fd, wake: wake_fd, daemon: daemon_fd, slots: slot_fds }))
+    }
+
+    /// The daemon: gives slot `index` a fresh page (zeroed, so free),
+    /// mapped over the one this process maps, and bumps the slot page
+    /// epoch on the daemon page, so that publishers map the new page
+    /// before they heed the slot again. Returns the new page's memfd (to
+    /// keep, and to hand out). Whoever kept the old page may go on writing
+    /// it: nobody reads it any more.
+    pub fn renew_slot_page(&self, index: u32) -> Result<OwnedFd, CreateError> {
+        let io = |op: &'static str| move |source| CreateError::Io { op: op.into(), source };
+        let mem = &self.inner.mem;
+        let Some((epoch, mapped)) = mem.slots_epochs().filter(|_| self.grants_slots()) else {
+            return Err(CreateError::Io { op: "renew slot page".into(), source: std::io::Error::other("not the daemon of a page-file ring") });
+        };
+        let fd = sealed_page(&format!("slot{index}")).map_err(io("page memfd"))?;
+        mem.remap_slot_page(index, fd.as_fd()).map_err(io("mmap page"))?;
+        // SYNC(slots-epoch): SeqCst, before any later grant of the slot
+        // (SeqCst too): a publisher that sees that grant sees the epoch
+        // move, and distrusts the old page it maps (`refresh_limit`).
+        let now = epoch.fetch_add(1, Ordering::SeqCst) + 1;
+        mapped.store(now, Ordering::Relaxed);
+        Ok(fd)
+    }
+
+    /// Whether a slot got a fresh page ([`Ring::renew_slot_page`]) since
+    /// this process mapped the slot pages it maps: they may then be pages
+    /// nobody reads any more, that their former holders may still write.
+    pub fn slots_stale(&self) -> bool {
+        self.inner.mem.slots_epochs().is_some_and(|(daemon, mapped)| daemon.load(Ordering::SeqCst) != mapped.load(Ordering::Relaxed))
+    }
+
+    /// The slot page epoch of the pages this process maps (0 without a
+    /// daemon page).
+    pub fn slots_epoch(&self) -> u64 {
+        self.inner.mem.slots_epochs().map_or(0, |(_, mapped)| mapped.load(Ordering::Relaxed))
+    }
+
+    /// Records `epoch` as the slot page epoch of the slot pages this
+    /// process maps (what the daemon said when it handed them over).
+    pub fn set_slots_epoch(&self, epoch: u64) {
+        if let Some((_, mapped)) = self.inner.mem.slots_epochs() {
+            mapped.store(epoch, Ordering::Relaxed);
+        }
+    }
+
+    /// A publisher: maps `fds` (every slot's page, read-only, as rilld
+    /// handed them out at `epoch`) over the slot pages it maps, and records
+    /// `epoch` as theirs.
+    pub fn remap_slot_pages(&self, fds: &[OwnedFd], epoch: u64) -> Result<(), OpenError> {
+        let io = |op: &'static str| move |source| OpenError::Io { op: op.into(), source };
+        let mem = &self.inner.mem;
+        let Some((_, mapped)) = mem.slots_epochs() else {
+            return Err(OpenError::Corrupt("this ring has no daemon page: its slots are never renewed".into()));
+        };
+        if fds.len() != mem.slot_count() as usize {
+            return Err(OpenError::Corrupt(format!("{} slot pages given for a ring of {} slots", fds.len(), mem.slot_count())));
+        }
+        for (i, fd) in fds.iter().enumerate() {
+            let len = mapping::file_len(fd.as_fd()).map_err(io("fstat page"))?;
+            if len < PAGE_FILE_LEN || !mapping::size_sealed(fd.as_fd()) {
+                return Err(OpenError::Corrupt(format!("slot page {i}: not a sealed page ({len} bytes)")));
+            }
+            mem.remap_slot_page(i as u32, fd.as_fd()).map_err(io("mmap page"))?;
+        }
+        mapped.store(epoch, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Maps the files of a ring made by [`Ring::create_sealed`] again,

@@ -558,6 +558,15 @@ impl<M: ClaimMode> Publication<M> {
     #[cold]
     fn refresh_limit(&mut self, tail: u64) {
         let counters = self.ring.inner.mem.counters();
+        // Slot pages renewed since we mapped ours: ours may be pages their
+        // former holders still write and nobody else reads. No limit from
+        // them: back-pressured until the owner of this publication maps
+        // the new ones (`Ring::remap_slot_pages`; the client library does
+        // it when an offer comes back back-pressured).
+        if self.ring.slots_stale() {
+            self.limit = 0;
+            return;
+        }
         let first = self.min_holding();
         let limit = match first {
             Some(min) if self.back_pressure => {
@@ -575,7 +584,9 @@ impl<M: ClaimMode> Publication<M> {
         };
         counters.limit_granted.value.fetch_max(limit, Ordering::SeqCst);
         let second = self.min_holding().map_or(limit, |m| m + self.capacity);
-        self.limit = limit.min(second);
+        // A slot granted on a fresh page while we looked: the epoch moved
+        // before the grant (SYNC(slots-epoch)), and we read its old page.
+        self.limit = if self.ring.slots_stale() { 0 } else { limit.min(second) };
     }
 
     /// Moves `head` over committed frames, up to `tail` or the first frame

@@ -424,14 +424,13 @@ impl Subscriber {
     #[inline]
     fn check_slot(&self) -> Result<(), PollError> {
         let Some(i) = self.slot else { return Ok(()) };
-        // With a daemon page, the daemon's grant says it (it never grants
-        // a slot revoked from a live owner again while that owner lives);
-        // our slot page's words may have been written by its former holder.
-        let ours = self.ring.granted(i).unwrap_or_else(|| {
-            self.ring.inner.mem.slot(i).is_some_and(|s| {
+        // With a daemon page, the daemon's grant must stand too (a slot
+        // page is never reused: the daemon gives the slot a fresh one when
+        // it takes it back, marking our old page revoked first).
+        let ours = self.ring.granted(i) != Some(false)
+            && self.ring.inner.mem.slot(i).is_some_and(|s| {
                 s.state.load(Ordering::Relaxed) == self.slot_state && s.pid.load(Ordering::Relaxed) == self.slot_pid
-            })
-        });
+            });
         if ours {
             Ok(())
         } else {

@@ -28,11 +28,14 @@ pub(super) fn publisher<M: ClaimMode>(
     let exclusive = !M::SHARED;
     let req = Request::OpenPublisher { stream: stream.to_owned(), create, exclusive };
     let Reply { response, fds } = shared.request(&mut st, &req)?;
-    let (handle, info) = match response {
-        Response::Publisher { handle, info } => (handle, info),
+    let (handle, info, slots_epoch) = match response {
+        Response::Publisher { handle, info, slots_epoch } => (handle, info, slots_epoch),
         other => return Err(Reply { response: other, fds }.unexpected("OpenPublisher")),
     };
-    let built = map_publisher(fds, &info).and_then(|ring| Ok(ring.publication::<M>()?));
+    let built = map_publisher(fds, &info).and_then(|ring| {
+        ring.set_slots_epoch(slots_epoch);
+        Ok(ring.publication::<M>()?)
+    });
     let publication = match built {
         Ok(p) => p,
         Err(e) => return Err(undo(shared, &mut st, handle, e)),
@@ -99,6 +102,22 @@ pub(super) fn log_segments(token: &Arc<Token>, stream: &str, from: u64) -> Resul
     let Some(log) = log else { return Err(reply.unexpected("LogSegments")) };
     let fds = reply.take_fds(log.segments.len())?;
     Ok((log, fds.into_iter().map(std::fs::File::from).collect()))
+}
+
+/// Every slot page of the stream of publisher `handle` (the daemon's id),
+/// read-only, and their epoch (`Request::SlotPages`).
+pub(super) fn slot_pages(token: &Arc<Token>, handle: u64) -> Result<(u64, Vec<OwnedFd>), ClientError> {
+    let shared = &token.shared;
+    let mut st = shared.lock_state();
+    let mut reply = shared.request(&mut st, &Request::SlotPages { handle })?;
+    drop(st);
+    let epoch = match &reply.response {
+        Response::SlotPages { slots_epoch } => Some(*slots_epoch),
+        _ => None,
+    };
+    let Some(epoch) = epoch else { return Err(reply.unexpected("SlotPages")) };
+    let n = reply.fds.len();
+    Ok((epoch, reply.take_fds(n)?))
 }
 
 /// Closes a handle whose setup failed; returns the setup error.

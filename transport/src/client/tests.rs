@@ -134,7 +134,8 @@ impl FakeState {
                 }
                 let mut fds = kept(&self.dir, &stream, |f| f.for_publisher()).unwrap();
                 self.faulty(&mut fds);
-                (Response::Publisher { handle: self.handle_id(), info: self.info(&stream) }, fds)
+                let slots_epoch = self.rings[&stream].slots_epoch();
+                (Response::Publisher { handle: self.handle_id(), info: self.info(&stream), slots_epoch }, fds)
             }
             Request::OpenSubscriber { stream, start, create } => {
                 if let Err(e) = self.ring(&stream, create) {
