@@ -735,15 +735,29 @@ impl Ring {
         if !self.grants_slots() {
             return;
         }
-        let words = self.inner.mem.granted().expect("checked");
-        let bit = 1u64 << (index % 64);
-        // SYNC(join): SeqCst RMWs, ordered with the slot's position store
-        // before them and the publishers' SeqCst loads in `min_holding`.
-        if on {
-            words[index as usize / 64].fetch_or(bit, Ordering::SeqCst);
-        } else {
-            words[index as usize / 64].fetch_and(!bit, Ordering::SeqCst);
+        // (Only rings with a daemon page grant slots; loom models have none.)
+        #[cfg(not(loom))]
+        {
+            let words = self.inner.mem.granted().expect("checked");
+            let bit = 1u64 << (index % 64);
+            // SYNC(join): SeqCst RMWs, ordered with the slot's position
+            // store before them and the publishers' SeqCst loads in
+            // `min_holding`.
+            if on {
+                words[index as usize / 64].fetch_or(bit, Ordering::SeqCst);
+            } else {
+                words[index as usize / 64].fetch_and(!bit, Ordering::SeqCst);
+            }
         }
+        #[cfg(loom)]
+        let _ = (index, on);
+    }
+
+    /// Whether a slot got a fresh page ([`Ring::renew_slot_page`]) since
+    /// this process mapped the slot pages it maps: they may then be pages
+    /// nobody reads any more, that their former holders may still write.
+    pub fn slots_stale(&self) -> bool {
+        self.inner.mem.slots_epochs().is_some_and(|(daemon, mapped)| daemon.load(Ordering::SeqCst) != mapped.load(Ordering::Relaxed))
     }
 
     /// The owner pid recorded in slot `index` (0 if none or out of range).
@@ -1023,13 +1037,6 @@ impl Ring {
         let now = epoch.fetch_add(1, Ordering::SeqCst) + 1;
         mapped.store(now, Ordering::Relaxed);
         Ok(fd)
-    }
-
-    /// Whether a slot got a fresh page ([`Ring::renew_slot_page`]) since
-    /// this process mapped the slot pages it maps: they may then be pages
-    /// nobody reads any more, that their former holders may still write.
-    pub fn slots_stale(&self) -> bool {
-        self.inner.mem.slots_epochs().is_some_and(|(daemon, mapped)| daemon.load(Ordering::SeqCst) != mapped.load(Ordering::Relaxed))
     }
 
     /// The slot page epoch of the pages this process maps (0 without a
