@@ -169,6 +169,20 @@ pub struct DaemonPage {
     /// next holder's slot): a publisher whose slot pages are of an older
     /// epoch asks rilld for the new ones before it trusts them again.
     pub slots_epoch: Line<AtomicU64>,
+    /// Pid of the process rilld granted the stream's exclusive publication
+    /// (0: nobody), so that a restarted rilld still knows no other writer
+    /// may join. Here, not in the ring's header, because every publisher
+    /// may write the header: a pid forged there would hand the stream to
+    /// a process of the forger's choosing after rilld's next restart.
+    /// (Added without a new [`LAYOUT_VERSION`]: the line was zero, which
+    /// is right for every older page.)
+    pub exclusive_pid: Line<AtomicU32>,
+    /// rilld's copy of the ring's [`Meta`] as it made it. The ring's own
+    /// header is writable by every publisher; whoever maps the ring checks
+    /// what it read there against this record, so a header rewritten later
+    /// (another capacity, policy, salt) is refused rather than believed.
+    /// All zero on pages of a rilld that predates it (no record).
+    pub header: Meta,
 }
 
 /// Words of [`DaemonPage::granted`]: one bit per possible slot.
@@ -219,8 +233,9 @@ pub struct PublisherWords {
     /// only `slots[..slot_hwm]`.
     pub slot_hwm: AtomicU32,
     /// Pid of the process holding the ring's exclusive publication, 0 if
-    /// none. Written by whoever arbitrates publishers (rilld), so that a
-    /// restarted arbiter still knows no other writer may join.
+    /// none. Written by whoever arbitrates publishers, so that a restarted
+    /// arbiter still knows no other writer may join. Unused in rilld's
+    /// layout, whose record is on the [`DaemonPage`].
     pub exclusive_pid: AtomicU32,
     /// The first stream position this ring ever held: 0, or where a
     /// persisted stream's log ended when its ring was recreated
@@ -314,6 +329,8 @@ const _: () = {
     assert!(offset_of!(DaemonPage, replicated) == 128);
     assert!(offset_of!(DaemonPage, granted) == 256);
     assert!(offset_of!(DaemonPage, slots_epoch) == 768);
+    assert!(offset_of!(DaemonPage, exclusive_pid) == 896);
+    assert!(offset_of!(DaemonPage, header) == 1024);
     assert!(size_of::<DaemonPage>() <= PAGE_FILE_LEN as usize);
     assert!(size_of::<WakeWords>() <= WAKE_PAGE_DURABLE_WAITERS);
     assert!(offset_of!(Counters, replicated) == 384);

@@ -41,6 +41,9 @@ pub(crate) struct RingMemory {
     /// The daemon's slot page epoch (on the daemon page; null without one).
     #[cfg(not(loom))]
     slots_epoch: *const AtomicU64,
+    /// The exclusive publisher's pid: in the counters, or on the daemon page.
+    #[cfg(not(loom))]
+    exclusive_pid: *const AtomicU32,
     /// The epoch of the slot pages this process maps.
     #[cfg(not(loom))]
     mapped_slots_epoch: std::sync::atomic::AtomicU64,
@@ -101,12 +104,13 @@ impl RingMemory {
             (base.add(counters_off).cast::<Counters>(), base.add(slots_off).cast(), base.add(data_off))
         };
         // SAFETY: counters points at a live, aligned Counters (see above).
-        let (wake, durable, durable_waiters, replicated) = unsafe {
+        let (wake, durable, durable_waiters, replicated, exclusive_pid) = unsafe {
             (
                 std::ptr::addr_of!((*counters).wake.value),
                 std::ptr::addr_of!((*counters).durable.value),
                 std::ptr::addr_of!((*counters).durable.value.waiters),
                 std::ptr::addr_of!((*counters).replicated.value),
+                std::ptr::addr_of!((*counters).publishers.value.exclusive_pid),
             )
         };
         RingMemory {
@@ -120,6 +124,7 @@ impl RingMemory {
             replicated,
             granted: std::ptr::null(),
             slots_epoch: std::ptr::null(),
+            exclusive_pid,
             mapped_slots_epoch: std::sync::atomic::AtomicU64::new(0),
             daemon_page: None,
             data,
@@ -144,12 +149,13 @@ impl RingMemory {
         let page = daemon.as_ptr().cast::<DaemonPage>();
         // SAFETY: the daemon page is large and aligned enough (checked, and
         // DaemonPage fits in PAGE_FILE_LEN: layout's static asserts).
-        (self.durable, self.replicated, self.granted, self.slots_epoch) = unsafe {
+        (self.durable, self.replicated, self.granted, self.slots_epoch, self.exclusive_pid) = unsafe {
             (
                 std::ptr::addr_of!((*page).durable.value),
                 std::ptr::addr_of!((*page).replicated.value),
                 std::ptr::addr_of!((*page).granted).cast(),
                 std::ptr::addr_of!((*page).slots_epoch.value),
+                std::ptr::addr_of!((*page).exclusive_pid.value),
             )
         };
         // SAFETY: as above.
@@ -180,6 +186,21 @@ impl RingMemory {
     pub(crate) fn replicated(&self) -> &AtomicU64 {
         // SAFETY: points into the counters or the daemon page, owned by self.
         unsafe { &*self.replicated }
+    }
+
+    /// The daemon page's record of the ring's header ([`DaemonPage::header`]),
+    /// if the ring has a daemon page.
+    pub(crate) fn header_record(&self) -> Option<*mut crate::layout::Meta> {
+        let page = self.daemon_page.as_ref()?;
+        // SAFETY: the daemon page is at least PAGE_FILE_LEN bytes (checked
+        // in use_page_files) and DaemonPage fits in it (layout's asserts).
+        Some(unsafe { page.as_ptr().add(std::mem::offset_of!(crate::layout::DaemonPage, header)) }.cast())
+    }
+
+    /// The exclusive publisher's pid record.
+    pub(crate) fn exclusive_pid(&self) -> &AtomicU32 {
+        // SAFETY: points into the counters or the daemon page, owned by self.
+        unsafe { &*self.exclusive_pid }
     }
 
     /// The words of granted slots (bit `i % 64` of word `i / 64` for slot
@@ -379,6 +400,10 @@ impl RingMemory {
 
     pub(crate) fn replicated(&self) -> &AtomicU64 {
         &self.counters.replicated.value
+    }
+
+    pub(crate) fn exclusive_pid(&self) -> &AtomicU32 {
+        &self.counters.publishers.value.exclusive_pid
     }
 
     pub(crate) fn granted(&self) -> Option<&[AtomicU64]> {

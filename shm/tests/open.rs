@@ -274,3 +274,41 @@ fn wake_word_is_shared_between_mappings_and_absent_read_only() {
     b.store(8, Ordering::Release);
     assert_eq!(a.load(Ordering::Acquire), 8);
 }
+
+/// Every publisher may write the ring's header. rilld keeps its own copy
+/// of the header on the daemon page, and whoever maps the ring (rilld
+/// adopting it, a client) refuses a header that no longer matches it; the
+/// exclusive holder's record lives on the daemon page, out of publishers'
+/// reach.
+#[test]
+fn a_rewritten_header_is_refused_and_the_exclusive_record_is_the_daemons() {
+    use rill_shm::layout::Meta;
+    use std::os::unix::fs::FileExt;
+    let cfg = RingConfig { capacity: 4096, max_message_len: 256, slot_count: 2, ..config() };
+    let (daemon, files) = Ring::create_sealed("meta", &cfg).unwrap();
+    daemon.set_exclusive_holder(4242);
+    let ring = std::fs::File::from(files.ring.try_clone().unwrap());
+    let header_pid = (rill_shm::layout::COUNTERS_OFFSET
+        + std::mem::offset_of!(rill_shm::layout::Counters, publishers)
+        + std::mem::offset_of!(rill_shm::layout::PublisherWords, exclusive_pid)) as u64;
+    ring.write_all_at(&7u32.to_le_bytes(), header_pid).unwrap();
+    let adopted = Ring::adopt_sealed(&files).unwrap();
+    assert_eq!(adopted.exclusive_holder(), 4242, "the record was taken from the ring's header");
+
+    for (field, at, value) in [
+        ("policy", std::mem::offset_of!(Meta, policy), 1u64 - cfg.policy as u64),
+        ("commit_salt", std::mem::offset_of!(Meta, commit_salt), 12345),
+        ("max_message_len", std::mem::offset_of!(Meta, max_message_len), 128),
+    ] {
+        let width = if field == "commit_salt" { 8 } else { 4 };
+        let mut old = vec![0u8; width];
+        ring.read_exact_at(&mut old, at as u64).unwrap();
+        ring.write_all_at(&value.to_le_bytes()[..width], at as u64).unwrap();
+        match Ring::adopt_sealed(&files) {
+            Err(OpenError::Corrupt(why)) => assert!(why.contains(field), "{field}: {why}"),
+            other => panic!("a header with a rewritten {field} was adopted: {:?}", other.map(|r| r.info().clone())),
+        }
+        ring.write_all_at(&old, at as u64).unwrap();
+    }
+    Ring::adopt_sealed(&files).unwrap();
+}

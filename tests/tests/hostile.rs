@@ -1050,3 +1050,77 @@ fn a_rewound_tail_cannot_fake_durability() -> Result<()> {
     );
     Ok(())
 }
+
+/// rilld records who holds a stream's exclusive publication so that it
+/// still knows after a restart. A client of uid 65534 that publishes to
+/// `shared.excl` writes the pid of a live process of its choosing (this
+/// test's own, alive throughout) where rilld once kept that record, in
+/// the ring's header; rilld is killed (`kill -9`) and restarted. Nobody
+/// was ever granted the exclusive publication, so the restarted rilld
+/// must not show the stream as held, and must admit another publisher.
+#[test]
+fn a_publisher_cannot_forge_the_exclusive_holder() -> Result<()> {
+    let name = "hostile_exclusive_pid";
+    if !root_or_skip(name, "needs root: the attacker runs as uid 65534")? {
+        return Ok(());
+    }
+    let deadline = deadline();
+    let stream = "shared.excl";
+    let (mut d, _etc) = rilld_for_shared(name, deadline)?;
+    d.client()?.create_stream(stream, StreamOptions::new().with_capacity(64 << 10).with_max_message_len(1024).with_keep(true))?;
+    let victim = std::process::id();
+    let (mut attacker, attacker_stdin) = forge(&d, stream, "exclusive_pid", &victim.to_string(), deadline)?;
+    d.kill9();
+    d.spawn(deadline)?;
+    let client = d.client()?;
+    let info = client.stream_info(stream)?;
+    ensure!(!info.exclusive, "after a publisher wrote pid {victim} into its ring's header and rilld restarted, the stream shows an exclusive holder: {info:?}");
+    if let Err(e) = client.publisher(stream) {
+        bail!("after a publisher wrote pid {victim} into its ring's header and rilld restarted, another publisher is refused: {e}");
+    }
+    drop(attacker_stdin);
+    attacker.kill();
+    d.ensure_alive()
+}
+
+/// Every publisher may write its ring's header, meta words included; a
+/// rilld that adopts the ring after a restart, or a client that maps it,
+/// must not take a rewritten header for the ring rilld made. A client of
+/// uid 65534 that publishes to the persisted back-pressure stream
+/// `shared.meta` (10 messages made durable by an honest publisher) writes
+/// "overwrite" over the header's policy; rilld is killed (`kill -9`) and
+/// restarted. The stream must still be back-pressure (an overwrite ring
+/// would let publishers overrun its archiver), and every durable message
+/// must replay from `Earliest`, once, in order.
+#[test]
+fn a_publisher_cannot_rewrite_its_rings_meta_words() -> Result<()> {
+    let name = "hostile_meta";
+    if !root_or_skip(name, "needs root: the attacker runs as uid 65534")? {
+        return Ok(());
+    }
+    let deadline = deadline();
+    let stream = "shared.meta";
+    let options = StreamOptions::new().with_capacity(64 << 10).with_max_message_len(1024).with_keep(true).with_persist(Some(Durability::Always));
+    let (mut d, _etc) = rilld_for_shared(name, deadline)?;
+    let client = d.client()?;
+    let mut publ = client.publisher_with(stream, options)?;
+    for i in 0..10u8 {
+        let p = publ.offer(&[i; 100])?;
+        publ.wait_durable(p, Duration::from_secs(30))?;
+    }
+    drop(publ);
+    let (mut attacker, attacker_stdin) = forge(&d, stream, "policy", "1", deadline)?;
+    d.kill9();
+    d.spawn(deadline)?;
+    let client = d.client()?;
+    let info = client.stream_info(stream)?;
+    ensure!(info.policy == rill::Policy::BackPressure, "after a publisher wrote overwrite over its ring's policy and rilld restarted, the stream is {:?}: {info:?}", info.policy);
+    let mut sub = client.subscriber(stream, Start::Earliest)?;
+    for i in 0..10u8 {
+        let got = sub.recv(Duration::from_secs(10))?;
+        ensure!(got.as_deref() == Some(&[i; 100][..]), "durable message {i} after the restart: {:?}", got.map(|g| g.len()));
+    }
+    drop(attacker_stdin);
+    attacker.kill();
+    d.ensure_alive()
+}

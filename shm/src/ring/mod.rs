@@ -537,17 +537,19 @@ impl Ring {
     /// Pid recorded as holding the ring's exclusive publication (0: none).
     /// The ring does not enforce it: an [`ExclusivePublication`] trusts that
     /// it is the only writer, and the arbiter (rilld) records here whom it
-    /// granted that to, so the record survives the arbiter's restart.
+    /// granted that to, so the record survives the arbiter's restart. In
+    /// rilld's layout the record is on the daemon page, which no client
+    /// can write; otherwise in the ring's header.
     pub fn exclusive_holder(&self) -> u32 {
-        self.inner.mem.counters().publishers.value.exclusive_pid.load(Ordering::Acquire)
+        self.inner.mem.exclusive_pid().load(Ordering::Acquire)
     }
 
     /// Records `pid` (0: nobody) as holding the exclusive publication.
-    /// Panics on a read-only mapping.
+    /// Panics where this process may not write the record (a client of
+    /// rilld's layout, or a read-only mapping).
     pub fn set_exclusive_holder(&self, pid: u32) {
-        #[cfg(not(loom))]
-        assert!(!self.is_read_only(), "set_exclusive_holder on a read-only ring");
-        self.inner.mem.counters().publishers.value.exclusive_pid.store(pid, Ordering::Release);
+        assert!(self.inner.mem.vouch_writable(), "set_exclusive_holder where the record is read-only");
+        self.inner.mem.exclusive_pid().store(pid, Ordering::Release);
     }
 
     /// Position up to which the stream is durable (set by the archiver).
@@ -1014,6 +1016,7 @@ impl Ring {
         let (wake_fd, wake) = page("wake")?;
         let (daemon_fd, daemon) = page("daemon")?;
         Arc::get_mut(&mut ring.inner).expect("fresh ring").mem.use_page_files(slots, wake, daemon);
+        ring.record_header();
         Ok((ring, RingFiles { ring: ring_fd, wake: wake_fd, daemon: daemon_fd, slots: slot_fds }))
     }
 
@@ -1126,7 +1129,52 @@ impl Ring {
         let wake = map_page(wake)?;
         let daemon = map_page(daemon)?;
         Arc::get_mut(&mut view.inner).expect("fresh ring").mem.use_page_files(slots, wake, daemon);
+        view.check_header()?;
         Ok(view)
+    }
+
+    /// Copies the ring's header, as this process (rilld) just made it, to
+    /// the daemon page ([`DaemonPage::header`]).
+    fn record_header(&self) {
+        let mem = &self.inner.mem;
+        let Some(record) = mem.header_record() else { return };
+        // SAFETY: the ring's header is the first 128 bytes of its region,
+        // plain data, written by us before anyone else has the ring; the
+        // record is on the daemon page, which only this process writes.
+        unsafe { record.write_volatile(mem.region().as_ptr().cast::<Meta>().read_volatile()) };
+    }
+
+    /// Whether what [`Ring::view`] read from the ring's header (which every
+    /// publisher may write) is what rilld recorded on the daemon page when
+    /// it made the ring; a ring whose page has no record yet (made by an
+    /// older rilld) gets one here if this process is rilld.
+    fn check_header(&self) -> Result<(), OpenError> {
+        let mem = &self.inner.mem;
+        let Some(record) = mem.header_record() else { return Ok(()) };
+        // SAFETY: the record is plain data on the daemon page, written only
+        // by rilld, once, before it hands out the ring.
+        let made = unsafe { record.read_volatile() };
+        if made.magic == 0 {
+            if mem.vouch_writable() {
+                self.record_header();
+            }
+            return Ok(());
+        }
+        let info = &self.inner.info;
+        let checks: [(&str, u64, u64); 6] = [
+            ("capacity", info.capacity, made.capacity),
+            ("max_message_len", info.max_message_len.into(), made.max_message_len.into()),
+            ("policy", info.policy.to_u32().into(), made.policy.into()),
+            ("slot_count", info.slot_count.into(), made.slot_count.into()),
+            ("created_unix_ns", info.created_unix_ns, made.created_unix_ns),
+            ("commit_salt", self.inner.salt, made.commit_salt),
+        ];
+        match checks.iter().find(|(_, got, want)| got != want) {
+            None => Ok(()),
+            Some((field, got, want)) => Err(OpenError::Corrupt(format!(
+                "the ring's header says {field} {got}, but rilld made the ring with {want}: a publisher rewrote the header"
+            ))),
+        }
     }
 
     /// A ring in ordinary heap memory: for threads of one process, tests,

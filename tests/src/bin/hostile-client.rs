@@ -8,7 +8,7 @@
 //! hostile-client resize --socket S --stream NAME
 //! hostile-client scribble --socket S --publish A[,A..] --subscribe B[,B..] --seconds N --seed X
 //! hostile-client keep-slot --socket S --stream NAME [--word state|position|active]
-//! hostile-client forge-word --socket S --stream NAME --word tail|head|limit_granted|padded_end
+//! hostile-client forge-word --socket S --stream NAME --word tail|head|limit_granted|padded_end|exclusive_pid|policy
 //!                            --value N|max [--subscribe]
 //! ```
 //!
@@ -71,7 +71,10 @@
 //! `head`, `limit_granted`: the highest limit any publisher was granted,
 //! which a joining subscriber checks its start against, `padded_end`: the
 //! end of the reclaimer's furthest padding, which a committing publisher
-//! checks its claim against) and prints `FORGED word=W value=N`. With
+//! checks its claim against, `exclusive_pid`: a u32, the pid rilld once
+//! recorded there as holding the stream's exclusive publication; or, in
+//! the header's meta words, `policy`: a u32, 0 back-pressure, 1
+//! overwrite) and prints `FORGED word=W value=N`. With
 //! `--subscribe` it then sends `OpenSubscriber` for the stream, prints
 //! `ASKED`, and prints `SUBSCRIBED reply=..` once rilld answers (if ever).
 //!
@@ -163,20 +166,24 @@ fn resize(o: &Opts) -> Result<()> {
 }
 
 fn forge_word(o: &Opts) -> Result<()> {
-    use rill_shm::layout::{Counters, PublisherWords, COUNTERS_OFFSET};
+    use rill_shm::layout::{Counters, Meta, PublisherWords, COUNTERS_OFFSET};
     use std::mem::offset_of;
     let stream = o.req("stream")?;
     let word = o.req("word")?;
-    let at = COUNTERS_OFFSET
-        + match word {
-            "tail" => offset_of!(Counters, tail),
-            "head" => offset_of!(Counters, head),
-            "limit_granted" => offset_of!(Counters, limit_granted),
-            "padded_end" => offset_of!(Counters, publishers) + offset_of!(PublisherWords, padded_end),
-            other => bail!("unknown --word {other:?}"),
-        };
+    let counter = |off: usize| COUNTERS_OFFSET + off;
+    let publishers = offset_of!(Counters, publishers);
+    let (at, width) = match word {
+        "tail" => (counter(offset_of!(Counters, tail)), 8),
+        "head" => (counter(offset_of!(Counters, head)), 8),
+        "limit_granted" => (counter(offset_of!(Counters, limit_granted)), 8),
+        "padded_end" => (counter(publishers + offset_of!(PublisherWords, padded_end)), 8),
+        "exclusive_pid" => (counter(publishers + offset_of!(PublisherWords, exclusive_pid)), 4),
+        "policy" => (offset_of!(Meta, policy), 4),
+        other => bail!("unknown --word {other:?}"),
+    };
     let value = match o.req("value")? {
-        "max" => u64::MAX,
+        "max" if width == 8 => u64::MAX,
+        "max" => u64::from(u32::MAX),
         v => v.parse().with_context(|| format!("--value {v:?}"))?,
     };
     let mut buf = Vec::new();
@@ -185,7 +192,7 @@ fn forge_word(o: &Opts) -> Result<()> {
     let (resp, mut fds) = call(&fd, &mut buf, &req)?;
     let Response::Publisher { .. } = resp else { bail!("OpenPublisher: {resp:?}") };
     let ring = std::fs::File::from(fds.swap_remove(0));
-    write_mapped(&ring, at, &value.to_le_bytes()).with_context(|| format!("writing {word}"))?;
+    write_mapped(&ring, at, &value.to_le_bytes()[..width]).with_context(|| format!("writing {word}"))?;
     println!("FORGED word={word} value={value}");
     if o.get("subscribe").is_some() {
         let req = Request::OpenSubscriber { stream: stream.to_owned(), start: protocol::StartAt::Latest, create: None };
