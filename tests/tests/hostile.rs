@@ -59,13 +59,9 @@ fn a_publisher_cannot_forge_durability() -> Result<()> {
     if !root_or_skip(name, "needs root: the attacker runs as uid 65534")? {
         return Ok(());
     }
-    rilld_bin()?;
     let deadline = deadline();
     // Kept until the end: the restarted rilld reads it again.
-    let etc = TempRingDir::new_in(&std::env::temp_dir(), name)?;
-    let config = etc.join("rilld.toml");
-    std::fs::write(&config, format!("[[allow]]\nuids = [{ATTACKER_UID}]\npublish = [\"shared.\"]\nsubscribe = [\"shared.\"]\n"))?;
-    let mut d = Rilld::start(name, &["--config".into(), config.display().to_string()], deadline)?;
+    let (mut d, _etc) = rilld_for_shared(name, deadline)?;
     let stream = "shared.durable";
     let client = d.client()?;
     let options = StreamOptions::new().with_capacity(64 << 10).with_max_message_len(1024).with_persist(Some(Durability::Always));
@@ -132,12 +128,8 @@ fn a_client_cannot_resize_what_others_map() -> Result<()> {
     if !root_or_skip(name, "needs root: the attacker runs as uid 65534")? {
         return Ok(());
     }
-    rilld_bin()?;
     let deadline = deadline();
-    let etc = TempRingDir::new_in(&std::env::temp_dir(), name)?;
-    let config = etc.join("rilld.toml");
-    std::fs::write(&config, format!("[[allow]]\nuids = [{ATTACKER_UID}]\npublish = [\"shared.\"]\nsubscribe = [\"shared.\"]\n"))?;
-    let mut d = Rilld::start(name, &["--config".into(), config.display().to_string()], deadline)?;
+    let (mut d, _etc) = rilld_for_shared(name, deadline)?;
     let stream = "shared.resize";
     let client = d.client()?;
     let options = StreamOptions::new().with_capacity(64 << 10).with_max_message_len(1024);
@@ -398,18 +390,11 @@ fn random_writes_hurt_only_the_attackers_own_streams() -> Result<()> {
     if !root_or_skip(name, "needs root: the attacker runs as uid 65534")? {
         return Ok(());
     }
-    rilld_bin()?;
     let deadline = deadline();
     let seed = stress_seed(name);
     let secs = scribble_secs();
-    let etc = TempRingDir::new_in(&std::env::temp_dir(), name)?;
-    let config = etc.join("rilld.toml");
-    std::fs::write(
-        &config,
-        format!("[[allow]]\nuids = [{ATTACKER_UID}]\npublish = [\"shared.\"]\nsubscribe = [\"shared.\", \"public.\"]\n"),
-    )?;
-    let extra = ["--config".into(), config.display().to_string(), "--stall-limit-ms".into(), "2000".into()];
-    let mut d = Rilld::start(name, &extra, deadline)?;
+    let rules = format!("[[allow]]\nuids = [{ATTACKER_UID}]\npublish = [\"shared.\"]\nsubscribe = [\"shared.\", \"public.\"]\n");
+    let (mut d, _etc) = rilld_with_rules(name, &rules, &["--stall-limit-ms".into(), "2000".into()], deadline)?;
     let client = d.client()?;
     let (b, bd, a, ad) = ("public.feed", "public.durable", "shared.feed", "shared.durable");
     let plain = StreamOptions::new().with_capacity(64 << 10).with_max_message_len(2048).with_keep(true);
@@ -737,13 +722,8 @@ fn a_former_subscriber_cannot_hold_publishers_back_for_ever() -> Result<()> {
     if !root_or_skip(name, "needs root: the attacker runs as uid 65534")? {
         return Ok(());
     }
-    rilld_bin()?;
     let deadline = deadline();
-    let etc = TempRingDir::new_in(&std::env::temp_dir(), name)?;
-    let config = etc.join("rilld.toml");
-    std::fs::write(&config, format!("[[allow]]\nuids = [{ATTACKER_UID}]\nsubscribe = [\"public.\"]\n"))?;
-    let extra = ["--config".into(), config.display().to_string(), "--stall-limit-ms".into(), "1000".into()];
-    let mut d = Rilld::start(name, &extra, deadline)?;
+    let (mut d, _etc) = rilld_with_rules(name, &format!("[[allow]]\nuids = [{ATTACKER_UID}]\nsubscribe = [\"public.\"]\n"), &["--stall-limit-ms".into(), "1000".into()], deadline)?;
     let stream = "public.held";
     let client = d.client()?;
     let capacity = 64u64 << 10;
@@ -799,12 +779,8 @@ fn slot_reuse(name: &str, word: &str) -> Result<()> {
     if !root_or_skip(name, "needs root: the attacker runs as uid 65534")? {
         return Ok(());
     }
-    rilld_bin()?;
     let deadline = deadline();
-    let etc = TempRingDir::new_in(&std::env::temp_dir(), name)?;
-    let config = etc.join("rilld.toml");
-    std::fs::write(&config, format!("[[allow]]\nuids = [{ATTACKER_UID}]\nsubscribe = [\"public.\"]\n"))?;
-    let mut d = Rilld::start(name, &["--config".into(), config.display().to_string()], deadline)?;
+    let (mut d, _etc) = rilld_with_rules(name, &format!("[[allow]]\nuids = [{ATTACKER_UID}]\nsubscribe = [\"public.\"]\n"), &[], deadline)?;
     let stream = "public.slots";
     let client = d.client()?;
     let capacity = 64u64 << 10;
@@ -891,12 +867,8 @@ fn a_publisher_cannot_hang_rilld_with_its_ring_header() -> Result<()> {
     if !root_or_skip(name, "needs root: the attacker runs as uid 65534")? {
         return Ok(());
     }
-    rilld_bin()?;
     let deadline = deadline();
-    let etc = TempRingDir::new_in(&std::env::temp_dir(), name)?;
-    let config = etc.join("rilld.toml");
-    std::fs::write(&config, format!("[[allow]]\nuids = [{ATTACKER_UID}]\npublish = [\"shared.\"]\nsubscribe = [\"shared.\"]\n"))?;
-    let mut d = Rilld::start(name, &["--config".into(), config.display().to_string()], deadline)?;
+    let (mut d, _etc) = rilld_for_shared(name, deadline)?;
     let stream = "shared.limit";
     let client = d.client()?;
     let options = StreamOptions::new().with_capacity(64 << 10).with_max_message_len(1024).with_keep(true);
@@ -930,11 +902,19 @@ fn a_publisher_cannot_hang_rilld_with_its_ring_header() -> Result<()> {
 /// Starts rilld letting uid 65534 publish and subscribe to `shared.*`
 /// (and its configuration's directory, which holds on until the end).
 fn rilld_for_shared(name: &str, deadline: Instant) -> Result<(Rilld, TempRingDir)> {
+    rilld_with_rules(name, &format!("[[allow]]\nuids = [{ATTACKER_UID}]\npublish = [\"shared.\"]\nsubscribe = [\"shared.\"]\n"), &[], deadline)
+}
+
+/// Starts rilld with configuration `rules` and options `extra` (and the
+/// configuration's directory, kept until the end: a restarted rilld reads
+/// it again).
+fn rilld_with_rules(name: &str, rules: &str, extra: &[String], deadline: Instant) -> Result<(Rilld, TempRingDir)> {
     rilld_bin()?;
     let etc = TempRingDir::new_in(&std::env::temp_dir(), name)?;
     let config = etc.join("rilld.toml");
-    std::fs::write(&config, format!("[[allow]]\nuids = [{ATTACKER_UID}]\npublish = [\"shared.\"]\nsubscribe = [\"shared.\"]\n"))?;
-    let d = Rilld::start(name, &["--config".into(), config.display().to_string()], deadline)?;
+    std::fs::write(&config, rules)?;
+    let args: Vec<String> = ["--config".into(), config.display().to_string()].into_iter().chain(extra.iter().cloned()).collect();
+    let d = Rilld::start(name, &args, deadline)?;
     Ok((d, etc))
 }
 

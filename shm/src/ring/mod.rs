@@ -120,9 +120,7 @@ impl RingFiles {
     /// page read-only.
     pub fn for_publisher(&self) -> std::io::Result<Vec<OwnedFd>> {
         let mut fds = vec![self.ring.try_clone()?, self.wake.try_clone()?];
-        for slot in &self.slots {
-            fds.push(mapping::reopen(slot.as_fd(), false)?);
-        }
+        fds.extend(self.slot_pages()?);
         fds.push(mapping::reopen(self.daemon.as_fd(), false)?);
         Ok(fds)
     }
