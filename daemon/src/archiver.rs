@@ -109,15 +109,17 @@
 //! wakes; it also says how many it woke, which is how the archiver knows
 //! how many messages to wait for before the next `always` sync.
 
+use crate::dirs::file_name;
 use io_uring::{opcode, squeue, types, IoUring};
 use rill_protocol::Durability;
 use rill_shm::frame::message_span;
 use rill_shm::ring::Subscriber;
-use rill_store::{segment_file_name, BatchHeader, BATCH_HEADER_LEN};
+use rill_store::{segment_file_name, BatchHeader, Dir, BATCH_HEADER_LEN};
 use std::collections::{HashMap, VecDeque};
+use std::ffi::OsStr;
 use std::fs::File;
 use std::os::fd::AsRawFd;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -204,8 +206,9 @@ pub struct Job {
     /// The archiver's subscriber, on its own slot, positioned at the first
     /// frame not on disk (the end of the log).
     pub sub: Subscriber,
-    /// The stream's directory in the data directory.
-    pub dir: PathBuf,
+    /// The stream's directory in the data directory: every file in it is
+    /// opened relative to it, never through a link.
+    pub dir: Dir,
     /// Durability policy.
     pub durability: Durability,
     /// Roll to a new segment file past this many bytes.
@@ -666,23 +669,23 @@ impl Worker {
 
     fn add(&mut self, job: Job) {
         let gathered = job.sub.position();
-        tracing::info!(stream = %job.name, position = gathered, durability = %job.durability, dir = %job.dir.display(), "archiving stream");
+        tracing::info!(stream = %job.name, position = gathered, durability = %job.durability, dir = %job.dir.path().display(), "archiving stream");
         let mut job = job;
         job.sub.set_hold(true);
         // Direct I/O only where the data directory's filesystem has it (not
         // tmpfs); preallocated segments only with direct I/O.
         job.direct_io &= dir_supports_direct_io(&job.dir);
         if job.preallocates() {
-            let _ = std::fs::remove_file(job.dir.join(PREALLOC_TMP));
+            let _ = job.dir.remove(PREALLOC_TMP);
             self.prealloc.request(&job.dir, job.segment_bytes);
         }
         let current = job.segment.as_ref().map(|(p, _)| p.clone());
-        let sealed = rill_store::list_segments(&job.dir)
+        let sealed = rill_store::list_segments_in(&job.dir)
             .unwrap_or_default()
             .into_iter()
             .filter(|(_, p)| Some(p) != current.as_ref())
             .filter_map(|(_, path)| {
-                let m = std::fs::metadata(&path).ok()?;
+                let m = job.dir.metadata(file_name(&path)).ok()?;
                 Some(Sealed { len: m.len(), modified: m.modified().ok()?, path })
             })
             .collect();
@@ -709,7 +712,7 @@ impl Worker {
             job,
         };
         if let Some((path, len)) = state.job.segment.clone() {
-            match open_segment(&path, None, state.job.direct_io, len) {
+            match open_segment(&state.job.dir, file_name(&path), false, state.job.direct_io, len) {
                 Ok((file, align, tail)) => {
                     state.segment = Some(Segment { file, path, planned: len, align });
                     state.tail = tail;
@@ -1186,6 +1189,7 @@ impl Worker {
                     tracing::warn!(stream = %j.job.name, segment = %old.path.display(), error = %e, "could not cut the zero tail of a sealed segment");
                 }
             }
+            let modified = old.file.metadata().and_then(|m| m.modified()).unwrap_or_else(|_| std::time::SystemTime::now());
             // Sealed whole: synced, unless the stream asks for no sync at
             // all (`none`: a device flush per segment, with the device's
             // cache full of the segment, cost about a fifth of the
@@ -1197,18 +1201,15 @@ impl Worker {
                 unsafe { self.ring.submission().push(&s) }.map_err(|_| "io_uring submission queue full".to_owned())?;
                 j.syncs.push_back(SyncOp { token: seal + 1, end: from, done: false, _file: Some(old.file) });
             }
-            let modified = std::fs::metadata(&old.path).and_then(|m| m.modified()).unwrap_or_else(|_| std::time::SystemTime::now());
             j.sealed.push_back(Sealed { path: old.path, len: old.planned, modified });
         }
-        let path = j.job.dir.join(segment_file_name(from));
+        let name = segment_file_name(from);
+        let path = j.job.dir.join(&name);
         // `always` with direct I/O: the preallocated segment, if ready.
         let prealloc = j.job.preallocates();
-        let preallocated = prealloc
-            && preallocated_ready(&j.job.dir, j.job.segment_bytes)
-            && std::fs::rename(j.job.dir.join(PREALLOC), &path).is_ok();
-        let create = (!preallocated).then_some(());
-        let (file, align, _) =
-            open_segment(&path, create, j.job.direct_io, 0).map_err(|e| format!("creating segment {}: {e}", path.display()))?;
+        let preallocated = prealloc && preallocated_ready(&j.job.dir, j.job.segment_bytes) && j.job.dir.rename(PREALLOC, &name).is_ok();
+        let (file, align, _) = open_segment(&j.job.dir, name.as_ref(), !preallocated, j.job.direct_io, 0)
+            .map_err(|e| format!("creating segment {}: {e}", path.display()))?;
         if prealloc {
             self.prealloc.request(&j.job.dir, j.job.segment_bytes);
         }
@@ -1224,7 +1225,7 @@ impl Worker {
                 tracing::debug!(stream = %j.job.name, error = %std::io::Error::last_os_error(), "fallocate of a new segment failed; writing it extends it");
             }
         }
-        let dir = File::open(&j.job.dir).map_err(|e| format!("opening {}: {e}", j.job.dir.display()))?;
+        let dir = j.job.dir.dup().map_err(|e| format!("opening {}: {e}", j.job.dir.path().display()))?;
         let s = opcode::Fsync::new(types::Fd(dir.as_raw_fd())).build().user_data(dir_sync + 1);
         // SAFETY: as above; the directory is kept open in its SyncOp.
         unsafe { self.ring.submission().push(&s) }.map_err(|_| "io_uring submission queue full".to_owned())?;
@@ -1248,7 +1249,7 @@ impl Worker {
                 break;
             }
             let s = j.sealed.pop_front().expect("front exists");
-            match std::fs::remove_file(&s.path) {
+            match j.job.dir.remove(file_name(&s.path)) {
                 Ok(()) => {
                     j.job.disk_bytes = j.job.disk_bytes.saturating_sub(s.len);
                     deleted = true;
@@ -1303,7 +1304,7 @@ impl Worker {
                 // A short write is how a full filesystem shows first.
                 // (fsblkcnt_t and c_ulong are u64 here, not everywhere.)
                 #[allow(clippy::unnecessary_cast)]
-                let full = nix::sys::statvfs::statvfs(&j.job.dir)
+                let full = nix::sys::statvfs::fstatvfs(&j.job.dir)
                     .is_ok_and(|v| (v.blocks_available() as u64).saturating_mul(v.fragment_size() as u64) < want);
                 let short = format!("short write: {res} of {want} bytes");
                 if full {
@@ -1457,20 +1458,20 @@ const PREALLOC_WAIT: Duration = Duration::from_millis(500);
 /// zero tail to every reader.
 #[derive(Debug)]
 struct Preallocator {
-    tx: Option<Sender<(PathBuf, u64)>>,
+    tx: Option<Sender<(Dir, u64)>>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl Preallocator {
     fn start() -> Preallocator {
-        let (tx, rx) = mpsc::channel::<(PathBuf, u64)>();
+        let (tx, rx) = mpsc::channel::<(Dir, u64)>();
         let thread = std::thread::Builder::new()
             .name("rill-prealloc".into())
             .spawn(move || {
                 while let Ok((dir, size)) = rx.recv() {
                     if let Err(e) = preallocate(&dir, size) {
-                        tracing::warn!(dir = %dir.display(), error = %e, "could not preallocate the next segment; it will be created when needed");
-                        let _ = std::fs::remove_file(dir.join(PREALLOC_TMP));
+                        tracing::warn!(dir = %dir.path().display(), error = %e, "could not preallocate the next segment; it will be created when needed");
+                        let _ = dir.remove(PREALLOC_TMP);
                     }
                 }
             })
@@ -1480,9 +1481,9 @@ impl Preallocator {
     }
 
     /// Asks for a preallocated next segment of `size` bytes in `dir`.
-    fn request(&self, dir: &Path, size: u64) {
+    fn request(&self, dir: &Dir, size: u64) {
         if let Some(tx) = &self.tx {
-            let _ = tx.send((dir.to_path_buf(), size));
+            let _ = tx.send((dir.clone(), size));
         }
     }
 
@@ -1496,19 +1497,18 @@ impl Preallocator {
 }
 
 /// Writes `dir`/[`PREALLOC`]: `size` bytes of zeros, synced (unless one of
-/// that size is already there).
-fn preallocate(dir: &Path, size: u64) -> std::io::Result<()> {
-    use std::os::unix::fs::{FileExt, OpenOptionsExt};
+/// that size is already there), through a temporary file created anew.
+fn preallocate(dir: &Dir, size: u64) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
     if preallocated_ready(dir, size) {
         return Ok(());
     }
-    let tmp = dir.join(PREALLOC_TMP);
-    let file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o640).open(&tmp)?;
+    let file = dir.create_fresh(PREALLOC_TMP, 0o640)?;
     if !supports_direct_io(&file) {
         // Written through the page cache, a segment would not be used (see
         // the archiver's roll): not worth the space.
         drop(file);
-        return std::fs::remove_file(&tmp);
+        return dir.remove(PREALLOC_TMP);
     }
     let direct = set_direct(&file);
     let mut zeros = AlignedBuf::new(PREALLOC_CHUNK, MAX_DIRECT_ALIGN);
@@ -1524,24 +1524,20 @@ fn preallocate(dir: &Path, size: u64) -> std::io::Result<()> {
     }
     file.set_len(size)?;
     file.sync_all()?;
-    std::fs::rename(&tmp, dir.join(PREALLOC))?;
-    tracing::debug!(dir = %dir.display(), size, "next segment preallocated");
+    dir.rename(PREALLOC_TMP, PREALLOC)?;
+    tracing::debug!(dir = %dir.path().display(), size, "next segment preallocated");
     Ok(())
 }
 
-/// Opens a segment for writing (or with `create`, creates it), with
+/// Opens segment `name` in `dir` for writing (or with `create`, creates
+/// it: a name that exists is an error), never through a link, with
 /// O_DIRECT if `direct` is asked and the filesystem supports it. Returns
 /// the file, its direct-I/O alignment ([`MAX_DIRECT_ALIGN`], a multiple of
 /// whatever the filesystem needs) and, for direct I/O, the bytes of its
 /// last partial block before `data_len` (which the next write rewrites).
-fn open_segment(path: &Path, create: Option<()>, direct: bool, data_len: u64) -> std::io::Result<(File, Option<usize>, Vec<u8>)> {
-    use std::os::unix::fs::{FileExt, OpenOptionsExt};
-    let mut o = std::fs::OpenOptions::new();
-    o.read(true).write(true);
-    if create.is_some() {
-        o.create_new(true).mode(0o640);
-    }
-    let file = o.open(path)?;
+fn open_segment(dir: &Dir, name: &OsStr, create: bool, direct: bool, data_len: u64) -> std::io::Result<(File, Option<usize>, Vec<u8>)> {
+    use std::os::unix::fs::FileExt;
+    let file = if create { dir.create_new(name, 0o640)? } else { dir.open_rw(name)? };
     if !direct || !supports_direct_io(&file) {
         return Ok((file, None, Vec::new()));
     }
@@ -1562,19 +1558,19 @@ fn set_direct(file: &File) -> bool {
     flags >= 0 && unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETFL, flags | libc::O_DIRECT) } >= 0
 }
 
-/// Whether `dir` holds a preallocated next segment of `size` bytes.
-fn preallocated_ready(dir: &Path, size: u64) -> bool {
-    std::fs::metadata(dir.join(PREALLOC)).is_ok_and(|m| m.len() == size)
+/// Whether `dir` holds a preallocated next segment of `size` bytes (a
+/// regular file, not a link).
+fn preallocated_ready(dir: &Dir, size: u64) -> bool {
+    dir.metadata(PREALLOC).is_ok_and(|m| m.len() == size)
 }
 
 /// Whether files in `dir` support direct I/O (see [`supports_direct_io`]),
 /// found with an unnamed temporary file in it.
-fn dir_supports_direct_io(dir: &Path) -> bool {
-    use std::os::unix::fs::OpenOptionsExt;
-    match std::fs::OpenOptions::new().read(true).write(true).custom_flags(libc::O_TMPFILE).open(dir) {
+fn dir_supports_direct_io(dir: &Dir) -> bool {
+    match dir.tmpfile() {
         Ok(f) => supports_direct_io(&f),
         Err(e) => {
-            tracing::debug!(dir = %dir.display(), error = %e, "no O_TMPFILE to probe for direct I/O; writing through the page cache");
+            tracing::debug!(dir = %dir.path().display(), error = %e, "no O_TMPFILE to probe for direct I/O; writing through the page cache");
             false
         }
     }

@@ -13,8 +13,7 @@
 //! was appended in the last moments (headers still in the page cache),
 //! lists the directory and opens the segments it hands out.
 
-use rill_store::{LogError, StreamLog};
-use std::path::PathBuf;
+use rill_store::{Dir, LogError, StreamLog};
 use std::sync::mpsc::{channel, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::thread::JoinHandle;
@@ -27,7 +26,7 @@ pub const REFRESH: Duration = Duration::from_millis(100);
 /// indexer.
 #[derive(Debug)]
 pub struct LogIndex {
-    dir: PathBuf,
+    dir: Dir,
     log: Mutex<Option<StreamLog>>,
 }
 
@@ -38,7 +37,7 @@ impl LogIndex {
         let mut guard = self.lock();
         match &mut *guard {
             Some(log) => log.refresh()?,
-            None => *guard = Some(StreamLog::open(&self.dir)?),
+            None => *guard = Some(StreamLog::open_in(self.dir.clone())?),
         }
         Ok(guard)
     }
@@ -53,7 +52,7 @@ impl LogIndex {
     /// time (the long read), else refresh it under the lock (the short
     /// one).
     fn update(&self) {
-        let built = self.lock().is_none().then(|| StreamLog::open(&self.dir));
+        let built = self.lock().is_none().then(|| StreamLog::open_in(self.dir.clone()));
         let mut guard = self.lock();
         let result = match (built, &mut *guard) {
             (Some(Ok(log)), None) => {
@@ -67,7 +66,7 @@ impl LogIndex {
         if let Err(e) = result {
             // The control thread meets the same error and reports it to
             // the client that needed the index.
-            tracing::debug!(dir = %self.dir.display(), error = %e, "indexing the log failed; retrying");
+            tracing::debug!(dir = %self.dir.path().display(), error = %e, "indexing the log failed; retrying");
         }
     }
 }
@@ -108,7 +107,7 @@ impl Indexer {
     /// The index of the log in `dir`, kept up to date from now on (until
     /// the last handle to it is dropped): `built`, if the caller read it
     /// already (recovery does), else built by the indexer first.
-    pub fn index(&self, dir: PathBuf, built: Option<StreamLog>) -> Arc<LogIndex> {
+    pub fn index(&self, dir: Dir, built: Option<StreamLog>) -> Arc<LogIndex> {
         let index = Arc::new(LogIndex { dir, log: Mutex::new(built) });
         if let Some(register) = &self.register {
             // A dead indexer only costs the control thread longer reads.
@@ -136,7 +135,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("rill-indexer-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let indexer = Indexer::start().unwrap();
-        let index = indexer.index(dir.clone(), None);
+        let index = indexer.index(Dir::open(&dir).unwrap(), None);
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while index.lock().is_none() {
             assert!(std::time::Instant::now() < deadline, "the indexer never built the index");

@@ -5,6 +5,7 @@
 
 pub mod archiver;
 pub mod config;
+pub mod dirs;
 pub mod indexer;
 pub mod keeper;
 pub mod peer;

@@ -11,8 +11,9 @@
 
 use crate::archiver::{Archiver, ArchiveStatus, Job, Retention};
 use crate::config::Config;
+use crate::dirs::{self, file_name};
 use crate::indexer::{Indexer, LogIndex};
-use rill_store::{SegmentIndex, StreamLog};
+use rill_store::{Dir, SegmentIndex, StreamLog};
 use rill_protocol::{
     Durability, ErrorCode, LogSegments, Policy, Replay, StartAt, StreamInfo, StreamOptions, SubscriberInfo, MAX_LOG_SEGMENTS,
     MAX_REPLAY_SEGMENTS,
@@ -353,6 +354,8 @@ pub struct Streams {
     linger: Duration,
     keep_prefixes: Vec<String>,
     data_dir: PathBuf,
+    /// The data directory, open (`None`: it could not be created).
+    data: Option<Dir>,
     segment_bytes: u64,
     retention: Retention,
     direct_io: bool,
@@ -376,8 +379,8 @@ struct LogEnd {
 /// positions it lost are returned, exactly, as are gaps between segments:
 /// the valid batches after damage stay readable, and readers skip the
 /// damage with a notice. Returns where the log ends and what it lost.
-fn recover_log(name: &str, dir: &Path) -> Result<RecoveredLog, String> {
-    let segments = rill_store::list_segments(dir).map_err(|e| format!("listing {}: {e}", dir.display()))?;
+fn recover_log(name: &str, dir: &Dir) -> Result<RecoveredLog, String> {
+    let segments = rill_store::list_segments_in(dir).map_err(|e| format!("listing {}: {e}", dir.path().display()))?;
     // The sealed segments are read one ahead by a thread of their own, so
     // the disk reads the next while the CRCs of this one are checked.
     // Two buffers go round (one read into, one scanned), so no segment's
@@ -391,7 +394,7 @@ fn recover_log(name: &str, dir: &Path) -> Result<RecoveredLog, String> {
             for (_, path) in sealed {
                 let mut buf = spare.pop().or_else(|| returned.recv().ok()).unwrap_or_default();
                 buf.clear();
-                let read = std::fs::File::open(path).and_then(|mut f| std::io::Read::read_to_end(&mut f, &mut buf)).map(|_| buf);
+                let read = dir.open_file(file_name(path)).and_then(|mut f| std::io::Read::read_to_end(&mut f, &mut buf)).map(|_| buf);
                 if tx.send(read).is_err() {
                     return;
                 }
@@ -414,7 +417,7 @@ struct RecoveredLog {
 /// from `ahead` in order.
 fn recover_segments(
     name: &str,
-    dir: &Path,
+    dir: &Dir,
     segments: &[(u64, PathBuf)],
     ahead: &std::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>,
     give_back: &std::sync::mpsc::Sender<Vec<u8>>,
@@ -424,9 +427,9 @@ fn recover_segments(
     let mut end = None;
     for (i, (first, path)) in segments.iter().enumerate() {
         let next = segments.get(i + 1).map(|(f, _)| *f);
-        let sync = |p: &Path| std::fs::File::open(p).and_then(|f| f.sync_data()).map_err(|e| format!("syncing {}: {e}", p.display()));
+        let sync = |p: &Path| dir.open_file(file_name(p)).and_then(|f| f.sync_data()).map_err(|e| format!("syncing {}: {e}", p.display()));
         let scan = if next.is_none() {
-            let r = rill_store::recover_segment(path).map_err(|e| format!("recovering {}: {e}", path.display()))?;
+            let r = rill_store::recover_segment_in(dir, file_name(path)).map_err(|e| format!("recovering {}: {e}", path.display()))?;
             if let Some(d) = &r.scan.damage {
                 let after = r.scan.end_position;
                 match &r.side_file {
@@ -465,7 +468,7 @@ fn recover_segments(
         tracing::error!(stream = name, from = h.from, to = h.to, lost_bytes = h.to.saturating_sub(h.from), reason = %h.reason,
             "the log lost these positions to damage on disk; the batches after them stay readable, and readers are told of the loss");
     }
-    Ok(RecoveredLog { end, lost, index: StreamLog::from_segments(dir, index) })
+    Ok(RecoveredLog { end, lost, index: StreamLog::from_segments(dir.clone(), index) })
 }
 
 /// One line for `rill streams`: every lost range of a log.
@@ -509,17 +512,20 @@ fn parse_policy(name: &str) -> Result<Policy, String> {
     }
 }
 
-fn open_fd(path: &Path, write: bool) -> std::io::Result<OwnedFd> {
-    std::fs::OpenOptions::new().read(true).write(write).open(path).map(OwnedFd::from)
-}
-
-/// A read-only fd of a segment file for a client; a file deleted since it
-/// was listed was deleted by retention: `Gone`.
-fn open_segment(name: &str, from: u64, path: &Path) -> Result<OwnedFd, Refusal> {
-    open_fd(path, false).map_err(|e| match e.kind() {
+/// A read-only fd of a segment file in `dir` for a client: a regular file,
+/// never reached through a link. A file deleted since it was listed was
+/// deleted by retention: `Gone`.
+fn open_segment(name: &str, from: u64, dir: &Dir, path: &Path) -> Result<OwnedFd, Refusal> {
+    dir.open_file(file_name(path)).map(OwnedFd::from).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => gone(name, from, &format!("segment {} was deleted by retention meanwhile", path.display())),
         _ => Refusal::new(ErrorCode::Internal, format!("opening {}: {e}", path.display())),
     })
+}
+
+/// The index of persisted stream `s`'s log (set up with its archiving).
+fn log_index(s: &Stream) -> Result<&std::sync::Arc<LogIndex>, Refusal> {
+    let why = || s.setup_error.clone().unwrap_or_else(|| "its log is not indexed".into());
+    s.log_index.as_ref().ok_or_else(|| Refusal::new(ErrorCode::Internal, format!("stream {:?} is not being archived: {}", s.name, why())))
 }
 
 fn gone(name: &str, position: u64, why: &str) -> Refusal {
@@ -530,91 +536,53 @@ fn deleted_by_retention(first_on_disk: u64) -> String {
     format!("older positions were deleted by retention: the log starts at {first_on_disk}")
 }
 
-/// Writes `stream.toml` atomically (temporary file, fsync, rename).
-fn write_meta(dir: &Path, meta: &StreamMeta) -> Result<(), String> {
+/// Reads `stream.toml` in `dir`.
+fn read_meta(dir: &Dir) -> std::io::Result<String> {
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut dir.open_file(META_FILE)?, &mut text)?;
+    Ok(text)
+}
+
+/// Writes `stream.toml` atomically (a new temporary file, fsync, rename,
+/// fsync of the directory).
+fn write_meta(dir: &Dir, meta: &StreamMeta) -> Result<(), String> {
     use std::io::Write;
     let text = toml::to_string(meta).map_err(|e| e.to_string())?;
-    if std::fs::read_to_string(dir.join(META_FILE)).is_ok_and(|old| old == text) {
+    if read_meta(dir).is_ok_and(|old| old == text) {
         return Ok(()); // unchanged (and a full disk need not stop a restart)
     }
-    let tmp = dir.join(format!("{META_FILE}.tmp"));
-    let mut f = std::fs::File::create(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
-    f.write_all(text.as_bytes()).and_then(|()| f.sync_all()).map_err(|e| format!("{}: {e}", tmp.display()))?;
-    std::fs::rename(&tmp, dir.join(META_FILE)).map_err(|e| format!("{}: {e}", dir.display()))?;
-    sync_dir(dir)
-}
-
-/// Fsyncs directory `dir` (the names in it become durable).
-fn sync_dir(dir: &Path) -> Result<(), String> {
-    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| format!("syncing directory {}: {e}", dir.display()))
-}
-
-/// Creates a directory only the daemon's uid may enter: clients get rings
-/// as fds, never by path, so [[allow]] rules cannot be bypassed.
-fn create_dir(dir: &Path) -> anyhow::Result<()> {
-    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(|e| anyhow::anyhow!("creating {}: {e}", dir.display()))?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-        .map_err(|e| anyhow::anyhow!("restricting {}: {e}", dir.display()))
-}
-
-/// Makes `dir` rilld's private directory: created mode 0700 if missing;
-/// refused, with the reason, if it is a symbolic link or not a directory,
-/// or if another uid owns it (whoever owns it could plant files or links
-/// in it, or change its mode back); then set to mode 0700.
-fn private_dir(dir: &Path) -> anyhow::Result<()> {
-    use std::os::unix::fs::MetadataExt;
-    create_dir_unchecked(dir)?;
-    let m = std::fs::symlink_metadata(dir).map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
-    anyhow::ensure!(m.is_dir(), "{} is not a directory (a symbolic link?); rilld's state directory must be a directory of its own", dir.display());
-    let me = nix::unistd::geteuid().as_raw();
-    anyhow::ensure!(
-        m.uid() == me,
-        "{} belongs to uid {}, not to rilld's uid {me}: remove it, or give rilld a state directory of its own (--state-dir)",
-        dir.display(),
-        m.uid()
-    );
-    create_dir(dir)
-}
-
-fn create_dir_unchecked(dir: &Path) -> anyhow::Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(|e| anyhow::anyhow!("creating {}: {e}", dir.display()))
-}
-
-/// Takes an exclusive flock on directory `dir` (held while the returned
-/// file is open); fails, naming the directory, if another process holds it.
-fn lock_dir(dir: &Path) -> anyhow::Result<nix::fcntl::Flock<std::fs::File>> {
-    use nix::fcntl::{Flock, FlockArg};
-    let f = std::fs::File::open(dir).map_err(|e| anyhow::anyhow!("opening {}: {e}", dir.display()))?;
-    Flock::lock(f, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
-        anyhow::anyhow!("{} is in use by another rilld (flock: {e}); give each daemon its own directories", dir.display())
-    })
+    let tmp = format!("{META_FILE}.tmp");
+    let shown = dir.join(&tmp);
+    let mut f = dir.create_fresh(&tmp, 0o640).map_err(|e| format!("{}: {e}", shown.display()))?;
+    f.write_all(text.as_bytes()).and_then(|()| f.sync_all()).map_err(|e| format!("{}: {e}", shown.display()))?;
+    dir.rename(&tmp, META_FILE).map_err(|e| format!("{}: {e}", dir.path().display()))?;
+    dir.sync().map_err(|e| format!("syncing directory {}: {e}", dir.path().display()))
 }
 
 impl Streams {
     /// An empty registry over the configured directories (created if
-    /// missing).
+    /// missing), each checked and locked (see [`crate::dirs`]).
     pub fn new(config: &Config) -> anyhow::Result<Self> {
-        private_dir(&config.state_dir)?;
-        let mut locks = vec![lock_dir(&config.state_dir)?];
-        let data_dir_existed = config.data_dir.is_dir();
-        match create_dir(&config.data_dir) {
-            Ok(()) => {
-                if !data_dir_existed {
+        dirs::create(&config.state_dir).map_err(|e| anyhow::anyhow!("creating {}: {e}", config.state_dir.display()))?;
+        let state = dirs::open_private(&config.state_dir, "state directory", "--state-dir")?;
+        let mut locks = vec![dirs::lock(&state)?];
+        let data = match dirs::create(&config.data_dir) {
+            Ok(created) => {
+                let data = dirs::open_private(&config.data_dir, "data directory", "--data-dir")?;
+                if created {
                     // Its name durable in its parent before any log is in it.
                     if let Some(parent) = config.data_dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-                        sync_dir(parent).map_err(|e| anyhow::anyhow!(e))?;
+                        Dir::open(parent).and_then(|p| p.sync()).map_err(|e| anyhow::anyhow!("syncing directory {}: {e}", parent.display()))?;
                     }
                 }
-                locks.push(lock_dir(&config.data_dir)?)
+                locks.push(dirs::lock(&data)?);
+                Some(data)
             }
-            Err(e) => tracing::warn!(error = %e, "no data directory: persisted streams cannot be created"),
-        }
+            Err(e) => {
+                tracing::warn!(error = %e, data_dir = %config.data_dir.display(), "no data directory: persisted streams cannot be created");
+                None
+            }
+        };
         let (keeper, kept) = Keeper::start(&config.state_dir)?;
         tracing::info!(state_dir = %config.state_dir.display(), kept = kept.len(), huge_pages = config.huge_pages, "ring storage: sealed memfds, held by the ring keeper");
         Ok(Streams {
@@ -631,6 +599,7 @@ impl Streams {
             linger: Duration::from_millis(config.linger_ms),
             keep_prefixes: config.keep.clone(),
             data_dir: config.data_dir.clone(),
+            data,
             segment_bytes: config.segment_bytes,
             direct_io: config.direct_io,
             retention: Retention { max_bytes: config.retention_bytes, max_age: config.retention_ms.map(Duration::from_millis) },
@@ -651,18 +620,30 @@ impl Streams {
     /// positions, never cut); an adopted ring gets its archiver slot back,
     /// and archiving resumes at the end of the log; a stream whose ring is
     /// gone (the host rebooted) gets a new ring whose origin is where its
-    /// log ends. Returns how many.
+    /// log ends. An entry that is a symbolic link, or a directory that
+    /// fails [`dirs::check_private`], is left alone (never followed), with
+    /// an error logged. Returns how many.
     pub fn recover_persisted(&mut self) -> usize {
-        let Ok(entries) = std::fs::read_dir(&self.data_dir) else { return 0 };
+        let Some(data) = self.data.clone() else { return 0 };
+        let Ok(names) = data.names() else { return 0 };
         let mut n = 0;
-        for e in entries.flatten() {
-            let Some(name) = e.file_name().to_str().map(str::to_owned) else { continue };
-            let meta_path = e.path().join(META_FILE);
-            if rill_protocol::check_stream_name(&name).is_err() || !meta_path.exists() {
+        for name in names {
+            let Some(name) = name.to_str().map(str::to_owned) else { continue };
+            if rill_protocol::check_stream_name(&name).is_err() {
                 continue;
             }
-            match self.recover_one(&name, &meta_path) {
-                Ok(()) => n += 1,
+            let dir = match data.open_dir(&name) {
+                Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => continue, // a file: no stream's
+                Err(e) => Err(format!("opening {}: {e}", data.join(&name).display())),
+                Ok(dir) => dirs::check_private(&dir).map(|()| dir),
+            };
+            let result = dir.and_then(|dir| match read_meta(&dir) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false), // not a stream's log
+                Err(e) => Err(format!("reading {}: {e}", dir.join(META_FILE).display())),
+                Ok(text) => self.recover_one(&name, &dir, &text).map(|()| true),
+            });
+            match result {
+                Ok(recovered) => n += usize::from(recovered),
                 Err(msg) => {
                     tracing::error!(stream = %name, error = %msg, "cannot recover persisted stream; left as is");
                     if let Some(s) = self.streams.get_mut(&name) {
@@ -674,12 +655,12 @@ impl Streams {
         n
     }
 
-    fn recover_one(&mut self, name: &str, meta_path: &Path) -> Result<(), String> {
-        let text = std::fs::read_to_string(meta_path).map_err(|e| format!("reading {}: {e}", meta_path.display()))?;
-        let meta: StreamMeta = toml::from_str(&text).map_err(|e| format!("parsing {}: {e}", meta_path.display()))?;
+    /// Recovers stream `name` from its directory `dir`, whose `stream.toml`
+    /// says `meta`.
+    fn recover_one(&mut self, name: &str, dir: &Dir, meta: &str) -> Result<(), String> {
+        let meta: StreamMeta = toml::from_str(meta).map_err(|e| format!("parsing {}: {e}", dir.join(META_FILE).display()))?;
         let durability: Durability = meta.durability.parse()?;
-        let dir = meta_path.parent().expect("a file in a directory").to_path_buf();
-        let RecoveredLog { end, lost, index } = recover_log(name, &dir)?;
+        let RecoveredLog { end, lost, index } = recover_log(name, dir)?;
         let result = self.recover_ring(name, &meta, durability, end, index);
         if let Some(s) = self.streams.get_mut(name) {
             s.log_damage = (!lost.is_empty()).then(|| describe_lost(&lost));
@@ -726,6 +707,22 @@ impl Streams {
         }
     }
 
+    /// The directory of persisted stream `name` in the data directory,
+    /// created (mode 0700, its name synced) if missing, and checked like
+    /// the data directory ([`dirs::check_private`]).
+    fn stream_dir(&self, name: &str) -> Result<Dir, String> {
+        let data = self.data.as_ref().ok_or_else(|| format!("no data directory ({} could not be created)", self.data_dir.display()))?;
+        let shown = data.join(name);
+        if data.create_dir(name, 0o700).map_err(|e| format!("creating {}: {e}", shown.display()))? {
+            // The new directory's name is durable only once its parent is
+            // synced: until then a power cut could take the whole log.
+            data.sync().map_err(|e| format!("syncing directory {}: {e}", self.data_dir.display()))?;
+        }
+        let dir = data.open_dir(name).map_err(|e| format!("opening {}: {e}", shown.display()))?;
+        dirs::check_private(&dir)?;
+        Ok(dir)
+    }
+
     /// Starts the archiver on stream `name`: on its old slot `(slot, held
     /// position)` after a restart, else on a new slot; writing resumes at
     /// `log_end` (the end of the recovered log), or where the slot is.
@@ -739,13 +736,7 @@ impl Streams {
         index: Option<StreamLog>,
     ) -> Result<(), String> {
         let log_end = end.map(|e| e.position);
-        let dir = self.data_dir.join(name);
-        if !dir.is_dir() {
-            // The new directory's name is durable only once its parent is
-            // synced: until then a power cut could take the whole log.
-            create_dir(&dir).map_err(|e| e.to_string())?;
-            sync_dir(&self.data_dir)?;
-        }
+        let dir = self.stream_dir(name)?;
         let pid = std::process::id();
         let s = self.streams.get_mut(name).ok_or("no such stream")?;
         // The indexer keeps the log's index from now on (building it in
@@ -785,8 +776,8 @@ impl Streams {
             archiver_slot: slot,
         };
         write_meta(&dir, &meta)?;
-        let segments = rill_store::list_segments(&dir).map_err(|e| format!("listing {}: {e}", dir.display()))?;
-        let disk_bytes = segments.iter().filter_map(|(_, p)| std::fs::metadata(p).ok()).map(|m| m.len()).sum();
+        let segments = rill_store::list_segments_in(&dir).map_err(|e| format!("listing {}: {e}", dir.path().display()))?;
+        let disk_bytes = segments.iter().filter_map(|(_, p)| dir.metadata(file_name(p)).ok()).map(|m| m.len()).sum();
         // Go on in the last segment if the log is continuous there, after
         // its batches (recovery measured them; a zero tail may follow).
         let segment = segments
@@ -824,8 +815,7 @@ impl Streams {
         let guard = match s.persist {
             Some(_) => {
                 let read_err = |e: rill_store::LogError| Refusal::new(ErrorCode::Internal, format!("stream {name:?}: reading its log: {e}"));
-                let index = s.log_index.get_or_insert_with(|| self.indexer.index(self.data_dir.join(name), None));
-                Some(index.current().map_err(read_err)?)
+                Some(log_index(s)?.current().map_err(read_err)?)
             }
             None => None,
         };
@@ -864,7 +854,7 @@ impl Streams {
                     let msg = format!("stream {name:?}: a replay from {from} spans more than {MAX_REPLAY_SEGMENTS} segments; start later");
                     return Err(Refusal::new(ErrorCode::Invalid, msg));
                 }
-                let fd = open_segment(name, from, &seg.path)?;
+                let fd = open_segment(name, from, log.dir(), &seg.path)?;
                 replay.segments.push(seg.first_position);
                 fds.push(fd);
             }
@@ -895,7 +885,6 @@ impl Streams {
     /// the last request (the index is kept); the client reads the frames
     /// itself.
     pub fn log_segments(&mut self, name: &str, from: u64) -> Result<(LogSegments, Vec<OwnedFd>), Refusal> {
-        let data_dir = &self.data_dir;
         let s = self.streams.get_mut(name).ok_or_else(|| Refusal::new(ErrorCode::UnknownStream, format!("no stream {name:?}")))?;
         if s.persist.is_none() {
             return Err(Refusal::new(ErrorCode::Invalid, format!("stream {name:?} is not persisted: it has no log")));
@@ -908,9 +897,9 @@ impl Streams {
         };
         // The stream's index (see plan_replay).
         let internal = |e: rill_store::LogError| Refusal::new(ErrorCode::Internal, format!("stream {name:?}: reading its log: {e}"));
-        let index = s.log_index.get_or_insert_with(|| self.indexer.index(data_dir.join(name), None));
-        let guard = index.current().map_err(internal)?;
-        let listed = guard.as_ref().expect("current() builds it").segments();
+        let guard = log_index(s)?.current().map_err(internal)?;
+        let log = guard.as_ref().expect("current() builds it");
+        let listed = log.segments();
         // The segment holding `from`: the last one starting at or before it.
         let i = listed.partition_point(|g| g.first_position <= from);
         if i == 0 {
@@ -933,7 +922,7 @@ impl Streams {
             // Not written yet: the next batch goes there.
             None => (index.valid_len, index.end_position),
         };
-        let fds = chosen.iter().map(|g| open_segment(name, from, &g.path)).collect::<Result<Vec<_>, _>>()?;
+        let fds = chosen.iter().map(|g| open_segment(name, from, log.dir(), &g.path)).collect::<Result<Vec<_>, _>>()?;
         let segments = chosen.iter().map(|g| g.first_position).collect();
         // Cut short: the reader must not expect more than these hold.
         let archived = listed.get(i - 1 + chosen.len()).map_or(archived, |next| archived.min(next.first_position));
@@ -1162,7 +1151,8 @@ impl Streams {
                 let msg = format!("stream {name:?}: persisted messages are limited to {} bytes", rill_store::MAX_BATCH_BYTES / 2);
                 return Err(Refusal::new(ErrorCode::Invalid, msg));
             }
-            if self.data_dir.join(name).join(META_FILE).exists() {
+            let has_log = self.data.as_ref().is_some_and(|d| d.open_dir(name).and_then(|s| s.open_file(META_FILE)).is_ok());
+            if has_log {
                 let msg = format!("stream {name:?} has a log in {} already but no ring; it is recovered at start", self.data_dir.display());
                 return Err(Refusal::new(ErrorCode::Exists, msg));
             }

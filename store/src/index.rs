@@ -23,10 +23,12 @@
 //! the one before has completed.
 
 use crate::batch::{BatchHeader, FormatError, BATCH_HEADER_LEN};
+use crate::dir::Dir;
 use crate::parse_segment_file_name;
 use crate::reader::FrameReader;
 use crate::scan::{find_next_batch_from, is_zero_tail, Hole, IndexEntry, Scan};
 use rill_shm::frame::FRAME_ALIGNMENT;
+use std::ffi::OsStr;
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
@@ -87,9 +89,15 @@ impl SegmentIndex {
     /// `first_position`, up to its last whole batch. `sealed` says no
     /// more will be written to it: then it must end in a whole batch.
     pub fn build(path: &Path, first_position: u64, sealed: bool) -> Result<SegmentIndex, LogError> {
+        let (dir, _) = Dir::of(path).map_err(|source| LogError::Io { path: path.to_path_buf(), source })?;
         let mut index = SegmentIndex::empty(path.to_path_buf(), first_position);
-        index.extend(sealed)?;
+        index.extend(&dir, sealed)?;
         Ok(index)
+    }
+
+    /// Its file's name in the stream directory.
+    pub fn file_name(&self) -> &OsStr {
+        self.path.file_name().unwrap_or_default()
     }
 
     /// The index of the segment at `path` (first batch at
@@ -117,10 +125,10 @@ impl SegmentIndex {
         }
     }
 
-    /// Reads the headers from `valid_len` on.
-    fn extend(&mut self, sealed: bool) -> Result<(), LogError> {
+    /// Reads the headers from `valid_len` on (its file in `dir`).
+    fn extend(&mut self, dir: &Dir, sealed: bool) -> Result<(), LogError> {
         let io_err = |source| LogError::Io { path: self.path.clone(), source };
-        let file = File::open(&self.path).map_err(io_err)?;
+        let file = dir.open_file(self.file_name()).map_err(io_err)?;
         let file_len = file.metadata().map_err(io_err)?.len();
         let mut head = [0u8; BATCH_HEADER_LEN];
         while self.valid_len < file_len {
@@ -230,12 +238,15 @@ fn read_header(
 /// path), sorted by first position. Other files (side files of recovery,
 /// temporaries) are ignored.
 pub fn list_segments(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
+    list_segments_in(&Dir::open(dir)?)
+}
+
+/// [`list_segments`] of a directory already open.
+pub fn list_segments_in(dir: &Dir) -> io::Result<Vec<(u64, PathBuf)>> {
     let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
-        let name = entry.file_name();
+    for name in dir.names()? {
         if let Some(first) = name.to_str().and_then(parse_segment_file_name) {
-            out.push((first, entry.path()));
+            out.push((first, dir.join(name)));
         }
     }
     out.sort_unstable_by_key(|(first, _)| *first);
@@ -245,14 +256,20 @@ pub fn list_segments(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
 /// The persisted part of one stream: its segments, indexed.
 #[derive(Debug, Clone)]
 pub struct StreamLog {
-    dir: PathBuf,
+    dir: Dir,
     segments: Vec<SegmentIndex>,
 }
 
 impl StreamLog {
     /// Indexes the segments in the stream directory `dir`.
     pub fn open(dir: &Path) -> Result<StreamLog, LogError> {
-        let mut log = StreamLog { dir: dir.to_path_buf(), segments: Vec::new() };
+        let dir = Dir::open(dir).map_err(|source| LogError::Io { path: dir.to_path_buf(), source })?;
+        StreamLog::open_in(dir)
+    }
+
+    /// Indexes the segments in the stream directory `dir`, open already.
+    pub fn open_in(dir: Dir) -> Result<StreamLog, LogError> {
+        let mut log = StreamLog { dir, segments: Vec::new() };
         log.refresh()?;
         Ok(log)
     }
@@ -260,16 +277,16 @@ impl StreamLog {
     /// The index of the stream directory `dir` from indexes already made
     /// of its segments (see [`SegmentIndex::from_scan`]), in order of
     /// first position; [`refresh`](Self::refresh) goes on from them.
-    pub fn from_segments(dir: &Path, mut segments: Vec<SegmentIndex>) -> StreamLog {
+    pub fn from_segments(dir: Dir, mut segments: Vec<SegmentIndex>) -> StreamLog {
         segments.sort_unstable_by_key(|s| s.first_position);
-        StreamLog { dir: dir.to_path_buf(), segments }
+        StreamLog { dir, segments }
     }
 
     /// Catches up with the directory: batches appended to the last
     /// segment, new segments, segments deleted from the front. On error
     /// the index keeps what it had read (all of it valid).
     pub fn refresh(&mut self) -> Result<(), LogError> {
-        let listed = list_segments(&self.dir).map_err(|source| LogError::Io { path: self.dir.clone(), source })?;
+        let listed = list_segments_in(&self.dir).map_err(|source| LogError::Io { path: self.dir.path().to_path_buf(), source })?;
         self.segments.retain(|s| listed.binary_search_by_key(&s.first_position, |l| l.0).is_ok());
         for (first, path) in listed {
             if let Err(i) = self.segments.binary_search_by_key(&first, |s| s.first_position) {
@@ -280,7 +297,7 @@ impl StreamLog {
         while i < self.segments.len() {
             let sealed = i + 1 < self.segments.len();
             if !self.segments[i].sealed {
-                match self.segments[i].extend(sealed) {
+                match self.segments[i].extend(&self.dir, sealed) {
                     // Deleted by retention since it was listed.
                     Err(LogError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
                         self.segments.remove(i);
@@ -320,7 +337,7 @@ impl StreamLog {
     }
 
     /// The stream directory.
-    pub fn dir(&self) -> &Path {
+    pub fn dir(&self) -> &Dir {
         &self.dir
     }
 
@@ -369,7 +386,7 @@ impl StreamLog {
     /// `end_position`). `Ok(None)` if no batch holds or follows `position`.
     pub fn reader_at(&self, position: u64) -> Result<Option<FrameReader<File>>, LogError> {
         let Some((seg, entry)) = self.entry_at(position) else { return Ok(None) };
-        let file = File::open(&seg.path).map_err(|source| LogError::Io { path: seg.path.clone(), source })?;
+        let file = self.dir.open_file(seg.file_name()).map_err(|source| LogError::Io { path: seg.path.clone(), source })?;
         Ok(Some(FrameReader::at(file, entry.file_offset, position).expecting(entry.position)))
     }
 }
@@ -447,7 +464,7 @@ mod tests {
             (segs, lost)
         };
         let read = StreamLog::open(dir.path()).unwrap();
-        let mut given = StreamLog::from_segments(dir.path(), from_scans);
+        let mut given = StreamLog::from_segments(Dir::open(dir.path()).unwrap(), from_scans);
         assert_eq!(plain(&given), plain(&read));
         assert_eq!(given.lost().len(), 2, "{:?}", given.lost());
         // And it goes on from there like one read from the headers.

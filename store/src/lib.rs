@@ -20,6 +20,8 @@
 //!   ([`FrameReader`]).
 //! * [`build`]: frames in ordinary memory, for tests and tools
 //!   ([`FrameBuf`]).
+//! * [`dir`]: a stream directory held by its fd, whose files are opened
+//!   relative to it, never through a symbolic link ([`Dir`]).
 //!
 //! The writer (the daemon's archiver) builds a header with
 //! [`BatchHeader::for_frames`] over the ring's one or two slices and
@@ -62,6 +64,7 @@
 
 pub mod batch;
 pub mod build;
+pub mod dir;
 pub mod index;
 pub mod reader;
 pub mod recover;
@@ -69,9 +72,10 @@ pub mod scan;
 
 pub use batch::{encode_batch, BatchHeader, FormatError, BATCH_HEADER_LEN, MAX_BATCH_BYTES};
 pub use build::FrameBuf;
-pub use index::{list_segments, LogError, SegmentIndex, StreamLog};
+pub use dir::Dir;
+pub use index::{list_segments, list_segments_in, LogError, SegmentIndex, StreamLog};
 pub use reader::{FrameReader, ReadError, Skipped};
-pub use recover::{recover_segment, Recovery};
+pub use recover::{recover_segment, recover_segment_in, Recovery};
 pub use scan::{batch_at, find_next_batch, find_next_batch_from, is_zero_tail, scan_segment, Damage, DamageKind, Hole, IndexEntry, Scan};
 
 /// Digits of the position in a segment file's name (`u64::MAX` has 20).

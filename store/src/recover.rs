@@ -4,6 +4,10 @@
 //! they are: the valid batches after them stay, and readers skip the hole
 //! with a notice of exactly what it lost (see [`crate::scan`]).
 //!
+//! Every file is opened in the segment's directory by its fd, never
+//! through a symbolic link ([`Dir`]); the temporary side file is created
+//! anew (`O_EXCL`, after removing one a crash left).
+//!
 //! Order for corrupt damage, so a crash at any step loses nothing:
 //! 1. copy the bytes from the damage to the end (but for trailing zeros)
 //!    into `<name>.corrupt-<offset>.tmp`,
@@ -15,10 +19,11 @@
 //! damage (nothing valid after it) is the normal result of a crash during
 //! a write, and is cut without a side file.
 
+use crate::dir::Dir;
 use crate::parse_segment_file_name;
 use crate::scan::{scan_segment, DamageKind, Scan};
-use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
+use std::ffi::OsStr;
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
 /// What [`recover_segment`] found and did.
@@ -56,11 +61,17 @@ impl Recovery {
 ///
 /// [`segment_file_name`]: crate::segment_file_name
 pub fn recover_segment(path: &Path) -> io::Result<Recovery> {
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-    let Some(first_position) = parse_segment_file_name(name) else {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("{} is not a segment file name", path.display())));
+    let (dir, name) = Dir::of(path)?;
+    recover_segment_in(&dir, name)
+}
+
+/// [`recover_segment`] of the segment `name` in `dir`.
+pub fn recover_segment_in(dir: &Dir, name: &OsStr) -> io::Result<Recovery> {
+    let Some(first_position) = name.to_str().and_then(parse_segment_file_name) else {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("{} is not a segment file name", dir.join(name).display())));
     };
-    let bytes = std::fs::read(path)?;
+    let mut bytes = Vec::new();
+    dir.open_file(name)?.read_to_end(&mut bytes)?;
     let scan = scan_segment(&bytes, first_position);
     let Some(damage) = &scan.damage else {
         return Ok(Recovery { scan, truncated_bytes: 0, side_file: None });
@@ -73,37 +84,95 @@ pub fn recover_segment(path: &Path) -> io::Result<Recovery> {
             // the zeros of a preallocated segment's unused end.
             let declared = crate::BatchHeader::parse(cut).map_or(0, |h| h.batch_len().min(cut.len() as u64) as usize);
             let meaningful = cut.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1).max(declared);
-            Some(keep_aside(path, damage.offset, &cut[..meaningful])?)
+            Some(keep_aside(dir, name, damage.offset, &cut[..meaningful])?)
         }
     };
-    let file = OpenOptions::new().write(true).open(path)?;
+    let file = dir.open_rw(name)?;
     file.set_len(damage.offset)?;
     file.sync_all()?;
     Ok(Recovery { truncated_bytes: cut.len() as u64, side_file, scan })
 }
 
-/// Writes `bytes` durably to `<segment>.corrupt-<offset>` (or, if a file
-/// of that name holds other bytes, `...-<offset>.<n>`); returns its path.
-fn keep_aside(segment: &Path, offset: u64, bytes: &[u8]) -> io::Result<PathBuf> {
-    let dir = segment.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let base = format!("{}.corrupt-{offset}", segment.file_name().unwrap_or_default().to_string_lossy());
+/// Writes `bytes` durably to `<segment>.corrupt-<offset>` in `dir` (or,
+/// if a file of that name holds other bytes, `...-<offset>.<n>`); returns
+/// its path.
+fn keep_aside(dir: &Dir, segment: &OsStr, offset: u64, bytes: &[u8]) -> io::Result<PathBuf> {
+    let base = format!("{}.corrupt-{offset}", segment.to_string_lossy());
     for n in 0..1000u32 {
         let name = if n == 0 { base.clone() } else { format!("{base}.{n}") };
-        let side = dir.join(&name);
-        match std::fs::read(&side) {
-            Ok(old) if old == bytes => return Ok(side), // an earlier recovery got this far
+        let mut old = Vec::new();
+        match dir.open_file(&name).and_then(|mut f| f.read_to_end(&mut old)) {
+            Ok(_) if old == bytes => return Ok(dir.join(&name)), // an earlier recovery got this far
             Ok(_) => continue,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
         }
-        let tmp = dir.join(format!("{name}.tmp"));
-        let mut f = File::create(&tmp)?;
+        let tmp = format!("{name}.tmp");
+        let mut f = dir.create_fresh(&tmp, 0o640)?;
         f.write_all(bytes)?;
         f.sync_all()?;
         drop(f);
-        std::fs::rename(&tmp, &side)?;
-        File::open(dir)?.sync_all()?;
-        return Ok(side);
+        dir.rename(&tmp, &name)?;
+        dir.sync()?;
+        return Ok(dir.join(&name));
     }
     Err(io::Error::new(io::ErrorKind::AlreadyExists, format!("too many side files named {base}.*")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{encode_batch, segment_file_name, FrameBuf, StreamLog};
+
+    /// A segment of two batches whose last one has a flipped bit (corrupt
+    /// damage: kept aside, then cut), and the length of the first.
+    fn corrupt_segment() -> (Vec<u8>, usize) {
+        let mut frames = FrameBuf::new(0);
+        frames.data(1, 1, b"first");
+        let mut seg = encode_batch(0, &[frames.as_bytes()]).unwrap();
+        let first_len = seg.len();
+        let mut more = FrameBuf::new(frames.end_position());
+        more.data(2, 1, b"second");
+        seg.extend_from_slice(&encode_batch(frames.end_position(), &[more.as_bytes()]).unwrap());
+        seg[first_len + 70] ^= 1;
+        (seg, first_len)
+    }
+
+    /// Links planted in a stream directory (in place of the side file's
+    /// temporary, or of the segment itself) are never followed: the file
+    /// they point to is neither written nor truncated.
+    #[test]
+    fn recovery_never_follows_links_in_the_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let victim = outside.path().join("victim");
+        std::fs::write(&victim, b"not rill's to touch").unwrap();
+        let (seg, first_len) = corrupt_segment();
+        let name = segment_file_name(0);
+        let path = dir.path().join(&name);
+        std::fs::write(&path, &seg).unwrap();
+        let tmp = dir.path().join(format!("{name}.corrupt-{first_len}.tmp"));
+        std::os::unix::fs::symlink(&victim, &tmp).unwrap();
+
+        let r = recover_segment(&path).unwrap();
+        assert_eq!(std::fs::read(&victim).unwrap(), b"not rill's to touch");
+        let side = r.side_file.expect("corrupt damage is kept aside");
+        assert!(!std::fs::symlink_metadata(&side).unwrap().file_type().is_symlink());
+        assert_eq!(std::fs::read(&side).unwrap(), &seg[first_len..]);
+        assert!(std::fs::symlink_metadata(&tmp).is_err(), "the planted link is gone");
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), first_len as u64);
+
+        // A segment that is a link: refused, its target left as it is.
+        let linked = dir.path().join(segment_file_name(1 << 20));
+        std::os::unix::fs::symlink(&victim, &linked).unwrap();
+        let e = recover_segment(&linked).unwrap_err();
+        assert!(e.to_string().contains("symbolic link"), "{e}");
+        assert!(StreamLog::open(dir.path()).is_err(), "indexing does not read through the link");
+        assert_eq!(std::fs::read(&victim).unwrap(), b"not rill's to touch");
+        // And so is a stream directory that is a link.
+        let dir_link = outside.path().join("stream");
+        std::os::unix::fs::symlink(dir.path(), &dir_link).unwrap();
+        assert!(crate::list_segments(&dir_link).is_err());
+        assert!(recover_segment(&dir_link.join(&name)).is_err());
+    }
 }
