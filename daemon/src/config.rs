@@ -311,6 +311,22 @@ impl Config {
         };
         Err(format!("uid {uid} may not {action} stream {stream:?}: {rules}"))
     }
+
+    /// Whether a subscriber of uid `uid` trusts every uid that may publish
+    /// to `stream`: its own (a process of its uid can change its memory
+    /// anyway), and, with `trust_root`, uid 0 and rilld's uid, which may
+    /// use every stream (and could as well change any ring). A rule that
+    /// lets a group publish is never trusted: groups name no fixed set of
+    /// uids. Judged by this configuration: a process allowed to publish
+    /// under an earlier one that still maps the ring is not counted.
+    pub fn publishers_trusted(&self, uid: u32, stream: &str) -> bool {
+        let own_uid = nix::unistd::getuid().as_raw();
+        let trusted = |u: u32| u == uid || (self.trust_root && (u == 0 || u == own_uid));
+        self.allow.iter().all(|r| {
+            let publishes = r.publish.iter().any(|p| stream.starts_with(p.as_str()));
+            !publishes || (r.gids.is_empty() && r.uids.iter().all(|&u| trusted(u)))
+        })
+    }
 }
 
 #[cfg(test)]
@@ -349,6 +365,37 @@ mod tests {
         let e = strict.check(0, 0, &[], Action::Publish, "x").unwrap_err();
         assert!(e.contains("uid 0"), "root is held to the rules with trust_root = false: {e}");
         assert!(strict.check(1000, 1000, &[], Action::Publish, "orders.eu").is_ok());
+    }
+
+    #[test]
+    fn publishers_are_trusted_only_if_every_uid_that_may_publish_is() {
+        let own = nix::unistd::getuid().as_raw();
+        let c: Config = toml::from_str(&format!(
+            r#"
+            [[allow]]
+            uids = [1000]
+            publish = ["mine.", "shared."]
+            subscribe = [""]
+            [[allow]]
+            uids = [2000, 0, {own}]
+            publish = ["shared."]
+            [[allow]]
+            gids = [50]
+            publish = ["team."]
+        "#
+        ))
+        .unwrap();
+        assert!(c.publishers_trusted(1000, "mine.x"), "only its own uid (and root, rilld) may publish");
+        assert!(c.publishers_trusted(0, "other"), "no rule: only root and rilld's uid");
+        assert!(!c.publishers_trusted(0, "mine.x"), "root does not trust uid 1000");
+        assert!(!c.publishers_trusted(1000, "shared.x"), "uid 2000 may publish too");
+        assert!(!c.publishers_trusted(1000, "team.x"), "a group may publish");
+        let strict = Config { trust_root: false, ..c.clone() };
+        let c2000 = Config { allow: vec![AllowRule { uids: vec![2000, 0], publish: vec!["x".into()], ..AllowRule::default() }], ..strict };
+        assert!(!c2000.publishers_trusted(2000, "x"), "without trust_root, uid 0 is a publisher like any other");
+        assert!(c2000.publishers_trusted(2000, "y"), "nobody may publish to y");
+        let root_trusted = Config { trust_root: true, ..c2000 };
+        assert!(root_trusted.publishers_trusted(2000, "x"));
     }
 
     #[test]

@@ -492,9 +492,10 @@ impl Server {
         });
         let handle = self.new_handle(i, stream, HandleKind::Subscriber, slot, false);
         let conn = self.conns[i].id;
+        let publishers_trusted = self.config.publishers_trusted(self.conns[i].uid, stream);
         let s = self.streams.require(stream)?;
         s.owners[slot as usize] = SlotOwner::Client { conn, handle };
-        Ok((Response::Subscriber { handle, slot, position, info: s.info(), replay }, fds))
+        Ok((Response::Subscriber { handle, slot, position, info: s.info(), replay, publishers_trusted }, fds))
     }
 
     /// Every slot page of the stream of publisher `handle` of client `i`,

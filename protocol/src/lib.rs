@@ -62,8 +62,9 @@ pub const MAGIC: u16 = u16::from_le_bytes(*b"RL");
 /// ring. 5: rings of layout version 2 (slots granted on the daemon page,
 /// a fresh page for every slot released); a publisher's reply says which
 /// slot page epoch its slot pages are of, and [`Request::SlotPages`] gets
-/// the current ones.
-pub const PROTOCOL_VERSION: u16 = 5;
+/// the current ones. 6: a subscriber's reply says whether it trusts every
+/// uid that may publish to the stream.
+pub const PROTOCOL_VERSION: u16 = 6;
 /// Header bytes before the body.
 pub const HEADER_LEN: usize = 8;
 /// Largest message (header + body) either side sends or accepts.
@@ -467,6 +468,13 @@ pub enum Response {
         info: StreamInfo,
         /// Read these first (older than the ring holds), if any.
         replay: Option<Replay>,
+        /// Whether every uid that may publish to the stream is one the
+        /// subscriber trusts: its own, or root and rilld's uid where rilld
+        /// lets those use every stream (`trust_root`). If not, the client
+        /// library copies each payload out of the ring before reading it
+        /// (`rill::ReadMode::Copied`), since a publisher can change what a
+        /// reader reads in place.
+        publishers_trusted: bool,
     },
     /// Stream created (or already there with the same options).
     Created {

@@ -1,6 +1,7 @@
 //! Single-thread micro-benchmarks of the ring's data path on heap memory
 //! (`Ring::private`): one offer followed by one poll, for exclusive and
-//! shared publications at 32 B and 1 KiB, and a 64-message batch claim.
+//! shared publications at 32 B and 1 KiB, a 64-message batch claim, and
+//! the copying reads (an overwrite ring's seqlock read).
 //!
 //! Publisher and subscriber run on one thread, so every line is in L1:
 //! this measures instructions on the path, not cache-line transfers (the
@@ -21,10 +22,14 @@ const SIZES: [usize; 2] = [32, 1024];
 const BATCH: usize = 64;
 
 fn ring() -> Ring {
+    ring_with(Policy::BackPressure)
+}
+
+fn ring_with(policy: Policy) -> Ring {
     let config = RingConfig {
         capacity: 1 << 20,
         max_message_len: 4096,
-        policy: Policy::BackPressure,
+        policy,
         slot_count: 4,
         pages: PagePreference::NormalOnly,
     };
@@ -106,12 +111,43 @@ fn batch(c: &mut Criterion) {
     group.finish();
 }
 
+/// One offer, then one poll, by a subscriber that copies each payload
+/// out: an overwrite ring's (which then checks that no publisher lapped it:
+/// a seqlock read), and a back-pressure ring's asked to copy
+/// (`set_copy_payloads`), beside the same ring's read in place.
+fn copying_reads(c: &mut Criterion) {
+    let mut group = c.benchmark_group("offer_poll/reads");
+    for size in [32, 1024, 4000] {
+        for (name, policy, copy) in
+            [("overwrite", Policy::Overwrite, false), ("copied", Policy::BackPressure, true), ("in_place", Policy::BackPressure, false)]
+        {
+            let ring = ring_with(policy);
+            let mut sub = ring.subscribe(Start::Latest).expect("subscribe");
+            sub.set_copy_payloads(copy);
+            let mut publ = ring.exclusive_publication().expect("publication");
+            publ.set_timestamps(false);
+            let payload = vec![7u8; size];
+            group.throughput(Throughput::Elements(1));
+            group.bench_with_input(BenchmarkId::new(name, size), &size, |b, _| {
+                b.iter(|| {
+                    publ.offer(black_box(&payload)).expect("offer");
+                    let mut sum = 0u64;
+                    let n = sub.poll(16, |m| sum += u64::from(m.payload[m.payload.len() - 1])).expect("poll");
+                    assert_eq!(n, 1);
+                    black_box(sum)
+                });
+            });
+        }
+    }
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2))
         .sample_size(30);
-    targets = exclusive, shared, batch
+    targets = exclusive, shared, batch, copying_reads
 }
 criterion_main!(benches);

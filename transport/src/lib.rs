@@ -7,7 +7,8 @@
 //!   its handles when the daemon restarts, in a background thread.
 //! * [`Publisher`] and [`Subscriber`] work on the stream's shared-memory
 //!   ring only: no system call, lock or daemon round trip per message.
-//! * [`typed`]: rkyv messages, serialized once and read in place.
+//! * [`typed`]: rkyv messages, serialized once and read in place (or from a
+//!   copy, where publishers of other uids may write the ring: [`ReadMode`]).
 //! * [`protocol`] and [`wire`]: the control protocol and its socket I/O,
 //!   shared with the daemon.
 //!
@@ -42,7 +43,7 @@ pub use error::ClientError;
 pub use protocol::{Durability, ErrorCode, Policy, StartAt as Start, StreamInfo, StreamOptions, SubscriberInfo};
 pub use publisher::{Claim, DurableError, ExclusivePublisher, Publisher};
 pub use rill_shm::ring::{ClaimError, Message, PollError};
-pub use subscriber::Subscriber;
+pub use subscriber::{ReadMode, Subscriber};
 pub use typed::{DecodeError, RecvError, SendError, TypedMessage};
 
 /// The rkyv this crate was built with, for `#[derive(Archive, Serialize,

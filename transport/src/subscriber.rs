@@ -3,9 +3,10 @@
 //! The daemon maps the ring read-only for a subscriber and hands it
 //! write access to its own slot page only (its position) and to the wake
 //! page (so it can sleep on the futex and be woken). Reads are zero-copy
-//! on a back-pressure stream: the handler gets `&[u8]` into the ring, valid
-//! for the call. On an overwrite stream each frame is copied out and
-//! validated first, and a subscriber that falls a ring behind is moved to
+//! on a back-pressure stream whose publishers it trusts: the handler gets
+//! `&[u8]` into the ring, valid for the call (see [Reading memory
+//! publishers write](#reading-memory-publishers-write)). On an overwrite
+//! stream each frame is copied out and validated first, and a subscriber that falls a ring behind is moved to
 //! the oldest intact message ([`overrun_bytes`](Subscriber::overrun_bytes)
 //! counts what it lost); it never sees torn data.
 //!
@@ -32,6 +33,20 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
+//! # Reading memory publishers write
+//! Every publisher of a stream maps its ring writable, so it can write any
+//! byte of it at any time, not only its own claims. Honest ones never
+//! write a message others may still read; a hostile one (a process of
+//! another uid that rilld lets publish to the stream) can change a payload
+//! while a handler reads it in place. So a subscriber reads in one of two
+//! [`ReadMode`]s: in place (no copy), or from a copy it makes first. rilld
+//! tells it at attach time whether every uid that may publish to the
+//! stream is one it trusts (its own; root and rilld's uid unless rilld
+//! runs with `trust_root = false`); if so it reads in place, else from
+//! copies. [`Subscriber::set_read_mode`] overrides that. An ordinary
+//! subscriber of an overwrite stream copies in either mode (the seqlock
+//! read above).
+//!
 //! A subscriber is owned by one thread (`&mut self` methods) and may be
 //! moved between threads. `poll` and the typed `poll_typed` never block;
 //! `poll_blocking` and the `recv*` methods sleep on the ring's futex until a
@@ -49,6 +64,25 @@ use crate::typed::{self, Decode, DecodeError, DecodeOwned, RecvError, TypedMessa
 use rill_shm::ring::{Message, PollError, Ring};
 use rkyv::util::AlignedVec;
 use std::time::{Duration, Instant};
+
+/// How a [`Subscriber`] reads payloads out of the ring (see the [module
+/// docs](self#reading-memory-publishers-write)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadMode {
+    /// Handlers get each payload where it lies in the ring, and typed
+    /// reads validate it there: no copy. Sound while every publisher is
+    /// honest: one that is not can change a payload while it is read,
+    /// and an archive after bytecheck validated it (a string's length,
+    /// an offset), so that reading it goes out of bounds.
+    InPlace,
+    /// Each payload is first copied out of the ring with atomic word
+    /// loads into the subscriber's own 32-byte aligned buffer; handlers
+    /// and typed reads get the copy, which nobody else can change. A
+    /// publisher writing meanwhile can make the copy torn or bogus (a
+    /// typed read then reports a [`DecodeError`]), never change it once
+    /// validated. Costs one copy per message.
+    Copied,
+}
 
 /// Reads one stream. See the [module docs](self).
 ///
@@ -71,6 +105,7 @@ pub struct Subscriber {
     /// Aligned copy for typed reads of misaligned payloads (see `typed`).
     scratch: AlignedVec,
     info: StreamInfo,
+    mode: ReadMode,
     // Last: the slot is released before the daemon hears `Close`.
     guard: HandleGuard,
 }
@@ -266,13 +301,29 @@ impl Subscriber {
         guard: HandleGuard,
         replay: Option<LogReader>,
         skip_before: u64,
+        mode: ReadMode,
     ) -> Self {
+        inner.set_copy_payloads(mode == ReadMode::Copied);
         let resume = (info.persist.is_some() && info.policy == Policy::Overwrite).then(|| {
             inner.set_stop_on_overrun(true);
             Resume { stream: info.name.clone(), overruns: 0, bytes: 0, from: 0, stalled_at: None, retry_at: None }
         });
         let src = Source { inner, log: replay, skip_before, log_padding: 0, resume };
-        Subscriber { src, scratch: AlignedVec::new(), info, guard }
+        Subscriber { src, scratch: AlignedVec::new(), info, mode, guard }
+    }
+
+    /// How payloads are read: [`ReadMode::Copied`] by default where rilld
+    /// said, at attach time, that a uid this process does not trust may
+    /// publish to the stream, else [`ReadMode::InPlace`].
+    pub fn read_mode(&self) -> ReadMode {
+        self.mode
+    }
+
+    /// Overrides the [`read_mode`](Self::read_mode), for the reads from
+    /// now on.
+    pub fn set_read_mode(&mut self, mode: ReadMode) {
+        self.mode = mode;
+        self.src.inner.set_copy_payloads(mode == ReadMode::Copied);
     }
 
     /// Whether this subscriber is reading the stream's log from disk: a
@@ -334,8 +385,9 @@ impl Subscriber {
     }
 
     /// Hands up to `limit` messages to `handler` as archived `T`, each
-    /// validated in place (see [`crate::typed`]); a message that does not
-    /// validate is handed as `Err` and passed over. Never blocks.
+    /// validated where it is read (in the ring or in a copy, see
+    /// [`ReadMode`] and [`crate::typed`]); a message that does not validate
+    /// is handed as `Err` and passed over. Never blocks.
     pub fn poll_typed<T, F>(&mut self, limit: usize, mut handler: F) -> Result<usize, PollError>
     where
         T: Decode,
@@ -346,7 +398,7 @@ impl Subscriber {
     }
 
     /// Waits up to `timeout` for the next message, validates it as an
-    /// archived `T` in place, and returns what `f` makes of it; `None` on
+    /// archived `T` (see [`ReadMode`]), and returns what `f` makes of it; `None` on
     /// timeout. A message that does not validate is an error, and is passed
     /// over.
     pub fn recv_typed_with<T: Decode, R>(

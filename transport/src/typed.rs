@@ -1,5 +1,5 @@
-//! Typed messages: rkyv archives written into the ring and validated in
-//! place by subscribers.
+//! Typed messages: rkyv archives written into the ring and validated by
+//! subscribers, in the ring or in a copy of their own.
 //!
 //! # Sending: serialize once, copy once
 //! [`Publisher::send`](crate::Publisher::send) serializes into a buffer the
@@ -13,24 +13,47 @@
 //! the rest of every claim would waste most of the ring. For messages that
 //! fit in cache the copy costs a few nanoseconds.
 //!
-//! # Receiving: validated in place
+//! # Receiving: validated, then read where it was validated
 //! [`Subscriber::poll_typed`](crate::Subscriber::poll_typed) and friends
 //! check each payload with bytecheck (`rkyv::access`) and hand out
-//! `&Archived<T>` pointing into the ring: no copy, no deserialization. A
-//! payload that does not validate is reported as a [`DecodeError`] and never
-//! dereferenced unchecked, so a corrupt or hostile publisher cannot make a
-//! subscriber read out of bounds.
+//! `&Archived<T>`: no deserialization. A payload that does not validate is
+//! reported as a [`DecodeError`] and never dereferenced unchecked. Where
+//! the payload lies depends on the subscriber's [`ReadMode`]:
+//!
+//! * [`ReadMode::InPlace`]: validated and read in the ring, no copy.
+//!   Sound only while every publisher is honest: validation holds for the
+//!   bytes as they were when checked, and a publisher that writes the
+//!   payload afterwards (it maps the ring writable) can give a validated
+//!   `ArchivedString` another length or offset while the handler reads it,
+//!   and so make the reader go out of bounds.
+//! * [`ReadMode::Copied`]: the payload is first copied out of the ring
+//!   (atomic word loads: a write racing the copy may tear it, but is no
+//!   data race), and the copy, which only this subscriber can change, is
+//!   validated and handed out. Sound against any publisher; a torn or
+//!   bogus copy is a [`DecodeError`]. Costs one copy per message, about
+//!   70 ns per KiB more than in place on one thread with the data in cache
+//!   (`cargo bench -p rill-shm --bench ring -- reads`); an overwrite
+//!   subscriber's seqlock read copies the same way in either mode.
+//!
+//! A subscriber copies by default when rilld says that a uid it does not
+//! trust may publish to the stream (see the [`subscriber`](crate::subscriber)
+//! module); [`Subscriber::set_read_mode`](crate::Subscriber::set_read_mode)
+//! overrides that.
 //!
 //! # Alignment
 //! rkyv archives are serialized into a 16-byte aligned buffer and need the
 //! same alignment ([`PAYLOAD_ALIGN`]) where they are read. In the ring
 //! every frame starts at a multiple of 32 bytes from the data region (which
 //! starts on a page boundary) and its payload follows the 32-byte header,
-//! so a zero-copy payload is always 32-byte aligned. A subscriber that
-//! copies frames out (overwrite policy) hands out slices of a `Vec<u8>`,
-//! whose alignment the allocator does not promise; for those, and for any
-//! other misaligned slice, [`access`] first copies the payload into a
-//! reusable 16-byte aligned buffer.
+//! so a payload read in place is always 32-byte aligned, and so is the
+//! subscriber's copy buffer. A payload read from the stream's log (a
+//! replay) is not; for those, and for any other misaligned slice,
+//! [`access`] first copies the payload into a reusable 16-byte aligned
+//! buffer.
+//!
+//! [`ReadMode`]: crate::ReadMode
+//! [`ReadMode::InPlace`]: crate::ReadMode::InPlace
+//! [`ReadMode::Copied`]: crate::ReadMode::Copied
 //!
 //! # Example
 //! ```no_run
@@ -49,7 +72,7 @@
 //! let mut subscriber = client.subscriber("orders", Start::Latest)?;
 //! let mut publisher = client.publisher("orders")?;
 //! publisher.send(&Order { id: 7, symbol: "ACME".into() })?;
-//! // In place: `order` is an `&ArchivedOrder` inside the ring.
+//! // `order` is an `&ArchivedOrder`, in the ring or in the subscriber's copy.
 //! let id = subscriber.recv_typed_with::<Order, _>(Duration::from_secs(1), |order| order.id.to_native())?;
 //! assert_eq!(id, Some(7));
 //! # Ok::<(), Box<dyn std::error::Error>>(())
@@ -133,11 +156,11 @@ pub enum RecvError {
     Decode(#[from] DecodeError),
 }
 
-/// One typed message, validated in place.
+/// One typed message, validated where it is read.
 #[derive(Debug)]
 pub struct TypedMessage<'a, T: Archive> {
-    /// The archived value, in the ring (or in the subscriber's aligned
-    /// copy, see the [module docs](self)).
+    /// The archived value, in the ring or in the subscriber's copy (see
+    /// the [module docs](self)).
     pub value: &'a T::Archived,
     /// Stream position of the frame.
     pub position: u64,

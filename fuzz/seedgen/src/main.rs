@@ -84,6 +84,7 @@ fn responses() -> Vec<(&'static str, Response)> {
                 position: 4096,
                 info: info("orders"),
                 replay: Some(Replay { segments: vec![0, 1 << 20], from: 64, until: 4096 }),
+                publishers_trusted: false,
             },
         ),
         ("created", Response::Created { info: info("x") }),

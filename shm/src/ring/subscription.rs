@@ -16,6 +16,14 @@
 //! lapped instead, so that its owner can fetch the lost frames elsewhere
 //! (a persisted stream's log) and [`Subscriber::seek`] past them.
 //!
+//! "Publishers cannot pass" holds for honest ones. A hostile publisher maps
+//! the ring writable like any publisher and can write any byte at any time,
+//! including a payload a handler is reading in place. A reader that does not
+//! trust every publisher asks for copies ([`Subscriber::set_copy_payloads`]):
+//! each payload is copied out with atomic word loads (a racing write tears
+//! the copy, which the reader must then validate, but is no data race) and
+//! the handler reads the copy, which nobody else can change.
+//!
 //! Joining (the protocol publishers' `refresh_limit` pairs with): store our
 //! slot position (SeqCst), load `limit_granted` (SeqCst); if a publisher may
 //! already write over our start, pick a later start and repeat. A holding
@@ -151,6 +159,40 @@ pub struct Message<'a> {
     pub flags: u16,
 }
 
+/// One payload's copy, 32-byte aligned like payloads in the ring, so that
+/// whatever reads payloads in place (an rkyv archive) reads a copy the same
+/// way.
+#[derive(Debug)]
+struct CopyBuf(Box<[Block]>);
+
+#[derive(Debug, Clone, Copy)]
+#[repr(C, align(32))]
+struct Block([u8; 32]);
+
+const _: () = assert!(std::mem::size_of::<Block>() == 32 && std::mem::align_of::<Block>() == crate::frame::FRAME_ALIGNMENT);
+
+impl CopyBuf {
+    /// Room for `len` bytes.
+    fn new(len: usize) -> Self {
+        CopyBuf(vec![Block([0; 32]); len.div_ceil(32)].into_boxed_slice())
+    }
+
+    /// The first `len` bytes.
+    fn bytes(&self, len: usize) -> &[u8] {
+        assert!(len <= self.0.len() * 32);
+        // SAFETY: blocks are 32 initialised bytes each with no padding
+        // (asserted above), contiguous in the box; `len` is in bounds.
+        unsafe { std::slice::from_raw_parts(self.0.as_ptr().cast(), len) }
+    }
+
+    /// The first `len` bytes, to write.
+    fn bytes_mut(&mut self, len: usize) -> &mut [u8] {
+        assert!(len <= self.0.len() * 32);
+        // SAFETY: as in `bytes`, borrowed mutably.
+        unsafe { std::slice::from_raw_parts_mut(self.0.as_mut_ptr().cast(), len) }
+    }
+}
+
 /// Reads a ring. Owned by one thread.
 #[derive(Debug)]
 pub struct Subscriber {
@@ -161,7 +203,10 @@ pub struct Subscriber {
     mask: u64,
     max_message_len: usize,
     zero_copy: bool,
-    copy: Vec<u8>,
+    /// Copy payloads out even where they could be read in place (see
+    /// [`Subscriber::set_copy_payloads`]).
+    copy_payloads: bool,
+    copy: CopyBuf,
     overrun_bytes: u64,
     padding_bytes: u64,
     salt: u64,
@@ -320,10 +365,11 @@ impl Subscriber {
             capacity: info.capacity,
             mask: ring.inner.mask,
             max_message_len: info.max_message_len as usize,
-            copy: vec![0u8; info.max_message_len as usize],
+            copy: CopyBuf::new(info.max_message_len as usize),
             slot: None,
             position: tail,
             zero_copy: false,
+            copy_payloads: false,
             overrun_bytes: 0,
             padding_bytes: 0,
             salt: ring.inner.salt,
@@ -553,6 +599,27 @@ impl Subscriber {
         self.zero_copy = false;
     }
 
+    /// Copy every payload out of the ring before handing it over (`true`),
+    /// or hand payloads out in place where publishers cannot overwrite
+    /// them (`false`, the default: a back-pressure ring, or a holding
+    /// slot). Copying is for rings that publishers this process does not
+    /// trust may write: a payload handed out in place is memory they can
+    /// still change while the handler reads it; a copy is this
+    /// subscriber's own. The copy is made with atomic word loads, so a
+    /// publisher writing meanwhile can tear it but is no data race, and it
+    /// is 32-byte aligned like a payload in the ring. Costs one copy of
+    /// each payload. Readers that copy anyway (ordinary and detached
+    /// subscribers of an overwrite ring) are unaffected.
+    pub fn set_copy_payloads(&mut self, copy: bool) {
+        self.copy_payloads = copy;
+    }
+
+    /// Whether payloads are handed out as copies (see
+    /// [`set_copy_payloads`](Self::set_copy_payloads)).
+    pub fn copies_payloads(&self) -> bool {
+        self.copy_payloads || !self.zero_copy
+    }
+
     /// Whether this subscriber's slot holds publishers back: always on a
     /// back-pressure ring; on an overwrite ring, a holding slot.
     pub fn is_holding(&self) -> bool {
@@ -720,14 +787,19 @@ impl Subscriber {
             if kind == FrameKind::Data {
                 let plen = len as usize - HEADER_LEN;
                 #[cfg(not(loom))]
-                // SAFETY: committed (commit word == pos, acquired), bounds
-                // checked above, and publishers cannot pass our slot
-                // position, which we publish only after the loop.
-                let payload = unsafe { mem.bytes(off + HEADER_LEN, plen) };
+                let payload = if self.copy_payloads {
+                    mem.copy_racy(off + HEADER_LEN, self.copy.bytes_mut(plen));
+                    self.copy.bytes(plen)
+                } else {
+                    // SAFETY: committed (commit word == pos, acquired),
+                    // bounds checked above, and publishers cannot pass our
+                    // slot position, which we publish only after the loop.
+                    unsafe { mem.bytes(off + HEADER_LEN, plen) }
+                };
                 #[cfg(loom)]
                 let payload = {
-                    mem.copy_racy(off + HEADER_LEN, &mut self.copy[..plen]);
-                    &self.copy[..plen]
+                    mem.copy_racy(off + HEADER_LEN, self.copy.bytes_mut(plen));
+                    self.copy.bytes(plen)
                 };
                 handler(Message {
                     payload,
@@ -791,7 +863,7 @@ impl Subscriber {
             let checked = self.check(off, len, kind);
             if let Ok(FrameKind::Data) = checked {
                 let plen = len as usize - HEADER_LEN;
-                mem.copy_racy(off + HEADER_LEN, &mut self.copy[..plen]);
+                mem.copy_racy(off + HEADER_LEN, self.copy.bytes_mut(plen));
             }
             // SYNC(seqlock): Acquire fence pairs with the Release fence after
             // a publisher's tail move: if any byte we copied was written by
@@ -815,7 +887,7 @@ impl Subscriber {
             };
             if kind == FrameKind::Data {
                 let plen = len as usize - HEADER_LEN;
-                handler(Message { payload: &self.copy[..plen], position: pos, timestamp_ns, publisher_id, flags });
+                handler(Message { payload: self.copy.bytes(plen), position: pos, timestamp_ns, publisher_id, flags });
                 delivered += 1;
             } else {
                 self.padding_bytes += frame_span(len as usize) as u64;

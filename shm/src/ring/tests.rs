@@ -537,3 +537,35 @@ fn a_forged_padded_end_makes_offer_fail_not_spin() {
     let mut sub = ring.subscribe_detached(Start::Oldest);
     assert!(drain(&mut sub).is_empty(), "only padding was committed");
 }
+
+#[test]
+fn copied_reads_hand_out_an_aligned_copy_not_the_ring() {
+    let ring = Ring::private(&cfg(4096, 512, Policy::BackPressure)).unwrap();
+    let mut sub = ring.subscribe(Start::Latest).unwrap();
+    let mut publ = ring.exclusive_publication().unwrap();
+    assert!(!sub.copies_payloads(), "in place by default on a back-pressure ring");
+    sub.set_copy_payloads(true);
+    assert!(sub.copies_payloads());
+    let mut copies = std::collections::HashSet::new();
+    for round in 0..40u32 {
+        // Lengths that are not multiples of 8, so the copy's last word is partial.
+        let len = (round as usize * 37) % 300 + 1;
+        let msg: Vec<u8> = (0..len).map(|i| (i as u32 * 7 + round) as u8).collect();
+        publ.offer(&msg).unwrap();
+        let n = sub
+            .poll(4, |m| {
+                assert_eq!(m.payload, &msg[..]);
+                assert_eq!(m.payload.as_ptr() as usize % crate::frame::FRAME_ALIGNMENT, 0);
+                copies.insert(m.payload.as_ptr() as usize);
+            })
+            .unwrap();
+        assert_eq!(n, 1);
+    }
+    assert_eq!(copies.len(), 1, "every payload is handed out from the same copy buffer, not from the ring");
+    sub.set_copy_payloads(false);
+    let mut places = std::collections::HashSet::new();
+    for _ in 0..4 {
+        publ.offer(&[5u8; 100]).unwrap();
+        sub.poll(4, |m| assert!(places.insert(m.payload.as_ptr() as usize), "in place again: a new address each time")).unwrap();
+    }
+}

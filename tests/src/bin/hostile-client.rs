@@ -10,6 +10,8 @@
 //! hostile-client keep-slot --socket S --stream NAME [--word state|position|active]
 //! hostile-client forge-word --socket S --stream NAME --word tail|head|limit_granted|padded_end|exclusive_pid|policy
 //!                            --value N|max [--subscribe]
+//! hostile-client rewrite --socket S --stream NAME --payloads HEX,HEX[,HEX..] --rounds R --millis M
+//! hostile-client trust --socket S --stream NAME
 //! ```
 //!
 //! `forge-durable` opens a publisher on `NAME` and tries to make rilld and
@@ -78,6 +80,15 @@
 //! `--subscribe` it then sends `OpenSubscriber` for the stream, prints
 //! `ASKED`, and prints `SUBSCRIBED reply=..` once rilld answers (if ever).
 //!
+//! `rewrite` opens a publisher on `NAME`, maps its ring read-write, and
+//! `R` times publishes the first of `--payloads` (hex, all of one length)
+//! and then, for `M` ms, writes each of them in turn over that message's
+//! payload in the ring, as a subscriber may be reading it. Prints `READY`
+//! once mapped and `REWROTE rounds=R writes=W` at the end.
+//!
+//! `trust` opens a subscriber on `NAME` and prints `TRUST
+//! publishers_trusted=B`: what rilld said about who may publish there.
+//!
 //! It prints `DONE` after its line, then holds its handles until its
 //! stdin closes. Exit status: 0 once it printed `DONE`, 2 on a setup
 //! error.
@@ -100,6 +111,8 @@ fn main() {
         Some("scribble") => Opts::parse(&args[1..], &[]).and_then(|o| scribble::run(&o)),
         Some("keep-slot") => Opts::parse(&args[1..], &[]).and_then(|o| keep_slot(&o)),
         Some("forge-word") => Opts::parse(&args[1..], &["subscribe"]).and_then(|o| forge_word(&o)),
+        Some("rewrite") => Opts::parse(&args[1..], &[]).and_then(|o| rewrite(&o)),
+        Some("trust") => Opts::parse(&args[1..], &[]).and_then(|o| trust(&o)),
         _ => Err(anyhow::anyhow!("usage: hostile-client forge-durable|resize|scribble|keep-slot|forge-word --socket S ...")),
     };
     if let Err(e) = result {
@@ -202,6 +215,90 @@ fn forge_word(o: &Opts) -> Result<()> {
         let reply = protocol::decode_response(&got.bytes)?;
         println!("SUBSCRIBED reply={}", format!("{reply:?}").split_whitespace().next().unwrap_or("?"));
     }
+    println!("DONE");
+    hold();
+    drop(fd);
+    Ok(())
+}
+
+fn rewrite(o: &Opts) -> Result<()> {
+    use rill_shm::layout::Meta;
+    use rill_shm::{Access, Ring};
+    let stream = o.req("stream")?;
+    let hex = |h: &str| -> Result<Vec<u8>> {
+        (0..h.len()).step_by(2).map(|i| u8::from_str_radix(h.get(i..i + 2).context("odd hex")?, 16).context("hex")).collect()
+    };
+    let payloads = o.req("payloads")?.split(',').map(hex).collect::<Result<Vec<_>>>()?;
+    let len = payloads[0].len();
+    anyhow::ensure!(payloads.len() >= 2 && payloads.iter().all(|p| p.len() == len), "--payloads: two or more, of one length");
+    let rounds: u64 = o.req("rounds")?.parse()?;
+    let millis: u64 = o.req("millis")?.parse()?;
+    let mut buf = Vec::new();
+    let fd = connect(o, &mut buf)?;
+    let req = Request::OpenPublisher { stream: stream.to_owned(), create: None, exclusive: false };
+    let (resp, mut fds) = call(&fd, &mut buf, &req)?;
+    let Response::Publisher { slots_epoch, .. } = resp else { bail!("OpenPublisher: {resp:?}") };
+    anyhow::ensure!(fds.len() >= 3, "{} fds", fds.len());
+    let raw = std::fs::File::from(fds[0].try_clone()?);
+    let daemon = fds.pop().context("fds")?;
+    let mut fds = fds.into_iter();
+    let (ring_fd, wake) = (fds.next().context("fds")?, fds.next().context("fds")?);
+    let slots = fds.map(|f| Some((f, Access::ReadOnly))).collect();
+    let ring = Ring::from_fds(ring_fd, Access::ReadWrite, slots, (wake, Access::ReadWrite), (daemon, Access::ReadOnly))?;
+    ring.set_slots_epoch(slots_epoch);
+    let mut publication = ring.shared_publication()?;
+    // Mapped until the process exits (the fd may close).
+    let (ptr, file_len) = scribble::map(&OwnedFd::from(raw), true)?;
+    let base = ptr.as_ptr().cast::<u8>();
+    #[allow(unsafe_code)]
+    // SAFETY: the Meta words are at the start of the mapping (file_len
+    // bytes, page aligned), read through a raw pointer.
+    let word = |off: usize| unsafe { base.add(off).cast::<u64>().read_volatile() };
+    let capacity = word(std::mem::offset_of!(Meta, capacity));
+    let data_offset = word(std::mem::offset_of!(Meta, data_offset)) as usize;
+    anyhow::ensure!(capacity.is_power_of_two() && data_offset + capacity as usize <= file_len, "ring header makes no sense");
+    println!("READY");
+    let mut writes = 0u64;
+    for _ in 0..rounds {
+        let position = loop {
+            match publication.offer(&payloads[0]) {
+                Ok(p) => break p,
+                Err(rill_shm::ring::ClaimError::BackPressured) => std::thread::sleep(std::time::Duration::from_millis(1)),
+                Err(e) => bail!("offer: {e}"),
+            }
+        };
+        let at = data_offset + (position & (capacity - 1)) as usize + rill_shm::frame::HEADER_LEN;
+        anyhow::ensure!(at + len <= file_len);
+        let until = std::time::Instant::now() + std::time::Duration::from_millis(millis);
+        while std::time::Instant::now() < until {
+            // Many turns per clock read, so that each payload lies in the
+            // ring about as long as the others.
+            for p in payloads[1..].iter().chain(&payloads[..1]).cycle().take(256 * payloads.len()) {
+                #[allow(unsafe_code)]
+                // SAFETY: in bounds of the writable shared mapping
+                // (checked above), through a raw pointer; `p` is private.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(p.as_ptr(), base.add(at), len);
+                }
+                writes += 1;
+            }
+        }
+    }
+    println!("REWROTE rounds={rounds} writes={writes}");
+    println!("DONE");
+    hold();
+    drop(fd);
+    Ok(())
+}
+
+fn trust(o: &Opts) -> Result<()> {
+    let stream = o.req("stream")?;
+    let mut buf = Vec::new();
+    let fd = connect(o, &mut buf)?;
+    let req = Request::OpenSubscriber { stream: stream.to_owned(), start: protocol::StartAt::Latest, create: None };
+    let (resp, _fds) = call(&fd, &mut buf, &req)?;
+    let Response::Subscriber { publishers_trusted, .. } = resp else { bail!("OpenSubscriber: {resp:?}") };
+    println!("TRUST publishers_trusted={publishers_trusted}");
     println!("DONE");
     hold();
     drop(fd);
@@ -365,7 +462,7 @@ mod scribble {
     }
 
     /// Maps all of `fd`: shared, read-write if `writable`.
-    fn map(fd: &OwnedFd, writable: bool) -> Result<(NonNull<c_void>, usize)> {
+    pub(super) fn map(fd: &OwnedFd, writable: bool) -> Result<(NonNull<c_void>, usize)> {
         let len = nix::sys::stat::fstat(fd.as_raw_fd())?.st_size as usize;
         let nz = NonZeroUsize::new(len).context("an empty file")?;
         let prot = if writable { ProtFlags::PROT_READ | ProtFlags::PROT_WRITE } else { ProtFlags::PROT_READ };

@@ -12,7 +12,7 @@ use crate::connection::Reply;
 use crate::error::ClientError;
 use crate::protocol::{HandleKind, LogSegments, Request, Response, StartAt, StreamInfo, StreamOptions, MAX_SLOTS_PER_STREAM};
 use crate::publisher::Publisher;
-use crate::subscriber::Subscriber;
+use crate::subscriber::{ReadMode, Subscriber};
 use rill_shm::ring::{ClaimMode, OpenError, Ring};
 use rill_shm::Access;
 use std::os::fd::OwnedFd;
@@ -57,8 +57,10 @@ pub(super) fn subscriber(
     let mut st = shared.lock_state();
     let req = Request::OpenSubscriber { stream: stream.to_owned(), start, create };
     let Reply { response, fds } = shared.request(&mut st, &req)?;
-    let (handle, slot, position, info, replay) = match response {
-        Response::Subscriber { handle, slot, position, info, replay } => (handle, slot, position, info, replay),
+    let (handle, slot, position, info, replay, trusted) = match response {
+        Response::Subscriber { handle, slot, position, info, replay, publishers_trusted } => {
+            (handle, slot, position, info, replay, publishers_trusted)
+        }
         other => return Err(Reply { response: other, fds }.unexpected("OpenSubscriber")),
     };
     let mut fds = fds;
@@ -84,7 +86,8 @@ pub(super) fn subscriber(
     let key = st.insert(entry);
     drop(st);
     tracing::debug!(stream, handle, slot, position, "subscriber open");
-    Ok(Subscriber::new(inner, info, HandleGuard { token: token.clone(), key }, replay, skip_before))
+    let mode = if trusted { ReadMode::InPlace } else { ReadMode::Copied };
+    Ok(Subscriber::new(inner, info, HandleGuard { token: token.clone(), key }, replay, skip_before, mode))
 }
 
 /// `Request::LogSegments`: the segments of persisted stream `stream` that

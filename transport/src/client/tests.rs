@@ -145,7 +145,7 @@ impl FakeState {
                 let (slot, position) = self.rings[&stream].attach_subscriber(start, std::process::id()).unwrap();
                 let mut fds = kept(&self.dir, &stream, |f| f.for_subscriber(slot)).unwrap();
                 self.faulty(&mut fds);
-                (Response::Subscriber { handle: self.handle_id(), slot, position, info: self.info(&stream), replay: None }, fds)
+                (Response::Subscriber { handle: self.handle_id(), slot, position, info: self.info(&stream), replay: None, publishers_trusted: true }, fds)
             }
             other => (Response::Error { code: ErrorCode::Internal, message: format!("fake: {other:?}") }, none),
         }
