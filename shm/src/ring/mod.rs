@@ -718,9 +718,10 @@ impl Ring {
     /// Whether the daemon granted slot `index` (`None` on a ring without a
     /// daemon page, whose slots' own state words say whether they are in
     /// use).
+    #[inline]
     pub(crate) fn granted(&self, index: u32) -> Option<bool> {
-        let words = self.inner.mem.granted()?;
-        Some(words[index as usize / 64].load(Ordering::SeqCst) & (1 << (index % 64)) != 0)
+        let word = self.inner.mem.granted()?.get(index as usize / 64)?;
+        Some(word.load(Ordering::SeqCst) & (1 << (index % 64)) != 0)
     }
 
     /// Whether this process is the one that grants slots: the ring has a
